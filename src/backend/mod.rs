@@ -1,0 +1,156 @@
+//! Storage backends: bytes under string keys (format-spec/layout.md lists the keys).
+//!
+//! Owns the [`Backend`] contract and its implementations: local disk, memory (tests), and the
+//! wrappers. Knows nothing of cairn's objects: it never decodes what it stores.
+//!
+//! # Contract
+//! - `put` is atomic and never overwrites: it either stores all of `data` under a new key or
+//!   fails with `AlreadyExists`, and once it returns `Ok` the object is durable.
+//! - `get`/`get_range` return exactly the stored bytes, or `NotFound`.
+//! - `list(prefix)` returns every key starting with `prefix` that a completed `put` created and
+//!   no completed `delete` removed, with sizes, in no particular order.
+//! - `delete` of a missing key succeeds.
+
+mod local;
+mod memory;
+
+pub use local::LocalBackend;
+pub use memory::MemoryBackend;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::sync::Arc;
+
+/// How a backend operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendErrorKind {
+    NotFound,
+    AlreadyExists,
+    /// May succeed if retried.
+    Transient,
+    /// Will not succeed if retried (permissions, bad credentials, disk full, ...).
+    Permanent,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{op} {key}: {message}")]
+pub struct BackendError {
+    pub kind: BackendErrorKind,
+    pub op: &'static str,
+    pub key: String,
+    pub message: String,
+}
+
+impl BackendError {
+    pub fn new(kind: BackendErrorKind, op: &'static str, key: &str, message: impl Into<String>) -> Self {
+        BackendError {
+            kind,
+            op,
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    pub fn from_io(op: &'static str, key: &str, e: &std::io::Error) -> Self {
+        use std::io::ErrorKind as K;
+        let kind = match e.kind() {
+            K::NotFound => BackendErrorKind::NotFound,
+            K::AlreadyExists => BackendErrorKind::AlreadyExists,
+            K::Interrupted | K::TimedOut | K::WouldBlock => BackendErrorKind::Transient,
+            _ => BackendErrorKind::Permanent,
+        };
+        BackendError::new(kind, op, key, e.to_string())
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.kind == BackendErrorKind::NotFound
+    }
+}
+
+pub type BResult<T> = std::result::Result<T, BackendError>;
+
+/// One listed object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub key: String,
+    pub size: u64,
+}
+
+/// A key space of immutable objects. See the module docs for the contract.
+#[async_trait]
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// Where this backend stores things, for messages (never includes credentials).
+    fn location(&self) -> String;
+    async fn put(&self, key: &str, data: Bytes) -> BResult<()>;
+    async fn get(&self, key: &str) -> BResult<Bytes>;
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> BResult<Bytes>;
+    async fn list(&self, prefix: &str) -> BResult<Vec<Entry>>;
+    async fn delete(&self, key: &str) -> BResult<()>;
+    /// The size of an object, or `None` if it does not exist.
+    async fn stat(&self, key: &str) -> BResult<Option<u64>>;
+}
+
+/// Open the backend a repository URL names: a local path (absolute or relative).
+pub fn open(url: &str) -> std::result::Result<Arc<dyn Backend>, String> {
+    if let Some(rest) = url.strip_prefix("s3:") {
+        return Err(format!(
+            "s3:{rest}: S3 repositories are not supported by this build yet"
+        ));
+    }
+    if url.contains("://") {
+        return Err(format!("{url}: unknown repository URL scheme"));
+    }
+    let path = url.strip_prefix("local:").unwrap_or(url);
+    if path.is_empty() {
+        return Err("empty repository path".into());
+    }
+    Ok(Arc::new(LocalBackend::new(path)))
+}
+
+#[cfg(test)]
+pub(crate) mod conformance {
+    //! The backend contract as executable checks, run against every implementation.
+    use super::*;
+
+    pub async fn run(b: &dyn Backend) {
+        // Missing keys.
+        assert!(b.get("config").await.unwrap_err().is_not_found());
+        assert!(b.get_range("config", 0, 1).await.unwrap_err().is_not_found());
+        assert_eq!(b.stat("config").await.unwrap(), None);
+        assert!(b.list("snapshots/").await.unwrap().is_empty());
+        b.delete("snapshots/missing").await.unwrap();
+
+        // Put, get, ranged get, stat.
+        let data = Bytes::from((0..100_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+        b.put("data/ab/abcd", data.clone()).await.unwrap();
+        assert_eq!(b.get("data/ab/abcd").await.unwrap(), data);
+        assert_eq!(b.get_range("data/ab/abcd", 10, 20).await.unwrap(), data.slice(10..30));
+        assert_eq!(b.get_range("data/ab/abcd", 99_990, 10).await.unwrap(), data.slice(99_990..));
+        assert_eq!(b.stat("data/ab/abcd").await.unwrap(), Some(100_000));
+
+        // Put never overwrites.
+        let e = b.put("data/ab/abcd", Bytes::from_static(b"other")).await.unwrap_err();
+        assert_eq!(e.kind, BackendErrorKind::AlreadyExists);
+        assert_eq!(b.get("data/ab/abcd").await.unwrap(), data);
+
+        // Empty objects.
+        b.put("locks/empty", Bytes::new()).await.unwrap();
+        assert_eq!(b.get("locks/empty").await.unwrap().len(), 0);
+
+        // List by prefix, with many keys.
+        for i in 0..300 {
+            b.put(&format!("index/{i:04}"), Bytes::from(vec![1u8; i % 7])).await.unwrap();
+        }
+        let mut l = b.list("index/").await.unwrap();
+        l.sort_by(|a, b| a.key.cmp(&b.key));
+        assert_eq!(l.len(), 300);
+        assert_eq!(l[5], Entry { key: "index/0005".into(), size: 5 });
+        let data_keys = b.list("data/").await.unwrap();
+        assert_eq!(data_keys, vec![Entry { key: "data/ab/abcd".into(), size: 100_000 }]);
+
+        // Delete.
+        b.delete("index/0005").await.unwrap();
+        assert!(b.get("index/0005").await.unwrap_err().is_not_found());
+        assert_eq!(b.list("index/").await.unwrap().len(), 299);
+    }
+}

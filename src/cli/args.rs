@@ -1,0 +1,198 @@
+//! clap definitions. Raw flags only; `commands` resolves them into library options.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cairn",
+    version,
+    about = "Deduplicating, encrypted snapshots of files and databases",
+    long_about = None
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Repository: a directory path (or s3://bucket/prefix).
+    #[arg(short = 'r', long = "repo", env = "CAIRN_REPO", global = true)]
+    pub repo: Option<String>,
+    /// Read the repository password from this file (first line).
+    #[arg(long, env = "CAIRN_PASSWORD_FILE", global = true)]
+    pub password_file: Option<PathBuf>,
+    /// Machine-readable output: one JSON document.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print only errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// More detail (repeat for more).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Directory for the local catalog (default: $XDG_CACHE_HOME/cairn).
+    #[arg(long, env = "CAIRN_CACHE_DIR", global = true)]
+    pub cache_dir: Option<PathBuf>,
+    /// Concurrent backend requests.
+    #[arg(long, default_value_t = 4, global = true)]
+    pub connections: usize,
+    /// How long to wait for a conflicting lease, e.g. 30s, 5m.
+    #[arg(long, default_value = "0s", global = true)]
+    pub lease_wait: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a repository.
+    Init(InitArgs),
+    /// Back up files or a stream into a new snapshot.
+    Backup(BackupArgs),
+    /// List snapshots.
+    Snapshots(SnapshotsArgs),
+    /// List the files of a snapshot.
+    Ls(LsArgs),
+    /// Write one file of a snapshot to standard output.
+    Dump(DumpArgs),
+    /// Restore a snapshot (or a part of it) into a directory.
+    Restore(RestoreArgs),
+    /// Sizes: logical, stored, deduplication and compression ratios.
+    Stats(StatsArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum EncryptionArg {
+    Repokey,
+    None,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// repokey: encrypted, key sealed by the password; none: integrity only.
+    #[arg(long, value_enum, default_value = "repokey")]
+    pub encryption: EncryptionArg,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Files and directories to back up (or, with --stdin-from-command, the command and its
+    /// arguments).
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<OsString>,
+    /// Leave out paths matching GLOB (a name, or a path if it contains '/').
+    #[arg(short = 'e', long = "exclude", value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Read exclude patterns from a file, one per line ('#' starts a comment).
+    #[arg(long = "exclude-file", value_name = "FILE")]
+    pub exclude_file: Vec<PathBuf>,
+    /// Leave out directories that contain a file with this name.
+    #[arg(long = "exclude-if-present", value_name = "NAME")]
+    pub exclude_if_present: Vec<String>,
+    /// Leave out directories tagged with a valid CACHEDIR.TAG.
+    #[arg(long)]
+    pub exclude_caches: bool,
+    /// Do not cross filesystem boundaries.
+    #[arg(short = 'x', long)]
+    pub one_file_system: bool,
+    /// Tag the snapshot (repeatable).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Host name to record (default: this machine's).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Snapshot time instead of now, "YYYY-MM-DD HH:MM:SS" in local time.
+    #[arg(long)]
+    pub time: Option<String>,
+    /// Do everything but write to the repository.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Read the data to back up from standard input.
+    #[arg(long)]
+    pub stdin: bool,
+    /// File name for --stdin / --stdin-from-command data.
+    #[arg(long, default_value = "stdin")]
+    pub stdin_name: String,
+    /// Back up the standard output of the command given as arguments; no snapshot is written
+    /// if it fails.
+    #[arg(long)]
+    pub stdin_from_command: bool,
+    /// Compare with this snapshot instead of the latest with the same host and paths.
+    #[arg(long)]
+    pub parent: Option<String>,
+    /// Read every file even if the parent says it is unchanged.
+    #[arg(short, long)]
+    pub force: bool,
+    /// Compression: off, auto, max or a zstd level 1-22.
+    #[arg(long, default_value = "auto")]
+    pub compression: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotsArgs {
+    /// Only snapshots of this host.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only snapshots with this tag (repeat: all must match).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Snapshot: id prefix or "latest", optionally SNAP:PATH.
+    pub snapshot: String,
+    /// Path inside the snapshot.
+    pub path: Option<String>,
+    /// Long listing: type, mode, owner, size, time.
+    #[arg(short, long)]
+    pub long: bool,
+    /// With "latest": only snapshots of this host.
+    #[arg(long)]
+    pub host: Option<String>,
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    pub snapshot: String,
+    /// Path of a file inside the snapshot.
+    pub path: Option<String>,
+    #[arg(long)]
+    pub host: Option<String>,
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Snapshot, optionally SNAP:PATH to restore only a part.
+    pub snapshot: String,
+    /// Directory to restore into.
+    #[arg(short, long)]
+    pub target: PathBuf,
+    /// Restore only paths matching GLOB.
+    #[arg(short, long = "include", value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Do not restore paths matching GLOB.
+    #[arg(short, long = "exclude", value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Re-read every restored file and compare it with the snapshot.
+    #[arg(long)]
+    pub verify: bool,
+    #[arg(long)]
+    pub host: Option<String>,
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Snapshots to measure (default: all).
+    pub snapshots: Vec<String>,
+}

@@ -1,0 +1,528 @@
+//! One function per command: resolve flags into library options, call the library, render.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use zeroize::Zeroizing;
+
+use cairn::compress::Compression;
+use cairn::crypto::{Encryption, KdfParams};
+use cairn::format::Timestamp;
+use cairn::format::snapshot::Snapshot;
+use cairn::format::tree::NodeKind;
+use cairn::ops::backup::{self, BackupOptions, BackupOutcome};
+use cairn::ops::progress::Progress;
+use cairn::ops::read::{self, Resolved};
+use cairn::ops::restore::{self, RestoreOptions};
+use cairn::repo::{InitOptions, OpenOptions, Repository, default_cache_dir};
+use cairn::source::exclude::ExcludeOptions;
+use cairn::{Error, Id};
+
+use super::args::*;
+use super::output::{self, ProgressBar};
+use super::{EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL};
+
+pub async fn run(cli: Cli) -> Result<i32> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Init(a) => init(g, a).await,
+        Command::Backup(a) => backup_cmd(g, a).await,
+        Command::Snapshots(a) => snapshots(g, a).await,
+        Command::Ls(a) => ls(g, a).await,
+        Command::Dump(a) => dump(g, a).await,
+        Command::Restore(a) => restore_cmd(g, a).await,
+        Command::Stats(a) => stats(g, a).await,
+    }
+}
+
+fn repo_url(g: &GlobalArgs) -> Result<String> {
+    g.repo
+        .clone()
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| anyhow!("no repository given: use -r/--repo or set CAIRN_REPO"))
+}
+
+fn backend(g: &GlobalArgs) -> Result<Arc<dyn cairn::backend::Backend>> {
+    let url = repo_url(g)?;
+    cairn::backend::open(&url).map_err(|e| anyhow!(e))
+}
+
+/// The password, from (in order) CAIRN_PASSWORD, --password-file / CAIRN_PASSWORD_FILE, or a
+/// prompt on the terminal. Never from the command line.
+fn password(g: &GlobalArgs, confirm: bool) -> std::result::Result<Zeroizing<Vec<u8>>, Error> {
+    if let Some(p) = std::env::var_os("CAIRN_PASSWORD") {
+        use std::os::unix::ffi::OsStringExt;
+        return Ok(Zeroizing::new(p.into_vec()));
+    }
+    if let Some(f) = &g.password_file {
+        let data = Zeroizing::new(std::fs::read(f).map_err(|e| Error::Io {
+            path: f.clone(),
+            source: e,
+        })?);
+        let line = data.split(|&b| b == b'\n').next().unwrap_or(&[]);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            return Err(Error::InvalidInput(format!("password file {} is empty", f.display())));
+        }
+        return Ok(Zeroizing::new(line.to_vec()));
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::InvalidInput(
+            "no password given: set CAIRN_PASSWORD_FILE (or --password-file, or CAIRN_PASSWORD)".into(),
+        ));
+    }
+    let p = Zeroizing::new(
+        rpassword::prompt_password("enter repository password: ").map_err(|e| Error::Io {
+            path: PathBuf::from("/dev/tty"),
+            source: e,
+        })?,
+    );
+    if confirm {
+        let again = Zeroizing::new(
+            rpassword::prompt_password("enter the password again: ").map_err(|e| Error::Io {
+                path: PathBuf::from("/dev/tty"),
+                source: e,
+            })?,
+        );
+        if *again != *p {
+            return Err(Error::InvalidInput("the passwords do not match".into()));
+        }
+    }
+    if p.is_empty() {
+        return Err(Error::InvalidInput("empty password".into()));
+    }
+    Ok(Zeroizing::new(p.as_bytes().to_vec()))
+}
+
+fn open_options(g: &GlobalArgs) -> OpenOptions {
+    let mut o = OpenOptions::new(g.cache_dir.clone().unwrap_or_else(default_cache_dir));
+    o.connections = g.connections.clamp(1, 64);
+    o
+}
+
+/// Argon2id parameters for new keys. Cheap ones only in debug builds, and only on request.
+fn kdf_params() -> KdfParams {
+    if cfg!(debug_assertions) && std::env::var("CAIRN_INSECURE_TEST_KDF").as_deref() == Ok("1") {
+        tracing::warn!("using INSECURE key derivation parameters (test builds only)");
+        KdfParams::INSECURE_FOR_TESTS
+    } else {
+        KdfParams::DEFAULT
+    }
+}
+
+async fn open_repo(g: &GlobalArgs) -> Result<Arc<Repository>> {
+    let b = backend(g)?;
+    let location = b.location();
+    let repo = Repository::open(b, || password(g, false), &open_options(g))
+        .await
+        .with_context(|| format!("opening repository {location}"))?;
+    Ok(Arc::new(repo))
+}
+
+fn parse_duration(s: &str) -> Result<Duration> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().with_context(|| format!("duration {s:?}"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => bail!("duration {s:?}: use a number with s, m or h"),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// "YYYY-MM-DD HH:MM:SS" in the local time zone.
+fn parse_time(s: &str) -> Result<Timestamp> {
+    let dt: jiff::civil::DateTime = s
+        .trim()
+        .replacen(' ', "T", 1)
+        .parse()
+        .with_context(|| format!("--time {s:?}: expected \"YYYY-MM-DD HH:MM:SS\""))?;
+    let z = dt
+        .to_zoned_datetime(jiff::tz::TimeZone::system())
+        .with_context(|| format!("--time {s:?}"))?;
+    Ok(Timestamp::from_jiff(z.timestamp()))
+}
+
+fn split_snap(spec: &str) -> (&str, Option<&str>) {
+    match spec.split_once(':') {
+        Some((s, p)) => (s, Some(p)),
+        None => (spec, None),
+    }
+}
+
+fn print_json(v: &serde_json::Value) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+async fn init(g: &GlobalArgs, a: InitArgs) -> Result<i32> {
+    let b = backend(g)?;
+    let location = b.location();
+    let encryption = match a.encryption {
+        EncryptionArg::Repokey => Encryption::Repokey,
+        EncryptionArg::None => Encryption::None,
+    };
+    let pw = match encryption {
+        Encryption::Repokey => password(g, true)?,
+        Encryption::None => Zeroizing::new(Vec::new()),
+    };
+    let opts = InitOptions {
+        encryption,
+        kdf: kdf_params(),
+        ..Default::default()
+    };
+    let repo = Repository::init(b, &pw, &opts, &open_options(g))
+        .await
+        .with_context(|| format!("creating a repository at {location}"))?;
+    if g.json {
+        print_json(&serde_json::json!({
+            "repository": location,
+            "id": repo.config().repo_id,
+            "encryption": encryption.as_str(),
+        }))?;
+    } else if !g.quiet {
+        println!(
+            "created cairn repository {} at {location} (encryption: {})",
+            repo.config().repo_id.short(),
+            encryption.as_str()
+        );
+        if encryption == Encryption::Repokey {
+            println!("Losing the password means losing the data in the repository.");
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+fn exclude_options(a: &BackupArgs) -> Result<ExcludeOptions> {
+    let mut patterns = a.exclude.clone();
+    for f in &a.exclude_file {
+        let text = std::fs::read_to_string(f).with_context(|| format!("reading exclude file {}", f.display()))?;
+        patterns.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from),
+        );
+    }
+    Ok(ExcludeOptions {
+        patterns,
+        if_present: a.exclude_if_present.clone(),
+        caches: a.exclude_caches,
+    })
+}
+
+async fn backup_cmd(g: &GlobalArgs, a: BackupArgs) -> Result<i32> {
+    let stream = a.stdin || a.stdin_from_command;
+    if a.stdin && a.stdin_from_command {
+        bail!("--stdin and --stdin-from-command cannot be combined");
+    }
+    if a.stdin && !a.paths.is_empty() {
+        bail!("--stdin takes no paths");
+    }
+    if !stream && a.paths.is_empty() {
+        bail!("nothing to back up: give at least one path");
+    }
+    let progress = Arc::new(Progress::default());
+    let opts = BackupOptions {
+        exclude: exclude_options(&a)?,
+        one_file_system: a.one_file_system,
+        tags: a.tags.clone(),
+        host: a.host.clone(),
+        time: a.time.as_deref().map(parse_time).transpose()?,
+        dry_run: a.dry_run,
+        parent: a.parent.clone(),
+        force: a.force,
+        compression: a.compression.parse::<Compression>()?,
+        progress: Some(progress.clone()),
+        scan: !g.quiet && std::io::stderr().is_terminal(),
+        lease_wait: parse_duration(&g.lease_wait)?,
+    };
+    let repo = open_repo(g).await?;
+    let bar = ProgressBar::start(progress.clone(), g.quiet || g.json, "backup");
+    let started = Instant::now();
+    let result = if a.stdin {
+        backup::backup_reader(&repo, std::io::stdin(), &a.stdin_name, &opts).await
+    } else if a.stdin_from_command {
+        backup::backup_command(&repo, &a.paths, &a.stdin_name, &opts).await
+    } else {
+        let paths: Vec<PathBuf> = a.paths.iter().map(PathBuf::from).collect();
+        backup::backup_paths(&repo, &paths, &opts).await
+    };
+    bar.finish().await;
+    let outcome = result.context("backup failed")?;
+    report_backup(g, &outcome, started.elapsed())?;
+    Ok(if outcome.errors.is_empty() { EXIT_OK } else { EXIT_PARTIAL })
+}
+
+fn report_backup(g: &GlobalArgs, o: &BackupOutcome, took: Duration) -> Result<()> {
+    let s = &o.snapshot.summary;
+    if g.json {
+        return print_json(&serde_json::json!({
+            "snapshot_id": o.snapshot_id,
+            "dry_run": o.snapshot_id.is_none(),
+            "parent": o.snapshot.parent,
+            "summary": s,
+            "errors": o.errors,
+            "seconds": took.as_secs_f64(),
+        }));
+    }
+    for e in &o.errors {
+        eprintln!("cairn: could not read {e}");
+    }
+    if g.quiet {
+        return Ok(());
+    }
+    println!(
+        "Files:     {} new, {} changed, {} unmodified",
+        s.files_new, s.files_changed, s.files_unmodified
+    );
+    println!("Dirs:      {}", s.dirs);
+    println!(
+        "Added:     {} ({} stored, {} packs)",
+        output::bytes(s.bytes_added),
+        output::bytes(s.bytes_added_stored),
+        s.packs_added
+    );
+    println!(
+        "Processed: {} files, {} in {}",
+        s.total_files,
+        output::bytes(s.total_bytes),
+        output::duration(took)
+    );
+    match &o.snapshot_id {
+        Some(id) => println!("snapshot {} saved", id.short()),
+        None => println!("dry run: no snapshot written"),
+    }
+    if !o.errors.is_empty() {
+        println!(
+            "warning: {} source entries could not be read and are missing from the snapshot",
+            o.errors.len()
+        );
+    }
+    Ok(())
+}
+
+fn snapshot_json(id: &Id, s: &Snapshot) -> serde_json::Value {
+    serde_json::json!({
+        "id": id,
+        "short_id": id.short(),
+        "time": s.time,
+        "host": s.host,
+        "username": s.username,
+        "tags": s.tags,
+        "paths": s.paths,
+        "tree": s.tree,
+        "parent": s.parent,
+        "source": s.source,
+        "program": s.program,
+        "summary": s.summary,
+        "meta": s.meta.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+    })
+}
+
+async fn snapshots(g: &GlobalArgs, a: SnapshotsArgs) -> Result<i32> {
+    let repo = open_repo(g).await?;
+    let list: Vec<(Id, Snapshot)> = repo
+        .snapshots()?
+        .into_iter()
+        .filter(|(_, s)| a.host.as_ref().is_none_or(|h| &s.host == h))
+        .filter(|(_, s)| a.tags.iter().all(|t| s.tags.contains(t)))
+        .collect();
+    if g.json {
+        return print_json(&serde_json::Value::Array(
+            list.iter().map(|(id, s)| snapshot_json(id, s)).collect(),
+        ))
+        .map(|_| EXIT_OK);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{:<8}  {:<19}  {:<12}  {:<12}  {:>12}  Paths", "ID", "Time", "Host", "Tags", "Size")?;
+    for (id, s) in &list {
+        let time = s
+            .time
+            .to_jiff()
+            .map(|t| t.to_zoned_datetime(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "{:<8}  {:<19}  {:<12}  {:<12}  {:>12}  {}",
+            id.short(),
+            time,
+            s.host,
+            s.tags.join(","),
+            output::bytes(s.summary.total_bytes),
+            s.paths.join(" ")
+        )?;
+    }
+    writeln!(out, "{} snapshots", list.len())?;
+    Ok(EXIT_OK)
+}
+
+async fn ls(g: &GlobalArgs, a: LsArgs) -> Result<i32> {
+    let repo = open_repo(g).await?;
+    let (spec, sub) = split_snap(&a.snapshot);
+    let path = a.path.as_deref().or(sub).unwrap_or("/");
+    let (id, snap) = repo.find_snapshot(spec, a.host.as_deref(), &a.tags)?;
+    let start = read::resolve(&repo, &snap, path).await?;
+    let prefix = format!("/{}", read::components(path)?.join("/"));
+    let prefix = if prefix == "/" { String::new() } else { prefix };
+    let entries = read::walk(&repo, &start, &prefix).await?;
+    let mut out = std::io::stdout().lock();
+    if g.json {
+        for (p, n) in &entries {
+            let v = serde_json::json!({
+                "path": p,
+                "type": n.kind,
+                "mode": n.mode,
+                "uid": n.uid, "gid": n.gid, "user": n.user, "group": n.group,
+                "size": n.size,
+                "mtime": n.mtime, "atime": n.atime, "ctime": n.ctime,
+                "inode": n.inode, "links": n.links,
+                "target": (n.kind == NodeKind::Symlink).then(|| String::from_utf8_lossy(&n.target).into_owned()),
+            });
+            serde_json::to_writer(&mut out, &v)?;
+            writeln!(out)?;
+        }
+        return Ok(EXIT_OK);
+    }
+    if !g.quiet {
+        eprintln!("snapshot {} of {} at {}", id.short(), snap.paths.join(" "), snap.time.to_rfc3339());
+    }
+    for (p, n) in &entries {
+        let shown = if p.is_empty() { "/" } else { p.as_str() };
+        if a.long {
+            let time = n
+                .mtime
+                .to_jiff()
+                .map(|t| t.to_zoned_datetime(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d %H:%M:%S").to_string())
+                .unwrap_or_default();
+            let owner = if n.user.is_empty() { n.uid.to_string() } else { n.user.clone() };
+            let group = if n.group.is_empty() { n.gid.to_string() } else { n.group.clone() };
+            let link = if n.kind == NodeKind::Symlink {
+                format!(" -> {}", String::from_utf8_lossy(&n.target))
+            } else {
+                String::new()
+            };
+            writeln!(
+                out,
+                "{} {:>8} {:>8} {:>12} {} {}{}",
+                output::mode_string(n.kind, n.mode),
+                owner,
+                group,
+                n.size,
+                time,
+                shown,
+                link
+            )?;
+        } else {
+            writeln!(out, "{shown}")?;
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+async fn dump(g: &GlobalArgs, a: DumpArgs) -> Result<i32> {
+    let repo = open_repo(g).await?;
+    let (spec, sub) = split_snap(&a.snapshot);
+    let path = a
+        .path
+        .as_deref()
+        .or(sub)
+        .ok_or_else(|| anyhow!("dump needs a path: cairn dump SNAP PATH"))?;
+    let (_, snap) = repo.find_snapshot(spec, a.host.as_deref(), &a.tags)?;
+    let node = match read::resolve(&repo, &snap, path).await? {
+        Resolved::Node(n) => n,
+        Resolved::Root(_) => bail!("{path} is a directory; dump writes one file"),
+    };
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+    read::dump(&repo, &node, &mut out).await?;
+    Ok(EXIT_OK)
+}
+
+async fn restore_cmd(g: &GlobalArgs, a: RestoreArgs) -> Result<i32> {
+    let repo = open_repo(g).await?;
+    let (spec, sub) = split_snap(&a.snapshot);
+    let (id, snap) = repo.find_snapshot(spec, a.host.as_deref(), &a.tags)?;
+    let progress = Arc::new(Progress::default());
+    progress.total_bytes.store(snap.summary.total_bytes, std::sync::atomic::Ordering::Relaxed);
+    let opts = RestoreOptions {
+        include: a.include.clone(),
+        exclude: a.exclude.clone(),
+        verify: a.verify,
+        progress: Some(progress.clone()),
+    };
+    let bar = ProgressBar::start(progress, g.quiet || g.json, "restore");
+    let started = Instant::now();
+    let r = restore::restore(&repo, &snap, sub.unwrap_or("/"), &a.target, &opts).await;
+    bar.finish().await;
+    let o = r.with_context(|| format!("restoring snapshot {}", id.short()))?;
+    let took = started.elapsed();
+    if g.json {
+        print_json(&serde_json::json!({
+            "snapshot_id": id,
+            "target": a.target,
+            "files": o.files, "dirs": o.dirs, "others": o.others,
+            "bytes": o.bytes,
+            "verified_files": o.verified_files,
+            "errors": o.errors,
+            "seconds": took.as_secs_f64(),
+        }))?;
+    } else {
+        for e in &o.errors {
+            eprintln!("cairn: {e}");
+        }
+        if !g.quiet {
+            println!(
+                "restored snapshot {} to {}: {} files, {} dirs, {} in {}",
+                id.short(),
+                a.target.display(),
+                o.files,
+                o.dirs,
+                output::bytes(o.bytes),
+                output::duration(took)
+            );
+            if a.verify {
+                println!("verified {} files", o.verified_files);
+            }
+        }
+    }
+    if o.errors.is_empty() {
+        Ok(EXIT_OK)
+    } else {
+        eprintln!("cairn: {} errors during restore", o.errors.len());
+        Ok(EXIT_FAILURE)
+    }
+}
+
+async fn stats(g: &GlobalArgs, a: StatsArgs) -> Result<i32> {
+    let repo = open_repo(g).await?;
+    let snaps = if a.snapshots.is_empty() {
+        repo.snapshots()?
+    } else {
+        a.snapshots
+            .iter()
+            .map(|s| repo.find_snapshot(s, None, &[]))
+            .collect::<std::result::Result<Vec<_>, _>>()?
+    };
+    let s = read::stats(&repo, &snaps).await?;
+    if g.json {
+        print_json(&serde_json::to_value(&s)?)?;
+        return Ok(EXIT_OK);
+    }
+    println!("Snapshots:          {}", s.snapshots);
+    println!("Files:              {}", s.files);
+    println!("Logical size:       {}", output::bytes(s.logical_bytes));
+    println!("Unique data:        {} in {} blobs", output::bytes(s.raw_bytes), s.blobs);
+    println!("Stored size:        {}", output::bytes(s.stored_bytes));
+    println!("Dedup ratio:        {:.2}x", s.dedup_ratio);
+    println!("Compression ratio:  {:.2}x", s.compression_ratio);
+    println!("Repository packs:   {}", output::bytes(s.repository_bytes));
+    let _ = EXIT_FAILURE;
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,132 @@
+//! Compression of blob payloads with zstd (format-spec/pack.md §3).
+//!
+//! Owns the choice of whether a blob is stored compressed: a blob stays uncompressed when that
+//! is smaller. Pure: no I/O. Must never: expand a blob, or decompress beyond a caller's bound.
+
+use std::cell::RefCell;
+use std::str::FromStr;
+
+use crate::error::Error;
+
+/// What to do with blob payloads on backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// Store every blob as is.
+    Off,
+    /// zstd level 3, skipping data that a sample shows to be incompressible.
+    #[default]
+    Auto,
+    /// zstd level 19: small repositories, slow backups.
+    Max,
+    /// An explicit zstd level (1..=22).
+    Level(i32),
+}
+
+impl Compression {
+    fn level(self) -> Option<i32> {
+        match self {
+            Compression::Off => None,
+            Compression::Auto => Some(3),
+            Compression::Max => Some(19),
+            Compression::Level(l) => Some(l),
+        }
+    }
+}
+
+impl FromStr for Compression {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "off" | "none" => Ok(Compression::Off),
+            "auto" => Ok(Compression::Auto),
+            "max" => Ok(Compression::Max),
+            n => match n.parse::<i32>() {
+                Ok(l) if (1..=22).contains(&l) => Ok(Compression::Level(l)),
+                _ => Err(Error::invalid(format!(
+                    "compression {s:?}: expected off, auto, max or a zstd level 1-22"
+                ))),
+            },
+        }
+    }
+}
+
+thread_local! {
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// Size of the sample `Auto` compresses first to decide whether a large blob is worth it.
+const SAMPLE: usize = 64 * 1024;
+
+/// Compress `data`; `None` means "store it uncompressed" (compression is off, or would not
+/// make it smaller).
+pub fn compress(data: &[u8], mode: Compression) -> Option<Vec<u8>> {
+    let level = mode.level()?;
+    if data.len() < 64 {
+        return None;
+    }
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().map(|(l, _)| *l) != Some(level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        let (_, c) = slot.as_mut()?;
+        if mode == Compression::Auto && data.len() > 4 * SAMPLE {
+            // Already-compressed data (archives, media) does not shrink; a sample tells cheaply.
+            let mid = data.len() / 2;
+            let sample = &data[mid - SAMPLE / 2..mid + SAMPLE / 2];
+            let out = c.compress(sample).ok()?;
+            if out.len() * 100 > sample.len() * 97 {
+                return None;
+            }
+        }
+        let out = c.compress(data).ok()?;
+        (out.len() < data.len()).then_some(out)
+    })
+}
+
+/// Decompress a zstd frame, refusing output longer than `max_len`.
+pub fn decompress(data: &[u8], max_len: usize) -> Result<Vec<u8>, String> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?);
+        }
+        let d = slot.as_mut().ok_or("zstd decompressor")?;
+        d.decompress(data, max_len).map_err(|e| format!("zstd: {e}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compressible_data_shrinks_and_round_trips() {
+        let data: Vec<u8> = b"cairn ".iter().cycle().take(1 << 20).copied().collect();
+        for mode in [Compression::Auto, Compression::Max, Compression::Level(1)] {
+            let c = compress(&data, mode).expect("compressible");
+            assert!(c.len() < data.len() / 10);
+            assert_eq!(decompress(&c, data.len()).unwrap(), data);
+            assert!(decompress(&c, data.len() - 1).is_err());
+        }
+        assert!(compress(&data, Compression::Off).is_none());
+    }
+
+    #[test]
+    fn incompressible_data_is_stored() {
+        let mut data = vec![0u8; 1 << 20];
+        crate::crypto::fill_random(&mut data);
+        assert!(compress(&data, Compression::Auto).is_none());
+        assert!(compress(&data, Compression::Level(3)).is_none());
+    }
+
+    #[test]
+    fn parses_modes() {
+        assert_eq!("off".parse::<Compression>().unwrap(), Compression::Off);
+        assert_eq!("max".parse::<Compression>().unwrap(), Compression::Max);
+        assert_eq!("7".parse::<Compression>().unwrap(), Compression::Level(7));
+        assert!("99".parse::<Compression>().is_err());
+        assert!(decompress(b"not zstd", 100).is_err());
+    }
+}

@@ -1,0 +1,253 @@
+//! Packs and sealed blobs (format-spec/pack.md).
+//!
+//! A pack is `"CRNP" 0x01 || blob... || sealed header || header length (u32 LE)`. Each blob is
+//! `seal(ad = blob id, compression byte || payload)`. The sealed header lists every blob, so
+//! the index can be rebuilt from packs alone. A pack's name is BLAKE3 of all its bytes.
+
+use super::{Kind, decode, encode};
+use crate::compress::{self, Compression};
+use crate::crypto::{Keys, Sealer};
+use crate::error::{Error, Result};
+use crate::id::Id;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, bincode::Encode, bincode::Decode)]
+pub enum BlobKind {
+    Data,
+    Tree,
+}
+
+impl BlobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlobKind::Data => "data",
+            BlobKind::Tree => "tree",
+        }
+    }
+
+    pub fn as_u8(self) -> u8 {
+        match self {
+            BlobKind::Data => 0,
+            BlobKind::Tree => 1,
+        }
+    }
+
+    pub fn from_u8(v: u8) -> Option<BlobKind> {
+        match v {
+            0 => Some(BlobKind::Data),
+            1 => Some(BlobKind::Tree),
+            _ => None,
+        }
+    }
+}
+
+/// Where one blob sits in its pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct PackEntry {
+    pub kind: BlobKind,
+    pub id: Id,
+    /// Offset of the sealed blob from the start of the pack.
+    pub offset: u32,
+    /// Length of the sealed blob.
+    pub length: u32,
+    /// Length of the blob's plaintext (after decompression).
+    pub raw_len: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, bincode::Encode, bincode::Decode)]
+pub struct PackHeader {
+    pub entries: Vec<PackEntry>,
+}
+
+/// Compression byte values inside a sealed blob.
+pub const BLOB_STORED: u8 = 0;
+pub const BLOB_ZSTD: u8 = 1;
+
+/// Length of the pack's leading magic and version.
+pub const PACK_PREFIX: usize = 5;
+/// Length of the trailing header-length field.
+pub const PACK_TRAILER: usize = 4;
+
+/// Seal one blob's plaintext, compressing it when that makes it smaller.
+pub fn seal_blob(keys: &Keys, id: &Id, plaintext: &[u8], compression: Compression) -> Vec<u8> {
+    let compressed = compress::compress(plaintext, compression);
+    let (flag, payload) = match &compressed {
+        Some(c) => (BLOB_ZSTD, c.as_slice()),
+        None => (BLOB_STORED, plaintext),
+    };
+    let mut inner = Vec::with_capacity(payload.len() + 1);
+    inner.push(flag);
+    inner.extend_from_slice(payload);
+    keys.sealer().seal(id.as_bytes(), &inner)
+}
+
+/// Open a sealed blob and check that its plaintext hashes to `id`.
+pub fn open_blob(keys: &Keys, id: &Id, sealed: &[u8], raw_len: u32) -> Result<Vec<u8>> {
+    let object = || format!("blob {id}");
+    let inner = keys
+        .sealer()
+        .open(id.as_bytes(), sealed)
+        .map_err(|_| Error::corrupt(object(), "authentication failed"))?;
+    let plain = match inner.first() {
+        Some(&BLOB_STORED) => inner[1..].to_vec(),
+        Some(&BLOB_ZSTD) => compress::decompress(&inner[1..], raw_len as usize)
+            .map_err(|e| Error::corrupt(object(), e))?,
+        _ => return Err(Error::corrupt(object(), "unknown compression")),
+    };
+    if plain.len() != raw_len as usize {
+        return Err(Error::corrupt(
+            object(),
+            format!("length {} but the index says {raw_len}", plain.len()),
+        ));
+    }
+    if keys.blob_id(&plain) != *id {
+        return Err(Error::corrupt(object(), "contents do not match the id"));
+    }
+    Ok(plain)
+}
+
+/// Collects sealed blobs and lays them out as a pack.
+#[derive(Default)]
+pub struct PackBuilder {
+    blobs: Vec<(PackEntry, Vec<u8>)>,
+    size: usize,
+}
+
+impl PackBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn add(&mut self, kind: BlobKind, id: Id, sealed: Vec<u8>, raw_len: u32) {
+        self.size += sealed.len();
+        let entry = PackEntry {
+            kind,
+            id,
+            offset: 0,
+            length: sealed.len() as u32,
+            raw_len,
+        };
+        self.blobs.push((entry, sealed));
+    }
+
+    /// Bytes of sealed blobs so far.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.blobs.is_empty()
+    }
+
+    pub fn count(&self) -> usize {
+        self.blobs.len()
+    }
+
+    /// Lay out the pack: blobs in the order given by `order` (a permutation of 0..count, which
+    /// the caller makes random so blob order leaks nothing), then the sealed header.
+    pub fn finish(self, sealer: &Sealer, order: &[usize]) -> (Vec<u8>, Vec<PackEntry>) {
+        debug_assert_eq!(order.len(), self.blobs.len());
+        let mut slots: Vec<Option<(PackEntry, Vec<u8>)>> = self.blobs.into_iter().map(Some).collect();
+        let mut out = Vec::with_capacity(self.size + PACK_PREFIX + 64 * slots.len() + 64);
+        out.extend_from_slice(&Kind::Pack.header());
+        let mut entries = Vec::with_capacity(slots.len());
+        for &i in order {
+            if let Some((mut e, data)) = slots[i].take() {
+                e.offset = out.len() as u32;
+                out.extend_from_slice(&data);
+                entries.push(e);
+            }
+        }
+        let header = encode(&PackHeader {
+            entries: entries.clone(),
+        });
+        let start = out.len();
+        sealer.seal_into(&Kind::PackHeader.header(), &header, &mut out);
+        let hlen = (out.len() - start) as u32;
+        out.extend_from_slice(&hlen.to_le_bytes());
+        (out, entries)
+    }
+}
+
+/// From a pack's length and its last four bytes, where its sealed header lies.
+pub fn header_range(pack_len: u64, trailer: &[u8], object: &str) -> Result<(u64, u64)> {
+    let t: [u8; 4] = trailer
+        .try_into()
+        .map_err(|_| Error::corrupt(object, "short trailer"))?;
+    let hlen = u32::from_le_bytes(t) as u64;
+    let min = (PACK_PREFIX + PACK_TRAILER) as u64;
+    if pack_len < min || hlen > pack_len - min {
+        return Err(Error::corrupt(object, "header length out of range"));
+    }
+    Ok((pack_len - PACK_TRAILER as u64 - hlen, hlen))
+}
+
+/// Open a pack's sealed header (`data` = exactly the header bytes) and check the entries fit
+/// in a pack of `pack_len` bytes whose header starts at `header_offset`.
+pub fn decode_header(sealer: &Sealer, data: &[u8], header_offset: u64, object: &str) -> Result<PackHeader> {
+    let plain = sealer
+        .open(&Kind::PackHeader.header(), data)
+        .map_err(|_| Error::corrupt(object, "pack header authentication failed"))?;
+    let h: PackHeader = decode(&plain, object)?;
+    let mut spans: Vec<(u64, u64)> = h
+        .entries
+        .iter()
+        .map(|e| (e.offset as u64, e.offset as u64 + e.length as u64))
+        .collect();
+    spans.sort_unstable();
+    let mut end = PACK_PREFIX as u64;
+    for (s, e) in spans {
+        if s < end || e > header_offset || s == e {
+            return Err(Error::corrupt(object, "pack header entries overlap or overflow"));
+        }
+        end = e;
+    }
+    Ok(h)
+}
+
+/// Check a whole pack's prefix and return its header.
+pub fn decode_pack(sealer: &Sealer, pack: &[u8], object: &str) -> Result<PackHeader> {
+    super::strip_header(Kind::Pack, pack, object)?;
+    if pack.len() < PACK_PREFIX + PACK_TRAILER {
+        return Err(Error::corrupt(object, "too short"));
+    }
+    let (off, len) = header_range(pack.len() as u64, &pack[pack.len() - PACK_TRAILER..], object)?;
+    decode_header(sealer, &pack[off as usize..(off + len) as usize], off, object)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{Encryption, MasterKey};
+
+    #[test]
+    fn pack_round_trip_any_order() {
+        for mode in [Encryption::Repokey, Encryption::None] {
+            let keys = Keys::derive(&MasterKey::from_bytes([3; 32]), mode);
+            let mut b = PackBuilder::new();
+            let mut blobs = Vec::new();
+            for i in 0..5u8 {
+                let plain = vec![i; 1000 + i as usize];
+                let id = keys.blob_id(&plain);
+                b.add(BlobKind::Data, id, seal_blob(&keys, &id, &plain, Compression::Auto), plain.len() as u32);
+                blobs.push((id, plain));
+            }
+            let (pack, entries) = b.finish(keys.sealer(), &[3, 1, 4, 0, 2]);
+            assert_eq!(entries[0].id, blobs[3].0);
+            let h = decode_pack(keys.sealer(), &pack, "p").unwrap();
+            assert_eq!(h.entries, entries);
+            for e in &h.entries {
+                let sealed = &pack[e.offset as usize..(e.offset + e.length) as usize];
+                let plain = open_blob(&keys, &e.id, sealed, e.raw_len).unwrap();
+                assert!(blobs.iter().any(|(id, p)| *id == e.id && *p == plain));
+                // A blob cannot be passed off under another id.
+                let other = blobs.iter().find(|(id, _)| *id != e.id).unwrap().0;
+                assert!(open_blob(&keys, &other, sealed, e.raw_len).is_err());
+            }
+            let mut bad = pack.clone();
+            let n = bad.len();
+            bad[n - 10] ^= 1;
+            assert!(decode_pack(keys.sealer(), &bad, "p").is_err());
+            assert!(decode_pack(keys.sealer(), &pack[..3], "p").is_err());
+        }
+    }
+}

@@ -1,0 +1,921 @@
+//! Backup of file trees and streams (DESIGN.md §4).
+//!
+//! Three kinds of thread cooperate, joined by bounded channels:
+//! - the **walker** (one blocking thread) lists directories in name order, compares each file
+//!   with the parent snapshot (size, mtime, ctime, inode: unchanged files are not read), and
+//!   hands files to be read to rayon, bounded by a budget of bytes and files in flight;
+//! - **file jobs** on rayon read and chunk a file, then hash, compress and seal its chunks in
+//!   parallel and give new blobs to the [`BlobSink`], which packs and uploads them;
+//! - the **assembler** (one blocking thread) receives the walk's events in order, waits for each
+//!   file's chunk list, and writes a tree blob as each directory is left.
+//!
+//! The snapshot is written only after every pack and index object it needs is stored.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Condvar, Mutex};
+
+use rayon::prelude::*;
+use tokio::runtime::Handle;
+
+use super::progress::Progress;
+use crate::chunker::Chunker;
+use crate::compress::Compression;
+use crate::error::{Error, Result};
+use crate::format::Timestamp;
+use crate::format::lease::LeaseKind;
+use crate::format::pack::BlobKind;
+use crate::format::snapshot::{Snapshot, Summary};
+use crate::format::tree::{Extent, Node, NodeKind, Tree};
+use crate::id::Id;
+use crate::repo::packer::{BlobSink, Uploader};
+use crate::repo::{Repository, hostname, username};
+use crate::source::exclude::{ExcludeOptions, Excluder};
+use crate::source::fs::{NameCache, data_regions, looks_sparse, node_from_meta, open_noatime};
+
+/// Bytes read from one file before its chunks are processed as a parallel batch.
+const BATCH_BYTES: usize = 16 * 1024 * 1024;
+/// Budget of file bytes being read at once, and of files in flight.
+const INFLIGHT_BYTES: u64 = 64 * 1024 * 1024;
+const INFLIGHT_FILES: u64 = 256;
+
+#[derive(Debug, Clone, Default)]
+pub struct BackupOptions {
+    pub exclude: ExcludeOptions,
+    pub one_file_system: bool,
+    pub tags: Vec<String>,
+    /// Host name recorded in the snapshot (default: this machine's).
+    pub host: Option<String>,
+    /// Snapshot time (default: now).
+    pub time: Option<Timestamp>,
+    pub dry_run: bool,
+    /// Parent snapshot reference; by default the latest with the same host and paths.
+    pub parent: Option<String>,
+    /// Read every file even when the parent says it is unchanged.
+    pub force: bool,
+    pub compression: Compression,
+    pub progress: Option<Arc<Progress>>,
+    /// Walk the sources first to know totals (for an ETA).
+    pub scan: bool,
+    /// How long to wait for a conflicting lease.
+    pub lease_wait: std::time::Duration,
+}
+
+#[derive(Debug)]
+pub struct BackupOutcome {
+    /// The committed snapshot's id; `None` for a dry run.
+    pub snapshot_id: Option<Id>,
+    pub snapshot: Snapshot,
+    /// Source entries that could not be read; they are missing from the snapshot.
+    pub errors: Vec<String>,
+}
+
+/// Errors of a file job: the source failing is reported and skipped; the repository failing
+/// aborts the backup.
+enum JobError {
+    Source(String),
+    Fatal(Error),
+}
+
+struct FileResult {
+    extents: Vec<Extent>,
+    size: u64,
+}
+
+enum Pending {
+    Ready(Node),
+    Reading(Node, Receiver<std::result::Result<FileResult, JobError>>),
+}
+
+enum Event {
+    Enter(Node),
+    Leaf(Pending),
+    Leave,
+}
+
+#[derive(Default)]
+struct Counters {
+    files_new: u64,
+    files_changed: u64,
+    files_unmodified: u64,
+    dirs: u64,
+    other: u64,
+}
+
+/// A budget of bytes and files in flight: the walker waits when it is spent.
+struct Budget {
+    used: Mutex<(u64, u64)>,
+    cv: Condvar,
+}
+
+impl Budget {
+    fn new() -> Arc<Budget> {
+        Arc::new(Budget {
+            used: Mutex::new((0, 0)),
+            cv: Condvar::new(),
+        })
+    }
+    fn acquire(&self, bytes: u64) {
+        let mut u = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        while u.1 > 0 && (u.0 + bytes > INFLIGHT_BYTES || u.1 + 1 > INFLIGHT_FILES) {
+            u = self.cv.wait(u).unwrap_or_else(|p| p.into_inner());
+        }
+        u.0 += bytes;
+        u.1 += 1;
+    }
+    fn release(&self, bytes: u64) {
+        let mut u = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        u.0 -= bytes;
+        u.1 -= 1;
+        self.cv.notify_all();
+    }
+}
+
+/// Chunk a stream and store its new chunks; returns its extents and length.
+fn store_stream<R: Read>(
+    sink: &BlobSink,
+    chunker: &Chunker,
+    reader: R,
+    size_hint: u64,
+    progress: Option<&Progress>,
+) -> std::result::Result<(Vec<Extent>, u64), JobError> {
+    let keys = sink.repo().keys().clone();
+    let mut stream = chunker.stream(reader, BATCH_BYTES, size_hint);
+    let mut extents = Vec::new();
+    let mut total = 0u64;
+    loop {
+        let batch = match stream.next_batch() {
+            Ok(Some(b)) => b,
+            Ok(None) => break,
+            Err(e) => return Err(JobError::Source(e.to_string())),
+        };
+        let ids: Vec<Result<Extent>> = batch
+            .par_iter()
+            .map(|chunk| {
+                let id = keys.blob_id(chunk);
+                sink.save(BlobKind::Data, id, chunk)?;
+                Ok(Extent::Data {
+                    id,
+                    len: chunk.len() as u32,
+                })
+            })
+            .collect();
+        let n: u64 = batch.iter().map(|c| c.len() as u64).sum();
+        total += n;
+        if let Some(p) = progress {
+            p.bytes.fetch_add(n, Ordering::Relaxed);
+        }
+        for r in ids {
+            extents.push(r.map_err(JobError::Fatal)?);
+        }
+    }
+    Ok((extents, total))
+}
+
+/// Read one regular file into extents, keeping holes of sparse files as holes.
+fn read_file(
+    sink: &BlobSink,
+    chunker: &Chunker,
+    path: &Path,
+    progress: Option<&Progress>,
+) -> std::result::Result<FileResult, JobError> {
+    let src = |e: std::io::Error| JobError::Source(format!("{}: {e}", path.display()));
+    let file = open_noatime(path).map_err(src)?;
+    let meta = file.metadata().map_err(src)?;
+    if !meta.is_file() {
+        return Err(JobError::Source(format!("{}: no longer a regular file", path.display())));
+    }
+    if !looks_sparse(&meta) {
+        let (extents, size) = store_stream(sink, chunker, &file, meta.len(), progress)?;
+        return Ok(FileResult { extents, size });
+    }
+    let mut extents = Vec::new();
+    let mut pos = 0u64;
+    let mut f = &file;
+    for (off, len) in data_regions(&file, meta.len()) {
+        if off > pos {
+            extents.push(Extent::Hole(off - pos));
+        }
+        f.seek(SeekFrom::Start(off)).map_err(src)?;
+        let (ex, n) = store_stream(sink, chunker, f.take(len), len, progress)?;
+        extents.extend(ex);
+        pos = off + n;
+        if n < len {
+            break; // the file shrank while we read it
+        }
+    }
+    if meta.len() > pos {
+        extents.push(Extent::Hole(meta.len() - pos));
+        pos = meta.len();
+    }
+    Ok(FileResult { extents, size: pos })
+}
+
+/// The paths to back up arranged as a tree of path components: inner components are
+/// directories on the way, leaves are walked in full.
+enum Target {
+    Leaf(PathBuf),
+    Inner(PathBuf, BTreeMap<Vec<u8>, Target>),
+}
+
+fn normalize(p: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(p).map_err(|e| Error::io(p, e))?;
+    let mut out = PathBuf::from("/");
+    for c in abs.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(n) => out.push(n),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+fn build_targets(paths: &[PathBuf]) -> Target {
+    let mut root = Target::Inner(PathBuf::from("/"), BTreeMap::new());
+    for p in paths {
+        if p == Path::new("/") {
+            return Target::Leaf(p.clone());
+        }
+        let mut cur = &mut root;
+        let comps: Vec<_> = p.components().filter(|c| matches!(c, Component::Normal(_))).collect();
+        let mut sofar = PathBuf::from("/");
+        for (i, c) in comps.iter().enumerate() {
+            sofar.push(c);
+            let Target::Inner(_, children) = cur else { break };
+            let name = c.as_os_str().as_bytes().to_vec();
+            let last = i + 1 == comps.len();
+            let entry = children.entry(name).or_insert_with(|| {
+                if last {
+                    Target::Leaf(sofar.clone())
+                } else {
+                    Target::Inner(sofar.clone(), BTreeMap::new())
+                }
+            });
+            if last {
+                *entry = Target::Leaf(sofar.clone());
+            }
+            cur = entry;
+        }
+    }
+    root
+}
+
+struct Walker {
+    sink: Arc<BlobSink>,
+    chunker: Arc<Chunker>,
+    handle: Handle,
+    excluder: Excluder,
+    one_file_system: bool,
+    force: bool,
+    names: NameCache,
+    events: SyncSender<Event>,
+    budget: Arc<Budget>,
+    errors: Arc<Mutex<Vec<String>>>,
+    counters: Counters,
+    progress: Option<Arc<Progress>>,
+}
+
+/// The walker lost its consumer (the assembler failed); stop quietly.
+struct Stop;
+
+impl Walker {
+    fn error(&self, msg: String) {
+        tracing::warn!("{msg}");
+        if let Some(p) = &self.progress {
+            p.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.errors.lock().unwrap_or_else(|p| p.into_inner()).push(msg);
+    }
+
+    fn send(&self, e: Event) -> std::result::Result<(), Stop> {
+        self.events.send(e).map_err(|_| Stop)
+    }
+
+    fn load_parent(&self, node: Option<&Node>) -> Option<Tree> {
+        let id = node.filter(|n| n.kind == NodeKind::Dir)?.subtree?;
+        match self.handle.block_on(self.sink.repo().load_tree(&id)) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!("parent tree {id}: {e}; reading this directory in full");
+                None
+            }
+        }
+    }
+
+    fn run_with_parent(mut self, target: &Target, parent: Option<Tree>) -> std::result::Result<Counters, Stop> {
+        match target {
+            Target::Leaf(path) => {
+                let dev = std::fs::symlink_metadata(path).map(|m| m.dev()).ok();
+                self.walk_dir_contents(path, parent.as_ref(), dev)?
+            }
+            Target::Inner(_, children) => self.walk_inner(children, parent.as_ref())?,
+        }
+        Ok(self.counters)
+    }
+
+    fn walk_inner(&mut self, children: &BTreeMap<Vec<u8>, Target>, parent: Option<&Tree>) -> std::result::Result<(), Stop> {
+        for (name, child) in children {
+            let pnode = parent.and_then(|t| t.find(name));
+            match child {
+                Target::Leaf(path) => match std::fs::symlink_metadata(path) {
+                    Ok(meta) => {
+                        let dev = meta.dev();
+                        self.entry(path, name.clone(), meta, pnode, dev)?
+                    }
+                    Err(e) => self.error(format!("{}: {e}", path.display())),
+                },
+                Target::Inner(path, grand) => {
+                    // Directories on the way to a source path: their own metadata, and only the
+                    // children that lead to sources.
+                    let meta = match std::fs::metadata(path) {
+                        Ok(m) if m.is_dir() => m,
+                        Ok(_) => {
+                            self.error(format!("{}: not a directory", path.display()));
+                            continue;
+                        }
+                        Err(e) => {
+                            self.error(format!("{}: {e}", path.display()));
+                            continue;
+                        }
+                    };
+                    let node = match node_from_meta(path, name.clone(), &meta, &self.names) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            self.error(format!("{}: {e}", path.display()));
+                            continue;
+                        }
+                    };
+                    self.counters.dirs += 1;
+                    self.send(Event::Enter(node))?;
+                    let ptree = self.load_parent(pnode);
+                    self.walk_inner(grand, ptree.as_ref())?;
+                    self.send(Event::Leave)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One directory entry with its `lstat` metadata.
+    fn entry(
+        &mut self,
+        path: &Path,
+        name: Vec<u8>,
+        meta: std::fs::Metadata,
+        pnode: Option<&Node>,
+        root_dev: u64,
+    ) -> std::result::Result<(), Stop> {
+        let mut node = match node_from_meta(path, name, &meta, &self.names) {
+            Ok(n) => n,
+            Err(e) => {
+                self.error(format!("{}: {e}", path.display()));
+                return Ok(());
+            }
+        };
+        match node.kind {
+            NodeKind::Dir => {
+                if self.excluder.dir_excluded(path) {
+                    return Ok(());
+                }
+                self.counters.dirs += 1;
+                self.send(Event::Enter(node))?;
+                if !(self.one_file_system && meta.dev() != root_dev) {
+                    let ptree = self.load_parent(pnode);
+                    self.walk_dir_contents(path, ptree.as_ref(), Some(root_dev))?;
+                }
+                self.send(Event::Leave)?;
+            }
+            NodeKind::File => {
+                if let Some(p) = &self.progress {
+                    p.files.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(content) = self.unchanged(&node, pnode) {
+                    node.content = content;
+                    self.counters.files_unmodified += 1;
+                    if let Some(p) = &self.progress {
+                        p.bytes.fetch_add(node.size, Ordering::Relaxed);
+                    }
+                    return self.send(Event::Leaf(Pending::Ready(node)));
+                }
+                if pnode.is_some() {
+                    self.counters.files_changed += 1;
+                } else {
+                    self.counters.files_new += 1;
+                }
+                let cost = node.size.min(2 * BATCH_BYTES as u64) + 4096;
+                self.budget.acquire(cost);
+                let (tx, rx) = sync_channel(1);
+                let sink = self.sink.clone();
+                let chunker = self.chunker.clone();
+                let budget = self.budget.clone();
+                let progress = self.progress.clone();
+                let path = path.to_path_buf();
+                rayon::spawn(move || {
+                    let r = read_file(&sink, &chunker, &path, progress.as_deref());
+                    budget.release(cost);
+                    let _ = tx.send(r);
+                });
+                self.send(Event::Leaf(Pending::Reading(node, rx)))?;
+            }
+            _ => {
+                self.counters.other += 1;
+                self.send(Event::Leaf(Pending::Ready(node)))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The parent's content list if the file is unchanged and all its blobs are still indexed.
+    fn unchanged(&self, node: &Node, pnode: Option<&Node>) -> Option<Vec<Extent>> {
+        if self.force {
+            return None;
+        }
+        let p = pnode?;
+        let same = p.kind == NodeKind::File
+            && p.size == node.size
+            && p.mtime == node.mtime
+            && p.ctime == node.ctime
+            && p.inode == node.inode;
+        if !same {
+            return None;
+        }
+        for e in &p.content {
+            if let Extent::Data { id, .. } = e
+                && !self.sink.repo().has_blob(id, BlobKind::Data).unwrap_or(false)
+            {
+                return None;
+            }
+        }
+        Some(p.content.clone())
+    }
+
+    fn walk_dir_contents(&mut self, dir: &Path, parent: Option<&Tree>, root_dev: Option<u64>) -> std::result::Result<(), Stop> {
+        let rd = match std::fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) => {
+                self.error(format!("{}: {e}", dir.display()));
+                return Ok(());
+            }
+        };
+        let mut names: Vec<OsString> = Vec::new();
+        for ent in rd {
+            match ent {
+                Ok(ent) => names.push(ent.file_name()),
+                Err(e) => self.error(format!("{}: {e}", dir.display())),
+            }
+        }
+        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        let root_dev = match root_dev {
+            Some(d) => d,
+            None => std::fs::symlink_metadata(dir).map(|m| m.dev()).unwrap_or(0),
+        };
+        for name in names {
+            let path = dir.join(&name);
+            let nb = name.as_bytes();
+            if self.excluder.excluded(&path, nb) {
+                continue;
+            }
+            let meta = match std::fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.error(format!("{}: {e}", path.display()));
+                    continue;
+                }
+            };
+            let pnode = parent.and_then(|t| t.find(nb));
+            self.entry(&path, nb.to_vec(), meta, pnode, root_dev)?;
+        }
+        Ok(())
+    }
+}
+
+/// Serialise, id and store a tree blob.
+fn save_tree(sink: &BlobSink, mut nodes: Vec<Node>) -> Result<Id> {
+    let mut tree = Tree {
+        nodes: std::mem::take(&mut nodes),
+    };
+    tree.sort();
+    tree.nodes.dedup_by(|a, b| a.name == b.name);
+    let data = tree.encode();
+    let id = sink.repo().keys().blob_id(&data);
+    sink.save(BlobKind::Tree, id, &data)?;
+    Ok(id)
+}
+
+struct Assembled {
+    root: Id,
+    total_files: u64,
+    total_bytes: u64,
+}
+
+fn assemble(sink: &BlobSink, events: Receiver<Event>, errors: &Mutex<Vec<String>>) -> Result<Assembled> {
+    let mut stack: Vec<(Option<Node>, Vec<Node>)> = vec![(None, Vec::new())];
+    let mut total_files = 0u64;
+    let mut total_bytes = 0u64;
+    for ev in events {
+        match ev {
+            Event::Enter(node) => stack.push((Some(node), Vec::new())),
+            Event::Leaf(Pending::Ready(node)) => {
+                if node.kind == NodeKind::File {
+                    total_files += 1;
+                    total_bytes += node.size;
+                }
+                stack.last_mut().expect("root frame").1.push(node);
+            }
+            Event::Leaf(Pending::Reading(mut node, rx)) => match rx.recv() {
+                Ok(Ok(r)) => {
+                    node.content = r.extents;
+                    node.size = r.size;
+                    total_files += 1;
+                    total_bytes += node.size;
+                    stack.last_mut().expect("root frame").1.push(node);
+                }
+                Ok(Err(JobError::Source(msg))) => {
+                    tracing::warn!("{msg}");
+                    errors.lock().unwrap_or_else(|p| p.into_inner()).push(msg);
+                }
+                Ok(Err(JobError::Fatal(e))) => return Err(e),
+                Err(_) => return Err(Error::Other("a file reader stopped unexpectedly".into())),
+            },
+            Event::Leave => {
+                let (node, children) = stack.pop().expect("balanced walk");
+                let mut node = node.expect("non-root frame");
+                node.subtree = Some(save_tree(sink, children)?);
+                stack.last_mut().expect("root frame").1.push(node);
+            }
+        }
+    }
+    let (_, children) = stack.pop().expect("root frame");
+    Ok(Assembled {
+        root: save_tree(sink, children)?,
+        total_files,
+        total_bytes,
+    })
+}
+
+/// Count files and bytes under the targets, for progress totals.
+fn scan(target: &Target, excluder: &Excluder, progress: &Progress) {
+    fn walk(dir: &Path, ex: &Excluder, p: &Progress) {
+        let Ok(rd) = std::fs::read_dir(dir) else { return };
+        for ent in rd.flatten() {
+            let path = ent.path();
+            if ex.excluded(&path, ent.file_name().as_bytes()) {
+                continue;
+            }
+            let Ok(m) = ent.metadata() else { continue };
+            if m.is_dir() {
+                if !ex.dir_excluded(&path) {
+                    walk(&path, ex, p);
+                }
+            } else if m.is_file() {
+                p.add_total(1, m.len());
+            }
+        }
+    }
+    match target {
+        Target::Leaf(p) => match std::fs::symlink_metadata(p) {
+            Ok(m) if m.is_dir() => walk(p, excluder, progress),
+            Ok(m) if m.is_file() => progress.add_total(1, m.len()),
+            _ => {}
+        },
+        Target::Inner(_, children) => {
+            for c in children.values() {
+                scan(c, excluder, progress);
+            }
+        }
+    }
+}
+
+struct Session {
+    sink: Arc<BlobSink>,
+    uploader: Uploader,
+    started: Timestamp,
+}
+
+impl Session {
+    fn start(repo: &Arc<Repository>, opts: &BackupOptions) -> Session {
+        let (sink, uploader) = BlobSink::start(repo.clone(), opts.compression, opts.dry_run);
+        Session {
+            sink,
+            uploader,
+            started: repo.now(),
+        }
+    }
+
+    /// Wait for uploads and write the snapshot (unless a dry run).
+    async fn commit(self, repo: &Repository, mut snap: Snapshot, dry_run: bool, errors: Vec<String>) -> Result<BackupOutcome> {
+        self.sink.flush().await?;
+        let up = self.uploader.finish().await?;
+        let st = &self.sink.stats;
+        snap.summary.backup_start = self.started;
+        snap.summary.backup_end = repo.now();
+        snap.summary.data_blobs_added = st.data_blobs.load(Ordering::Relaxed);
+        snap.summary.tree_blobs_added = st.tree_blobs.load(Ordering::Relaxed);
+        snap.summary.bytes_added = st.raw_bytes.load(Ordering::Relaxed);
+        snap.summary.bytes_added_stored = up.bytes;
+        snap.summary.packs_added = up.packs;
+        snap.summary.errors = errors.len() as u64;
+        let snapshot_id = if dry_run { None } else { Some(repo.save_snapshot(&snap).await?) };
+        Ok(BackupOutcome {
+            snapshot_id,
+            snapshot: snap,
+            errors,
+        })
+    }
+
+    /// After a failure: store what was already handed to the uploader, so a retry reuses it.
+    async fn abandon(self) {
+        self.sink.abort();
+        if let Err(e) = self.uploader.finish().await {
+            tracing::debug!("uploader after failure: {e}");
+        }
+    }
+}
+
+fn new_snapshot(repo: &Repository, opts: &BackupOptions, paths: Vec<String>, source: &str) -> Snapshot {
+    Snapshot {
+        time: opts.time.unwrap_or_else(|| repo.now()),
+        tree: Id::default(),
+        paths,
+        host: opts.host.clone().unwrap_or_else(hostname),
+        username: username(),
+        // SAFETY: getuid/getgid cannot fail.
+        uid: unsafe { libc::getuid() },
+        gid: unsafe { libc::getgid() },
+        tags: opts.tags.clone(),
+        parent: None,
+        source: source.to_string(),
+        program: format!("cairn {}", env!("CARGO_PKG_VERSION")),
+        summary: Summary::default(),
+        meta: Vec::new(),
+    }
+}
+
+/// Back up file trees.
+pub async fn backup_paths(repo: &Arc<Repository>, paths: &[PathBuf], opts: &BackupOptions) -> Result<BackupOutcome> {
+    if paths.is_empty() {
+        return Err(Error::invalid("nothing to back up: give at least one path"));
+    }
+    let mut abs = Vec::new();
+    for p in paths {
+        let n = normalize(p)?;
+        if let Err(e) = std::fs::symlink_metadata(&n) {
+            return Err(Error::io(n, e));
+        }
+        abs.push(n);
+    }
+    abs.sort();
+    abs.dedup();
+    let path_strings: Vec<String> = abs.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    let excluder = Excluder::new(&opts.exclude)?;
+    let lease = if opts.dry_run {
+        None
+    } else {
+        Some(repo.acquire_lease(LeaseKind::Shared, "backup", opts.lease_wait).await?)
+    };
+    let mut snap = new_snapshot(repo, opts, path_strings.clone(), "files");
+
+    // The parent: named, or the latest snapshot of the same host and paths.
+    let parent = match &opts.parent {
+        Some(p) => Some(repo.find_snapshot(p, None, &[])?),
+        None => repo
+            .snapshots()?
+            .into_iter()
+            .rfind(|(_, s)| s.host == snap.host && s.paths == path_strings && s.source == "files"),
+    };
+    let parent_tree = match &parent {
+        Some((id, s)) if !opts.force => match repo.load_tree(&s.tree).await {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!("parent snapshot {id}: {e}; reading everything");
+                None
+            }
+        },
+        _ => None,
+    };
+    snap.parent = parent.as_ref().map(|(id, _)| *id);
+
+    let target = Arc::new(build_targets(&abs));
+    if opts.scan
+        && let Some(p) = opts.progress.clone()
+    {
+        let t = target.clone();
+        let ex = Excluder::new(&opts.exclude)?;
+        std::thread::spawn(move || {
+            scan(&t, &ex, &p);
+            p.totals_final.store(true, Ordering::Relaxed);
+        });
+    }
+
+    let session = Session::start(repo, opts);
+    let (tx, rx) = sync_channel::<Event>(4096);
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let walker = Walker {
+        sink: session.sink.clone(),
+        chunker: Arc::new(repo.file_chunker()),
+        handle: Handle::current(),
+        excluder,
+        one_file_system: opts.one_file_system,
+        force: opts.force,
+        names: NameCache::default(),
+        events: tx,
+        budget: Budget::new(),
+        errors: errors.clone(),
+        counters: Counters::default(),
+        progress: opts.progress.clone(),
+    };
+    let t2 = target.clone();
+    let walk = tokio::task::spawn_blocking(move || walker.run_with_parent(&t2, parent_tree));
+    let sink = session.sink.clone();
+    let errs = errors.clone();
+    let asm = tokio::task::spawn_blocking(move || assemble(&sink, rx, &errs));
+    let assembled = asm.await.map_err(|e| Error::Other(format!("tree assembler: {e}")));
+    let counters = walk.await.map_err(|e| Error::Other(format!("walker: {e}")));
+    let assembled = match (assembled, counters) {
+        (Ok(Ok(a)), Ok(Ok(c))) => (a, c),
+        (Ok(Err(e)), _) | (Err(e), _) | (_, Err(e)) => {
+            session.abandon().await;
+            return Err(e);
+        }
+        (Ok(Ok(_)), Ok(Err(Stop))) => {
+            session.abandon().await;
+            return Err(Error::Other("the directory walk stopped unexpectedly".into()));
+        }
+    };
+    let (a, c) = assembled;
+    snap.tree = a.root;
+    snap.summary.files_new = c.files_new;
+    snap.summary.files_changed = c.files_changed;
+    snap.summary.files_unmodified = c.files_unmodified;
+    snap.summary.dirs = c.dirs;
+    snap.summary.other_nodes = c.other;
+    snap.summary.total_files = a.total_files;
+    snap.summary.total_bytes = a.total_bytes;
+    snap.summary.bytes_read = opts.progress.as_ref().map(|p| Progress::get(&p.bytes)).unwrap_or(0);
+    let errors = std::mem::take(&mut *errors.lock().unwrap_or_else(|p| p.into_inner()));
+    let out = session.commit(repo, snap, opts.dry_run, errors).await;
+    if let Some(l) = lease {
+        l.release().await?;
+    }
+    out
+}
+
+/// Back up one stream as a single file named `name` (which may contain `/`).
+pub async fn backup_reader<R: Read + Send + 'static>(
+    repo: &Arc<Repository>,
+    reader: R,
+    name: &str,
+    opts: &BackupOptions,
+) -> Result<BackupOutcome> {
+    backup_reader_checked(repo, reader, name, opts, || Ok(())).await
+}
+
+/// Like [`backup_reader`], but `check` runs after the stream ends and before the snapshot is
+/// written; if it fails, no snapshot is written (a failed dump command, for instance).
+pub async fn backup_reader_checked<R, F>(
+    repo: &Arc<Repository>,
+    reader: R,
+    name: &str,
+    opts: &BackupOptions,
+    check: F,
+) -> Result<BackupOutcome>
+where
+    R: Read + Send + 'static,
+    F: FnOnce() -> Result<()> + Send + 'static,
+{
+    let comps: Vec<&str> = name.split('/').filter(|c| !c.is_empty()).collect();
+    if comps.is_empty() || comps.iter().any(|c| !crate::format::tree::valid_name(c.as_bytes())) {
+        return Err(Error::invalid(format!("{name:?} is not a valid file name for the stream")));
+    }
+    let lease = if opts.dry_run {
+        None
+    } else {
+        Some(repo.acquire_lease(LeaseKind::Shared, "backup", opts.lease_wait).await?)
+    };
+    let snap = new_snapshot(repo, opts, vec![comps.join("/")], "stdin");
+    let session = Session::start(repo, opts);
+    let sink = session.sink.clone();
+    let chunker = repo.file_chunker();
+    let progress = opts.progress.clone();
+    let names: Vec<Vec<u8>> = comps.iter().map(|c| c.as_bytes().to_vec()).collect();
+    let time = snap.time;
+    let job = tokio::task::spawn_blocking(move || -> std::result::Result<Id, JobError> {
+        let (extents, size) = store_stream(&sink, &chunker, reader, 0, progress.as_deref())?;
+        check().map_err(JobError::Fatal)?;
+        let cache = NameCache::default();
+        // SAFETY: getuid/getgid/umask-free calls that cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let stamp = |n: &mut Node, mode: u32| {
+            n.mode = mode;
+            n.uid = uid;
+            n.gid = gid;
+            n.user = cache.user(uid);
+            n.group = cache.group(gid);
+            n.mtime = time;
+            n.atime = time;
+            n.ctime = time;
+        };
+        let mut file = Node::new(names[names.len() - 1].clone(), NodeKind::File);
+        stamp(&mut file, 0o600);
+        file.size = size;
+        file.links = 1;
+        file.content = extents;
+        let mut node = file;
+        for dir in names[..names.len() - 1].iter().rev() {
+            let id = save_tree(&sink, vec![node]).map_err(JobError::Fatal)?;
+            let mut d = Node::new(dir.clone(), NodeKind::Dir);
+            stamp(&mut d, 0o700);
+            d.subtree = Some(id);
+            node = d;
+        }
+        save_tree(&sink, vec![node]).map_err(JobError::Fatal)
+    });
+    let root = match job.await {
+        Ok(Ok(root)) => root,
+        Ok(Err(JobError::Source(msg))) => {
+            session.abandon().await;
+            return Err(Error::Other(format!("reading {name}: {msg}; no snapshot written")));
+        }
+        Ok(Err(JobError::Fatal(e))) => {
+            session.abandon().await;
+            return Err(e);
+        }
+        Err(e) => {
+            session.abandon().await;
+            return Err(Error::Other(e.to_string()));
+        }
+    };
+    let mut snap = snap;
+    snap.tree = root;
+    snap.summary.total_files = 1;
+    let out = session.commit(repo, snap, opts.dry_run, Vec::new()).await;
+    if let Ok(o) = &out
+        && let Some(id) = &o.snapshot_id
+    {
+        tracing::debug!("stream snapshot {id}");
+    }
+    if let Some(l) = lease {
+        l.release().await?;
+    }
+    let mut out = out?;
+    out.snapshot.summary.total_bytes = out.snapshot.summary.bytes_added;
+    Ok(out)
+}
+
+/// Back up the standard output of a command; no snapshot if it exits unsuccessfully.
+pub async fn backup_command(repo: &Arc<Repository>, argv: &[OsString], name: &str, opts: &BackupOptions) -> Result<BackupOutcome> {
+    let (prog, args) = argv
+        .split_first()
+        .ok_or_else(|| Error::invalid("--stdin-from-command needs a command"))?;
+    let mut child = std::process::Command::new(prog)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::Other(format!("could not run {}: {e}", prog.to_string_lossy())))?;
+    let stdout = child.stdout.take().ok_or_else(|| Error::Other("no stdout pipe".into()))?;
+    let prog_name = prog.to_string_lossy().into_owned();
+    backup_reader_checked(repo, stdout, name, opts, move || {
+        let status = child
+            .wait()
+            .map_err(|e| Error::Other(format!("waiting for {prog_name}: {e}")))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(Error::Other(format!(
+                "command {prog_name} failed ({status}); no snapshot written"
+            )))
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_merge_paths() {
+        let t = build_targets(&[PathBuf::from("/a/b"), PathBuf::from("/a/c"), PathBuf::from("/d")]);
+        let Target::Inner(_, root) = t else { panic!() };
+        assert_eq!(root.len(), 2);
+        let Target::Inner(_, a) = &root[&b"a".to_vec()] else { panic!() };
+        assert!(matches!(a[&b"b".to_vec()], Target::Leaf(_)));
+        assert!(matches!(root[&b"d".to_vec()], Target::Leaf(_)));
+        // A path and its ancestor: the ancestor wins.
+        let t = build_targets(&[PathBuf::from("/a"), PathBuf::from("/a/b")]);
+        let Target::Inner(_, root) = t else { panic!() };
+        assert!(matches!(root[&b"a".to_vec()], Target::Leaf(_)));
+        assert!(matches!(build_targets(&[PathBuf::from("/")]), Target::Leaf(_)));
+        assert_eq!(normalize(Path::new("/x/../y/./z")).unwrap(), PathBuf::from("/y/z"));
+    }
+}

@@ -1,0 +1,6 @@
+//! Operations: where the repository, the sources, tokio and rayon meet.
+
+pub mod backup;
+pub mod progress;
+pub mod read;
+pub mod restore;

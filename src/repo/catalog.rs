@@ -1,0 +1,337 @@
+//! The local SQLite catalog (DESIGN.md §2): a cache of the repository's index and snapshots.
+//!
+//! Owns the schema and every query. The repository alone is the truth: the catalog is rebuilt
+//! from it when missing, stale or corrupt, and nothing is ever read from it that could not be
+//! read again from the repository. Snapshots are kept sealed, as in the repository, so the cache
+//! holds no plaintext file names.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::error::{Error, Result};
+use crate::format::index::IndexPack;
+use crate::format::pack::{BlobKind, PackEntry};
+use crate::id::Id;
+
+/// Bump when the schema changes; an older catalog is then rebuilt.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB);
+CREATE TABLE IF NOT EXISTS index_objects(id BLOB PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS packs(id BLOB PRIMARY KEY, kind INTEGER NOT NULL, size INTEGER NOT NULL, index_id BLOB);
+CREATE TABLE IF NOT EXISTS blobs(
+    id BLOB NOT NULL, pack BLOB NOT NULL, kind INTEGER NOT NULL,
+    offset INTEGER NOT NULL, length INTEGER NOT NULL, raw_len INTEGER NOT NULL,
+    PRIMARY KEY(id, pack)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS snapshots(id BLOB PRIMARY KEY, time INTEGER NOT NULL, sealed BLOB NOT NULL);
+";
+
+/// Where a blob is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobLocation {
+    pub pack: Id,
+    pub kind: BlobKind,
+    pub offset: u32,
+    pub length: u32,
+    pub raw_len: u32,
+}
+
+pub struct Catalog {
+    conn: Connection,
+    path: PathBuf,
+}
+
+fn id_from(v: Vec<u8>) -> rusqlite::Result<Id> {
+    Id::from_slice(&v).ok_or(rusqlite::Error::InvalidColumnType(
+        0,
+        "id".into(),
+        rusqlite::types::Type::Blob,
+    ))
+}
+
+impl Catalog {
+    /// Open (or create) the catalog at `path`. A file that is not a usable catalog of the
+    /// current schema is deleted and recreated empty; the caller then refills it.
+    pub fn open(path: &Path) -> Result<Catalog> {
+        match Self::try_open(path) {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                tracing::warn!("catalog {} unusable ({e}); rebuilding it", path.display());
+                for suffix in ["", "-wal", "-shm", "-journal"] {
+                    let mut p = path.as_os_str().to_owned();
+                    p.push(suffix);
+                    let _ = std::fs::remove_file(PathBuf::from(p));
+                }
+                Self::try_open(path).map_err(|e| Error::Catalog {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+
+    fn try_open(path: &Path) -> rusqlite::Result<Catalog> {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Create the file ourselves so it is 0600 from the start; SQLite gives its -wal and
+        // -shm files the same permissions.
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path);
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(60))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let ok: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        if ok != "ok" {
+            return Err(rusqlite::Error::InvalidQuery);
+        }
+        conn.execute_batch(SCHEMA)?;
+        let v: Option<i64> = conn
+            .query_row("SELECT value FROM meta WHERE key='schema'", [], |r| r.get(0))
+            .optional()?;
+        match v {
+            Some(SCHEMA_VERSION) => {}
+            None => {
+                conn.execute(
+                    "INSERT INTO meta(key, value) VALUES('schema', ?1)",
+                    [SCHEMA_VERSION],
+                )?;
+            }
+            Some(_) => return Err(rusqlite::Error::InvalidQuery),
+        }
+        Ok(Catalog {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn err(&self, e: rusqlite::Error) -> Error {
+        Error::Catalog {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    pub fn index_ids(&self) -> Result<Vec<Id>> {
+        let mut st = self.conn.prepare_cached("SELECT id FROM index_objects").map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| id_from(r.get(0)?))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.err(e))
+    }
+
+    /// Forget every index entry (before a rebuild).
+    pub fn clear_index(&mut self) -> Result<()> {
+        self.conn
+            .execute_batch("DELETE FROM blobs; DELETE FROM packs; DELETE FROM index_objects;")
+            .map_err(|e| self.err(e))
+    }
+
+    /// Record the packs of one index object (or of packs just uploaded, with the index object
+    /// that names them).
+    pub fn add_index(&mut self, index_id: Option<&Id>, packs: &[IndexPack]) -> Result<()> {
+        let tx = self.conn.transaction().map_err(|e| Error::Catalog {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        let r: rusqlite::Result<()> = (|| {
+            {
+                let mut ins_pack = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO packs(id, kind, size, index_id) VALUES(?1, ?2, ?3, ?4)",
+                )?;
+                let mut ins_blob = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO blobs(id, pack, kind, offset, length, raw_len) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+                )?;
+                for p in packs {
+                    let kind = p.entries.first().map(|e| e.kind.as_u8()).unwrap_or(0);
+                    ins_pack.execute(params![
+                        &p.id.0[..],
+                        kind,
+                        p.size as i64,
+                        index_id.map(|i| i.0.to_vec())
+                    ])?;
+                    for e in &p.entries {
+                        ins_blob.execute(params![
+                            &e.id.0[..],
+                            &p.id.0[..],
+                            e.kind.as_u8(),
+                            e.offset,
+                            e.length,
+                            e.raw_len
+                        ])?;
+                    }
+                }
+            }
+            if let Some(id) = index_id {
+                tx.execute("INSERT OR IGNORE INTO index_objects(id) VALUES(?1)", [&id.0[..]])?;
+            }
+            Ok(())
+        })();
+        let path = self.path.clone();
+        let err = |e: rusqlite::Error| Error::Catalog {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        r.map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    /// Where a blob is stored (any one copy), if the index knows it.
+    pub fn lookup(&self, id: &Id) -> Result<Option<BlobLocation>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT pack, kind, offset, length, raw_len FROM blobs WHERE id = ?1 LIMIT 1")
+            .map_err(|e| self.err(e))?;
+        st.query_row([&id.0[..]], |r| {
+            Ok(BlobLocation {
+                pack: id_from(r.get(0)?)?,
+                kind: BlobKind::from_u8(r.get(1)?).unwrap_or(BlobKind::Data),
+                offset: r.get(2)?,
+                length: r.get(3)?,
+                raw_len: r.get(4)?,
+            })
+        })
+        .optional()
+        .map_err(|e| self.err(e))
+    }
+
+    pub fn has_blob(&self, id: &Id) -> Result<bool> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT 1 FROM blobs WHERE id = ?1 LIMIT 1")
+            .map_err(|e| self.err(e))?;
+        st.exists([&id.0[..]]).map_err(|e| self.err(e))
+    }
+
+    /// Every pack with its size.
+    pub fn packs(&self) -> Result<Vec<(Id, BlobKind, u64)>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT id, kind, size FROM packs")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    id_from(r.get(0)?)?,
+                    BlobKind::from_u8(r.get(1)?).unwrap_or(BlobKind::Data),
+                    r.get::<_, i64>(2)? as u64,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.err(e))
+    }
+
+    /// Every indexed blob of a pack.
+    pub fn pack_entries(&self, pack: &Id) -> Result<Vec<PackEntry>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT id, kind, offset, length, raw_len FROM blobs WHERE pack = ?1")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([&pack.0[..]], |r| {
+                Ok(PackEntry {
+                    id: id_from(r.get(0)?)?,
+                    kind: BlobKind::from_u8(r.get(1)?).unwrap_or(BlobKind::Data),
+                    offset: r.get(2)?,
+                    length: r.get(3)?,
+                    raw_len: r.get(4)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.err(e))
+    }
+
+    /// Count of distinct blobs and the sum of their stored lengths, per kind.
+    pub fn blob_totals(&self) -> Result<(u64, u64)> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(length), 0) FROM (SELECT id, MIN(length) AS length FROM blobs GROUP BY id)",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn snapshot_ids(&self) -> Result<Vec<Id>> {
+        let mut st = self.conn.prepare_cached("SELECT id FROM snapshots").map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| id_from(r.get(0)?))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.err(e))
+    }
+
+    /// Sealed snapshot objects, oldest first.
+    pub fn sealed_snapshots(&self) -> Result<Vec<(Id, Vec<u8>)>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT id, sealed FROM snapshots ORDER BY time, id")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| Ok((id_from(r.get(0)?)?, r.get(1)?)))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.err(e))
+    }
+
+    pub fn add_snapshot(&self, id: &Id, time_nanos: i64, sealed: &[u8]) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO snapshots(id, time, sealed) VALUES(?1, ?2, ?3)",
+                params![&id.0[..], time_nanos, sealed],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn remove_snapshot(&self, id: &Id) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM snapshots WHERE id = ?1", [&id.0[..]])
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_round_trip_and_corrupt_file_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.sqlite");
+        let mut c = Catalog::open(&path).unwrap();
+        let e = PackEntry {
+            kind: BlobKind::Tree,
+            id: Id([1; 32]),
+            offset: 5,
+            length: 100,
+            raw_len: 80,
+        };
+        let p = IndexPack {
+            id: Id([9; 32]),
+            size: 200,
+            entries: vec![e],
+        };
+        c.add_index(Some(&Id([7; 32])), &[p]).unwrap();
+        assert_eq!(c.index_ids().unwrap(), vec![Id([7; 32])]);
+        let loc = c.lookup(&Id([1; 32])).unwrap().unwrap();
+        assert_eq!(loc.pack, Id([9; 32]));
+        assert_eq!(loc.kind, BlobKind::Tree);
+        assert!(c.has_blob(&Id([1; 32])).unwrap());
+        assert!(!c.has_blob(&Id([2; 32])).unwrap());
+        assert_eq!(c.pack_entries(&Id([9; 32])).unwrap(), vec![e]);
+        drop(c);
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let m = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(m & 0o777, 0o600);
+        }
+        std::fs::write(&path, b"this is not a database, just garbage bytes of some length....").unwrap();
+        let c = Catalog::open(&path).unwrap();
+        assert!(c.index_ids().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,553 @@
+//! The repository handle: keys, config, the catalog, and typed access to stored objects.
+//!
+//! Owns the key space layout (format-spec/layout.md), opening and creating repositories,
+//! keeping the catalog in step with the repository, and reading and writing objects by id with
+//! verification. Uses `format` for bytes and `backend` for storage; knows nothing of file trees.
+
+pub mod catalog;
+pub mod lease;
+pub mod packer;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use zeroize::Zeroizing;
+
+use crate::backend::Backend;
+use crate::chunker::{Chunker, ChunkerParams};
+use crate::clock::{Clock, SystemClock};
+use crate::crypto::{Encryption, KdfParams, Keys, MasterKey, random_32};
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::Timestamp;
+use crate::format::config::Config;
+use crate::format::index::IndexObject;
+use crate::format::keyfile::KeyFile;
+use crate::format::pack::{BlobKind, open_blob};
+use crate::format::snapshot::Snapshot;
+use crate::format::tree::Tree;
+use crate::id::Id;
+use catalog::{BlobLocation, Catalog};
+
+/// Keys of the key space (format-spec/layout.md).
+pub mod keys {
+    use crate::id::Id;
+    pub const CONFIG: &str = "config";
+    pub const KEYS: &str = "keys/";
+    pub const SNAPSHOTS: &str = "snapshots/";
+    pub const INDEX: &str = "index/";
+    pub const DATA: &str = "data/";
+    pub const LOCKS: &str = "locks/";
+
+    pub fn pack(id: &Id) -> String {
+        let h = id.to_hex();
+        format!("data/{}/{}", &h[..2], h)
+    }
+    pub fn snapshot(id: &Id) -> String {
+        format!("snapshots/{id}")
+    }
+    pub fn index(id: &Id) -> String {
+        format!("index/{id}")
+    }
+    pub fn key(id: &Id) -> String {
+        format!("keys/{id}")
+    }
+    pub fn lock(id: &Id) -> String {
+        format!("locks/{id}")
+    }
+    /// The id at the end of a key such as `snapshots/<id>` or `data/ab/<id>`.
+    pub fn id_of(key: &str) -> Option<Id> {
+        key.rsplit('/').next()?.parse().ok()
+    }
+}
+
+/// Options for creating a repository.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub encryption: Encryption,
+    pub kdf: KdfParams,
+    pub chunker_files: ChunkerParams,
+    pub chunker_dumps: ChunkerParams,
+    pub pack_size: u32,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            encryption: Encryption::Repokey,
+            kdf: KdfParams::DEFAULT,
+            chunker_files: ChunkerParams::FILES,
+            chunker_dumps: ChunkerParams::DUMPS,
+            pack_size: Config::DEFAULT_PACK_SIZE,
+        }
+    }
+}
+
+/// Options for opening a repository.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Base directory of catalogs; the catalog lives in `<cache_dir>/<repo id>/`.
+    pub cache_dir: PathBuf,
+    pub clock: Arc<dyn Clock>,
+    /// Packs uploaded at once.
+    pub connections: usize,
+}
+
+impl OpenOptions {
+    pub fn new(cache_dir: impl Into<PathBuf>) -> Self {
+        OpenOptions {
+            cache_dir: cache_dir.into(),
+            clock: Arc::new(SystemClock),
+            connections: 4,
+        }
+    }
+}
+
+/// `$XDG_CACHE_HOME/cairn`, or `~/.cache/cairn`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("cairn");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(h).join(".cache").join("cairn");
+    }
+    std::env::temp_dir().join("cairn-cache")
+}
+
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
+    if r != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+pub fn username() -> String {
+    uzers::get_current_username()
+        .map(|u| u.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn create_private_dir(p: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(p)
+        .map_err(|e| Error::io(p, e))
+}
+
+/// An open repository.
+pub struct Repository {
+    backend: Arc<dyn Backend>,
+    keys: Arc<Keys>,
+    config: Config,
+    catalog: Mutex<Catalog>,
+    clock: Arc<dyn Clock>,
+    connections: usize,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Repository({})", self.backend.location())
+    }
+}
+
+impl Repository {
+    /// Create a repository in an empty location.
+    pub async fn init(
+        backend: Arc<dyn Backend>,
+        password: &[u8],
+        init: &InitOptions,
+        open: &OpenOptions,
+    ) -> Result<Repository> {
+        if backend.stat(keys::CONFIG).await?.is_some() || !backend.list(keys::KEYS).await?.is_empty() {
+            return Err(Error::AlreadyExists {
+                key: format!("a repository at {}", backend.location()),
+            });
+        }
+        let master = MasterKey::generate();
+        let now = open.clock.now();
+        let kdf = init.kdf;
+        let enc = init.encryption;
+        let pw = Zeroizing::new(password.to_vec());
+        let master_bytes = Zeroizing::new(*master.as_bytes());
+        let keyfile = tokio::task::spawn_blocking(move || {
+            KeyFile::create(
+                &MasterKey::from_bytes(*master_bytes),
+                enc,
+                &pw,
+                kdf,
+                random_32(),
+                now,
+                hostname(),
+                username(),
+            )
+        })
+        .await
+        .map_err(|e| Error::Other(e.to_string()))??;
+        let kbytes = keyfile.encode();
+        let keys = Keys::derive(&master, init.encryption);
+        let config = Config {
+            repo_id: Id(random_32()),
+            created: now,
+            chunker_files: init.chunker_files,
+            chunker_dumps: init.chunker_dumps,
+            pack_size: init.pack_size,
+        };
+        config.validate().map_err(Error::invalid)?;
+        // Key first, config last: a location with a config always has a key to open it.
+        backend
+            .put(&keys::key(&Id::of_bytes(&kbytes)), Bytes::from(kbytes))
+            .await?;
+        backend
+            .put(keys::CONFIG, Bytes::from(config.encode(keys.sealer())))
+            .await?;
+        Self::finish_open(backend, keys, config, open).await
+    }
+
+    /// Open an existing repository. `password` is called at most once, and only if the
+    /// repository is encrypted.
+    pub async fn open(
+        backend: Arc<dyn Backend>,
+        password: impl FnOnce() -> Result<Zeroizing<Vec<u8>>>,
+        open: &OpenOptions,
+    ) -> Result<Repository> {
+        let config_bytes = match backend.get(keys::CONFIG).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => {
+                return Err(Error::RepoNotFound {
+                    location: backend.location(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut keyfiles = Vec::new();
+        for entry in backend.list(keys::KEYS).await? {
+            let name = entry.key.clone();
+            let data = backend.get(&name).await?;
+            if keys::id_of(&name) != Some(Id::of_bytes(&data)) {
+                tracing::warn!("{name}: contents do not match the name; skipping it");
+                continue;
+            }
+            match KeyFile::decode(&data, &name) {
+                Ok(k) => keyfiles.push(k),
+                Err(e) => tracing::warn!("{e}; skipping it"),
+            }
+        }
+        if keyfiles.is_empty() {
+            return Err(Error::corrupt(
+                format!("repository at {}", backend.location()),
+                "no readable key file under keys/",
+            ));
+        }
+        let (master, mode) = if let Some(k) = keyfiles.iter().find(|k| k.encryption == 0) {
+            (k.unlock(b"")?, Encryption::None)
+        } else {
+            let pw = password()?;
+            let found = tokio::task::spawn_blocking(move || {
+                for k in &keyfiles {
+                    match k.unlock(&pw) {
+                        Ok(m) => return Ok(m),
+                        Err(e) if e.kind() == ErrorKind::WrongPassword => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(Error::WrongPassword)
+            })
+            .await
+            .map_err(|e| Error::Other(e.to_string()))??;
+            (found, Encryption::Repokey)
+        };
+        let keys = Keys::derive(&master, mode);
+        let config = Config::decode(keys.sealer(), &config_bytes)?;
+        Self::finish_open(backend, keys, config, open).await
+    }
+
+    async fn finish_open(
+        backend: Arc<dyn Backend>,
+        keys: Keys,
+        config: Config,
+        open: &OpenOptions,
+    ) -> Result<Repository> {
+        create_private_dir(&open.cache_dir)?;
+        let dir = open.cache_dir.join(config.repo_id.to_hex());
+        create_private_dir(&dir)?;
+        let catalog = Catalog::open(&dir.join("catalog.sqlite"))?;
+        let repo = Repository {
+            backend,
+            keys: Arc::new(keys),
+            config,
+            catalog: Mutex::new(catalog),
+            clock: open.clock.clone(),
+            connections: open.connections.max(1),
+        };
+        repo.refresh().await?;
+        Ok(repo)
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+    pub fn keys(&self) -> &Arc<Keys> {
+        &self.keys
+    }
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+    pub fn connections(&self) -> usize {
+        self.connections
+    }
+
+    pub fn catalog(&self) -> MutexGuard<'_, Catalog> {
+        // The catalog is a cache; a panic elsewhere cannot leave it inconsistent beyond what a
+        // rebuild repairs, so a poisoned lock is still usable.
+        self.catalog.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The chunker for file contents, keyed for this repository.
+    pub fn file_chunker(&self) -> Chunker {
+        Chunker::new(self.config.chunker_files, self.keys.gear_table())
+            .expect("validated chunker parameters")
+    }
+
+    /// The chunker for dump streams.
+    pub fn dump_chunker(&self) -> Chunker {
+        Chunker::new(self.config.chunker_dumps, self.keys.gear_table())
+            .expect("validated chunker parameters")
+    }
+
+    /// Fetch an object named by the hash of its bytes, and check it against its name.
+    pub async fn get_verified(&self, key: &str) -> Result<Bytes> {
+        let data = self.backend.get(key).await?;
+        match keys::id_of(key) {
+            Some(id) if id == Id::of_bytes(&data) => Ok(data),
+            _ => Err(Error::corrupt(key, "contents do not match the object's name")),
+        }
+    }
+
+    /// Bring the catalog in step with the repository's index objects and snapshots.
+    pub async fn refresh(&self) -> Result<()> {
+        self.refresh_index().await?;
+        self.refresh_snapshots().await
+    }
+
+    async fn fetch_indexes(&self, ids: Vec<Id>) -> Result<Vec<(Id, IndexObject)>> {
+        futures::stream::iter(ids)
+            .map(|id| async move {
+                let key = keys::index(&id);
+                let data = self.get_verified(&key).await?;
+                let keys = self.keys.clone();
+                let idx = tokio::task::spawn_blocking(move || IndexObject::decode(keys.sealer(), &data, &key))
+                    .await
+                    .map_err(|e| Error::Other(e.to_string()))??;
+                Ok::<_, Error>((id, idx))
+            })
+            .buffer_unordered(8)
+            .try_collect()
+            .await
+    }
+
+    async fn refresh_index(&self) -> Result<()> {
+        let in_repo: HashSet<Id> = self
+            .backend
+            .list(keys::INDEX)
+            .await?
+            .iter()
+            .filter_map(|e| keys::id_of(&e.key))
+            .collect();
+        let known: HashSet<Id> = self.catalog().index_ids()?.into_iter().collect();
+        let gone = known.iter().any(|id| !in_repo.contains(id));
+        let to_fetch: Vec<Id> = if gone {
+            in_repo.iter().copied().collect()
+        } else {
+            in_repo.difference(&known).copied().collect()
+        };
+        if to_fetch.is_empty() {
+            return Ok(());
+        }
+        let fetched = self.fetch_indexes(to_fetch).await?;
+        let superseded: HashSet<Id> = fetched.iter().flat_map(|(_, i)| i.supersedes.iter().copied()).collect();
+        let rebuild = gone || superseded.iter().any(|id| known.contains(id));
+        if rebuild && !gone {
+            // A newly seen index object replaces ones we merged: start again from everything.
+            return Box::pin(self.rebuild_index()).await;
+        }
+        let mut cat = self.catalog();
+        if rebuild {
+            cat.clear_index()?;
+        }
+        for (id, idx) in &fetched {
+            if !superseded.contains(id) {
+                cat.add_index(Some(id), &idx.packs)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forget the catalog's index and load every index object again.
+    pub async fn rebuild_index(&self) -> Result<()> {
+        let ids: Vec<Id> = self
+            .backend
+            .list(keys::INDEX)
+            .await?
+            .iter()
+            .filter_map(|e| keys::id_of(&e.key))
+            .collect();
+        let fetched = self.fetch_indexes(ids).await?;
+        let superseded: HashSet<Id> = fetched.iter().flat_map(|(_, i)| i.supersedes.iter().copied()).collect();
+        let mut cat = self.catalog();
+        cat.clear_index()?;
+        for (id, idx) in &fetched {
+            if !superseded.contains(id) {
+                cat.add_index(Some(id), &idx.packs)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn refresh_snapshots(&self) -> Result<()> {
+        let in_repo: HashSet<Id> = self
+            .backend
+            .list(keys::SNAPSHOTS)
+            .await?
+            .iter()
+            .filter_map(|e| keys::id_of(&e.key))
+            .collect();
+        let known: HashSet<Id> = self.catalog().snapshot_ids()?.into_iter().collect();
+        for id in known.difference(&in_repo) {
+            self.catalog().remove_snapshot(id)?;
+        }
+        let new: Vec<Id> = in_repo.difference(&known).copied().collect();
+        let fetched: Vec<(Id, Bytes, Snapshot)> = futures::stream::iter(new)
+            .map(|id| async move {
+                let key = keys::snapshot(&id);
+                let data = self.get_verified(&key).await?;
+                let snap = Snapshot::decode(self.keys.sealer(), &data, &key)?;
+                Ok::<_, Error>((id, data, snap))
+            })
+            .buffer_unordered(8)
+            .try_collect()
+            .await?;
+        let cat = self.catalog();
+        for (id, data, snap) in fetched {
+            cat.add_snapshot(&id, snap.time.as_nanos(), &data)?;
+        }
+        Ok(())
+    }
+
+    /// Every snapshot, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
+        let sealed = self.catalog().sealed_snapshots()?;
+        let mut out = Vec::with_capacity(sealed.len());
+        for (id, data) in sealed {
+            let key = keys::snapshot(&id);
+            out.push((id, Snapshot::decode(self.keys.sealer(), &data, &key)?));
+        }
+        out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        Ok(out)
+    }
+
+    /// Resolve a snapshot reference: `latest`, or a hex prefix of at least 4 digits. `host`
+    /// and `tags` filter which snapshots `latest` may be.
+    pub fn find_snapshot(&self, spec: &str, host: Option<&str>, tags: &[String]) -> Result<(Id, Snapshot)> {
+        let all = self.snapshots()?;
+        if spec == "latest" {
+            return all
+                .into_iter()
+                .filter(|(_, s)| host.is_none_or(|h| s.host == h))
+                .filter(|(_, s)| tags.iter().all(|t| s.tags.contains(t)))
+                .next_back()
+                .ok_or_else(|| Error::not_found("snapshot \"latest\" (the repository has no matching snapshot)"));
+        }
+        if spec.len() < 4 || spec.len() > 64 || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::invalid(format!(
+                "{spec:?} is not a snapshot id (use 4 or more hex digits, or \"latest\")"
+            )));
+        }
+        let spec_l = spec.to_ascii_lowercase();
+        let mut matches: Vec<(Id, Snapshot)> = all.into_iter().filter(|(id, _)| id.to_hex().starts_with(&spec_l)).collect();
+        match matches.len() {
+            0 => Err(Error::not_found(format!("snapshot {spec}"))),
+            1 => Ok(matches.remove(0)),
+            n => Err(Error::invalid(format!("snapshot prefix {spec} is ambiguous ({n} snapshots match)"))),
+        }
+    }
+
+    /// Commit a snapshot: this is the last write of a backup.
+    pub async fn save_snapshot(&self, snap: &Snapshot) -> Result<Id> {
+        let data = snap.encode(self.keys.sealer());
+        let id = Id::of_bytes(&data);
+        match self.backend.put(&keys::snapshot(&id), Bytes::from(data.clone())).await {
+            Ok(()) => {}
+            Err(e) if e.kind == crate::backend::BackendErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.catalog().add_snapshot(&id, snap.time.as_nanos(), &data)?;
+        Ok(id)
+    }
+
+    /// Upload an index object and merge it into the catalog.
+    pub async fn save_index(&self, idx: &IndexObject) -> Result<Id> {
+        let data = idx.encode(self.keys.sealer());
+        let id = Id::of_bytes(&data);
+        match self.backend.put(&keys::index(&id), Bytes::from(data)).await {
+            Ok(()) => {}
+            Err(e) if e.kind == crate::backend::BackendErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.catalog().add_index(Some(&id), &idx.packs)?;
+        Ok(id)
+    }
+
+    pub fn lookup_blob(&self, id: &Id) -> Result<Option<BlobLocation>> {
+        self.catalog().lookup(id)
+    }
+
+    /// Read, verify and return one blob's plaintext.
+    pub async fn read_blob(&self, id: &Id) -> Result<Vec<u8>> {
+        let loc = self
+            .lookup_blob(id)?
+            .ok_or_else(|| Error::not_found(format!("blob {id} (not in the index)")))?;
+        let sealed = self
+            .backend
+            .get_range(&keys::pack(&loc.pack), loc.offset as u64, loc.length as u64)
+            .await
+            .map_err(|e| -> Error {
+                if e.is_not_found() {
+                    Error::not_found(format!("pack {} holding blob {id}", loc.pack))
+                } else {
+                    e.into()
+                }
+            })?;
+        let keys = self.keys.clone();
+        let id = *id;
+        if sealed.len() < 256 * 1024 {
+            return open_blob(&keys, &id, &sealed, loc.raw_len);
+        }
+        tokio::task::spawn_blocking(move || open_blob(&keys, &id, &sealed, loc.raw_len))
+            .await
+            .map_err(|e| Error::Other(e.to_string()))?
+    }
+
+    pub async fn load_tree(&self, id: &Id) -> Result<Tree> {
+        let data = self.read_blob(id).await?;
+        Tree::decode(&data, &format!("tree {id}"))
+    }
+
+    /// Whether a blob of this kind is indexed.
+    pub fn has_blob(&self, id: &Id, _kind: BlobKind) -> Result<bool> {
+        self.catalog().has_blob(id)
+    }
+}

@@ -1,0 +1,253 @@
+//! Packing and uploading new blobs (DESIGN.md §4-5).
+//!
+//! [`BlobSink`] is shared by the threads of a backup: each new blob is sealed by the caller,
+//! appended to the open pack of its kind, and a full pack is laid out (blob order shuffled)
+//! and handed to the uploader over a bounded channel, which is what bounds memory when the
+//! storage is slower than the CPU. The uploader stores packs with bounded concurrency and writes
+//! an index object after every few packs and at the end, never naming a pack before it is
+//! stored. Dedup: a blob already in the catalog or already claimed in this session is skipped.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use rand::seq::SliceRandom;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::{Repository, keys};
+use crate::backend::BackendErrorKind;
+use crate::compress::Compression;
+use crate::error::{Error, Result};
+use crate::format::index::{IndexObject, IndexPack};
+use crate::format::pack::{BlobKind, PackBuilder, PackEntry, seal_blob};
+use crate::id::Id;
+
+/// Index objects are written after this many packs, so a crashed backup repeats little.
+pub const INDEX_EVERY_PACKS: usize = 8;
+
+struct FinishedPack {
+    id: Id,
+    data: Bytes,
+    entries: Vec<PackEntry>,
+}
+
+/// Counters of what a session added.
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    pub data_blobs: AtomicU64,
+    pub tree_blobs: AtomicU64,
+    pub raw_bytes: AtomicU64,
+    pub stored_bytes: AtomicU64,
+}
+
+/// Accepts blobs from many threads; see the module docs.
+pub struct BlobSink {
+    repo: Arc<Repository>,
+    compression: Compression,
+    dry_run: bool,
+    builders: Mutex<(PackBuilder, PackBuilder)>,
+    tx: Mutex<Option<mpsc::Sender<FinishedPack>>>,
+    claimed: Mutex<HashSet<Id>>,
+    pub stats: SinkStats,
+}
+
+/// The running upload task; [`Uploader::finish`] waits for it.
+pub struct Uploader {
+    task: tokio::task::JoinHandle<Result<UploadSummary>>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct UploadSummary {
+    pub packs: u64,
+    pub bytes: u64,
+    pub index_objects: Vec<Id>,
+}
+
+impl BlobSink {
+    /// Start a session: returns the sink and the uploader task (spawned on the current runtime).
+    pub fn start(repo: Arc<Repository>, compression: Compression, dry_run: bool) -> (Arc<BlobSink>, Uploader) {
+        let conns = repo.connections();
+        let (tx, rx) = mpsc::channel(conns.max(2));
+        let sink = Arc::new(BlobSink {
+            repo: repo.clone(),
+            compression,
+            dry_run,
+            builders: Mutex::new((PackBuilder::new(), PackBuilder::new())),
+            tx: Mutex::new(Some(tx)),
+            claimed: Mutex::new(HashSet::new()),
+            stats: SinkStats::default(),
+        });
+        let task = tokio::spawn(upload_loop(repo, rx, conns));
+        (sink, Uploader { task })
+    }
+
+    pub fn repo(&self) -> &Arc<Repository> {
+        &self.repo
+    }
+
+    /// Whether the blob is new to the repository, claiming it for this session if so. Exactly
+    /// one caller gets `true` for each new id.
+    pub fn claim(&self, id: &Id, kind: BlobKind) -> Result<bool> {
+        if self.claimed.lock().unwrap_or_else(|p| p.into_inner()).contains(id) {
+            return Ok(false);
+        }
+        if self.repo.has_blob(id, kind)? {
+            return Ok(false);
+        }
+        Ok(self.claimed.lock().unwrap_or_else(|p| p.into_inner()).insert(*id))
+    }
+
+    /// Store a blob whose id the caller computed, unless it is already stored. Blocking: call
+    /// from a worker thread, not from async code. Returns whether it was new.
+    pub fn save(&self, kind: BlobKind, id: Id, plaintext: &[u8]) -> Result<bool> {
+        if !self.claim(&id, kind)? {
+            return Ok(false);
+        }
+        self.add_claimed(kind, id, plaintext)?;
+        Ok(true)
+    }
+
+    /// Seal and pack a blob already claimed with [`BlobSink::claim`].
+    pub fn add_claimed(&self, kind: BlobKind, id: Id, plaintext: &[u8]) -> Result<()> {
+        let raw_len = plaintext.len() as u32;
+        match kind {
+            BlobKind::Data => self.stats.data_blobs.fetch_add(1, Ordering::Relaxed),
+            BlobKind::Tree => self.stats.tree_blobs.fetch_add(1, Ordering::Relaxed),
+        };
+        self.stats.raw_bytes.fetch_add(raw_len as u64, Ordering::Relaxed);
+        if self.dry_run {
+            return Ok(());
+        }
+        let sealed = seal_blob(self.repo.keys(), &id, plaintext, self.compression);
+        self.stats.stored_bytes.fetch_add(sealed.len() as u64, Ordering::Relaxed);
+        let full = {
+            let mut b = self.builders.lock().unwrap_or_else(|p| p.into_inner());
+            let builder = match kind {
+                BlobKind::Data => &mut b.0,
+                BlobKind::Tree => &mut b.1,
+            };
+            builder.add(kind, id, sealed, raw_len);
+            if builder.size() >= self.repo.config().pack_size as usize {
+                Some(std::mem::take(builder))
+            } else {
+                None
+            }
+        };
+        if let Some(builder) = full {
+            let pack = self.layout(builder);
+            let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let tx = tx.ok_or_else(|| Error::Other("blob sink already flushed".into()))?;
+            tx.blocking_send(pack)
+                .map_err(|_| Error::Other("upload stopped (see the error above)".into()))?;
+        }
+        Ok(())
+    }
+
+    fn layout(&self, builder: PackBuilder) -> FinishedPack {
+        let mut order: Vec<usize> = (0..builder.count()).collect();
+        order.shuffle(&mut rand::rng());
+        let (data, entries) = builder.finish(self.repo.keys().sealer(), &order);
+        FinishedPack {
+            id: Id::of_bytes(&data),
+            data: Bytes::from(data),
+            entries,
+        }
+    }
+
+    /// Send the partly filled packs and close the channel; the uploader then finishes.
+    pub async fn flush(&self) -> Result<()> {
+        let (data, tree) = {
+            let mut b = self.builders.lock().unwrap_or_else(|p| p.into_inner());
+            (std::mem::take(&mut b.0), std::mem::take(&mut b.1))
+        };
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(tx) = tx else { return Ok(()) };
+        for builder in [data, tree] {
+            if builder.is_empty() {
+                continue;
+            }
+            let pack = self.layout(builder);
+            tx.send(pack)
+                .await
+                .map_err(|_| Error::Other("upload stopped (see the error above)".into()))?;
+        }
+        Ok(())
+    }
+
+    /// Close the channel without sending what is buffered (on failure or interruption).
+    pub fn abort(&self) {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
+impl Uploader {
+    /// Wait until every pack is stored and indexed.
+    pub async fn finish(self) -> Result<UploadSummary> {
+        self.task
+            .await
+            .map_err(|e| Error::Other(format!("upload task failed: {e}")))?
+    }
+}
+
+async fn store_pack(repo: Arc<Repository>, pack: FinishedPack) -> Result<IndexPack> {
+    let key = keys::pack(&pack.id);
+    let size = pack.data.len() as u64;
+    match repo.backend().put(&key, pack.data).await {
+        Ok(()) => {}
+        Err(e) if e.kind == BackendErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(IndexPack {
+        id: pack.id,
+        size,
+        entries: pack.entries,
+    })
+}
+
+async fn upload_loop(repo: Arc<Repository>, mut rx: mpsc::Receiver<FinishedPack>, conns: usize) -> Result<UploadSummary> {
+    let mut running: JoinSet<Result<IndexPack>> = JoinSet::new();
+    let mut pending: Vec<IndexPack> = Vec::new();
+    let mut summary = UploadSummary::default();
+    let mut closed = false;
+    loop {
+        // Accept packs while there is room; otherwise wait for an upload to finish.
+        tokio::select! {
+            p = rx.recv(), if !closed && running.len() < conns => match p {
+                Some(p) => {
+                    running.spawn(store_pack(repo.clone(), p));
+                }
+                None => closed = true,
+            },
+            done = running.join_next(), if !running.is_empty() => {
+                let done = done.expect("join set not empty");
+                let ip = match done {
+                    Ok(Ok(ip)) => ip,
+                    Ok(Err(e)) => { rx.close(); return Err(e) }
+                    Err(e) => { rx.close(); return Err(Error::Other(format!("upload task: {e}"))) }
+                };
+                summary.packs += 1;
+                summary.bytes += ip.size;
+                pending.push(ip);
+                if pending.len() >= INDEX_EVERY_PACKS {
+                    let idx = IndexObject { supersedes: vec![], packs: std::mem::take(&mut pending) };
+                    summary.index_objects.push(repo.save_index(&idx).await?);
+                }
+            },
+            else => break,
+        }
+        if closed && running.is_empty() {
+            break;
+        }
+    }
+    if !pending.is_empty() {
+        let idx = IndexObject {
+            supersedes: vec![],
+            packs: pending,
+        };
+        summary.index_objects.push(repo.save_index(&idx).await?);
+    }
+    Ok(summary)
+}

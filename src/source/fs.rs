@@ -1,0 +1,188 @@
+//! Capturing file metadata into tree nodes, and reading sparse files' data regions.
+
+use std::collections::HashMap;
+use std::fs::{File, Metadata};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::sync::Mutex;
+
+use crate::format::Timestamp;
+use crate::format::tree::{Node, NodeKind, Xattr};
+
+/// uid/gid to name lookups, cached (they are slow and repeat constantly).
+#[derive(Default)]
+pub struct NameCache {
+    users: Mutex<HashMap<u32, String>>,
+    groups: Mutex<HashMap<u32, String>>,
+}
+
+impl NameCache {
+    pub fn user(&self, uid: u32) -> String {
+        let mut m = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(uid)
+            .or_insert_with(|| {
+                uzers::get_user_by_uid(uid)
+                    .map(|u| u.name().to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            })
+            .clone()
+    }
+
+    pub fn group(&self, gid: u32) -> String {
+        let mut m = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(gid)
+            .or_insert_with(|| {
+                uzers::get_group_by_gid(gid)
+                    .map(|g| g.name().to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            })
+            .clone()
+    }
+}
+
+pub fn kind_of(meta: &Metadata) -> NodeKind {
+    let ft = meta.file_type();
+    if ft.is_dir() {
+        NodeKind::Dir
+    } else if ft.is_symlink() {
+        NodeKind::Symlink
+    } else if ft.is_fifo() {
+        NodeKind::Fifo
+    } else if ft.is_char_device() {
+        NodeKind::CharDev
+    } else if ft.is_block_device() {
+        NodeKind::BlockDev
+    } else if ft.is_socket() {
+        NodeKind::Socket
+    } else {
+        NodeKind::File
+    }
+}
+
+/// A node describing `path` from its `lstat` metadata (contents and subtree left empty).
+pub fn node_from_meta(path: &Path, name: Vec<u8>, meta: &Metadata, names: &NameCache) -> io::Result<Node> {
+    let kind = kind_of(meta);
+    let mut n = Node::new(name, kind);
+    n.mode = meta.mode() & 0o7777;
+    n.uid = meta.uid();
+    n.gid = meta.gid();
+    n.user = names.user(n.uid);
+    n.group = names.group(n.gid);
+    n.mtime = Timestamp::new(meta.mtime(), meta.mtime_nsec() as u32);
+    n.atime = Timestamp::new(meta.atime(), meta.atime_nsec() as u32);
+    n.ctime = Timestamp::new(meta.ctime(), meta.ctime_nsec() as u32);
+    n.dev = meta.dev();
+    n.inode = meta.ino();
+    n.links = meta.nlink();
+    match kind {
+        NodeKind::File => n.size = meta.len(),
+        NodeKind::Symlink => n.target = std::fs::read_link(path)?.as_os_str().as_bytes().to_vec(),
+        NodeKind::CharDev | NodeKind::BlockDev => n.rdev = meta.rdev(),
+        _ => {}
+    }
+    n.xattrs = read_xattrs(path);
+    Ok(n)
+}
+
+/// Extended attributes of `path` (not following symlinks). Filesystems without xattr support
+/// simply have none.
+pub fn read_xattrs(path: &Path) -> Vec<Xattr> {
+    let Ok(names) = xattr::list(path) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Xattr> = names
+        .filter_map(|name| {
+            let value = xattr::get(path, &name).ok()??;
+            Some(Xattr {
+                name: name.as_bytes().to_vec(),
+                value,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// Whether a regular file has fewer blocks allocated than its length implies.
+pub fn looks_sparse(meta: &Metadata) -> bool {
+    meta.len() > 0 && meta.blocks().saturating_mul(512) < meta.len()
+}
+
+/// The data regions `(offset, length)` of an open file of length `len`, found with
+/// `SEEK_DATA`/`SEEK_HOLE`. Everything between them is a hole. Falls back to one region
+/// covering the file where the filesystem does not support hole detection.
+pub fn data_regions(file: &File, len: u64) -> Vec<(u64, u64)> {
+    let fd = file.as_raw_fd();
+    let mut out = Vec::new();
+    let mut pos: i64 = 0;
+    let end = len as i64;
+    while pos < end {
+        // SAFETY: lseek on a valid fd has no memory-safety preconditions.
+        let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
+        if data < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::ENXIO) {
+                break; // no more data: the rest is a hole
+            }
+            return vec![(0, len)];
+        }
+        if data >= end {
+            break;
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return vec![(0, len)];
+        }
+        let hole = hole.min(end);
+        out.push((data as u64, (hole - data) as u64));
+        pos = hole;
+    }
+    out
+}
+
+/// Open a file for reading without updating its access time where permitted.
+pub fn open_noatime(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOATIME)
+        .open(path)
+    {
+        Ok(f) => Ok(f),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => File::open(path),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Seek, SeekFrom, Write};
+
+    #[test]
+    fn finds_data_regions_of_a_sparse_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sparse");
+        let mut f = File::create(&p).unwrap();
+        f.write_all(&[1u8; 4096]).unwrap();
+        f.seek(SeekFrom::Start(10 << 20)).unwrap();
+        f.write_all(&[2u8; 4096]).unwrap();
+        f.set_len(20 << 20).unwrap();
+        drop(f);
+        let meta = std::fs::metadata(&p).unwrap();
+        let f = File::open(&p).unwrap();
+        let regions = data_regions(&f, meta.len());
+        if looks_sparse(&meta) {
+            assert_eq!(regions.first().unwrap().0, 0);
+            assert!(regions.len() >= 2, "{regions:?}");
+            let covered: u64 = regions.iter().map(|r| r.1).sum();
+            assert!(covered < 1 << 20);
+        } else {
+            assert_eq!(regions, vec![(0, meta.len())]);
+        }
+    }
+}
