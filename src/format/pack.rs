@@ -6,7 +6,7 @@
 
 use super::{Kind, decode, encode};
 use crate::compress::{self, Compression};
-use crate::crypto::{Keys, Sealer};
+use crate::crypto::{Keys, NONCE_LEN, Sealer};
 use crate::error::{Error, Result};
 use crate::id::Id;
 
@@ -145,6 +145,28 @@ impl PackBuilder {
     /// Lay out the pack: blobs in the order given by `order` (a permutation of 0..count, which
     /// the caller makes random so blob order leaks nothing), then the sealed header.
     pub fn finish(self, sealer: &Sealer, order: &[usize]) -> (Vec<u8>, Vec<PackEntry>) {
+        self.lay_out(sealer, order, None)
+    }
+
+    /// [`PackBuilder::finish`] with a caller-chosen nonce for the header seal. Only for
+    /// reproducible test vectors (format-spec/vectors/): reusing a nonce under one key destroys
+    /// confidentiality.
+    #[doc(hidden)]
+    pub fn finish_with_nonce(
+        self,
+        sealer: &Sealer,
+        order: &[usize],
+        nonce: [u8; NONCE_LEN],
+    ) -> (Vec<u8>, Vec<PackEntry>) {
+        self.lay_out(sealer, order, Some(nonce))
+    }
+
+    fn lay_out(
+        self,
+        sealer: &Sealer,
+        order: &[usize],
+        nonce: Option<[u8; NONCE_LEN]>,
+    ) -> (Vec<u8>, Vec<PackEntry>) {
         debug_assert_eq!(order.len(), self.blobs.len());
         let mut slots: Vec<Option<(PackEntry, Vec<u8>)>> = self.blobs.into_iter().map(Some).collect();
         let mut out = Vec::with_capacity(self.size + PACK_PREFIX + 64 * slots.len() + 64);
@@ -161,7 +183,12 @@ impl PackBuilder {
             entries: entries.clone(),
         });
         let start = out.len();
-        sealer.seal_into(&Kind::PackHeader.header(), &header, &mut out);
+        match nonce {
+            Some(n) => {
+                sealer.seal_into_with_nonce(&Kind::PackHeader.header(), &header, n, &mut out)
+            }
+            None => sealer.seal_into(&Kind::PackHeader.header(), &header, &mut out),
+        }
         let hlen = (out.len() - start) as u32;
         out.extend_from_slice(&hlen.to_le_bytes());
         (out, entries)
