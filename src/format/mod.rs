@@ -10,6 +10,8 @@
 //! integers), specified byte by byte in format-spec/encoding.md.
 
 pub mod config;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod index;
 pub mod keyfile;
 pub mod lease;
