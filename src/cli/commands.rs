@@ -127,11 +127,12 @@ fn parse_duration(s: &str) -> Result<Duration> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num.parse().with_context(|| format!("duration {s:?}"))?;
     let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
+        "" | "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
         _ => bail!("duration {s:?}: use a number with s, m or h"),
     };
+    let secs = secs.ok_or_else(|| anyhow!("duration {s:?} is too long"))?;
     Ok(Duration::from_secs(secs))
 }
 
@@ -437,7 +438,9 @@ async fn dump(g: &GlobalArgs, a: DumpArgs) -> Result<i32> {
         .ok_or_else(|| anyhow!("dump needs a path: cairn dump SNAP PATH"))?;
     let (_, snap) = repo.find_snapshot(spec, a.host.as_deref(), &a.tags)?;
     let node = match read::resolve(&repo, &snap, path).await? {
-        Resolved::Node(n) => n,
+        Resolved::Node(n) if n.kind == NodeKind::File => n,
+        Resolved::Node(n) if n.kind == NodeKind::Dir => bail!("{path} is a directory; dump writes one file"),
+        Resolved::Node(n) => bail!("{path} is a {}; dump writes one file", n.kind.as_str()),
         Resolved::Root(_) => bail!("{path} is a directory; dump writes one file"),
     };
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());

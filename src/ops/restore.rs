@@ -6,7 +6,8 @@
 //! file that holds it), open and verify them on rayon, and write them in place; then apply
 //! metadata: files first, then hard links, then directories deepest first (so their times and
 //! read-only modes are not disturbed by what is written inside them). `--verify` re-reads every
-//! restored file and checks it chunk by chunk against the snapshot.
+//! restored file and checks it chunk by chunk against the snapshot, before the metadata is
+//! applied (so the read neither needs the final mode's permission nor changes access times).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -322,7 +323,23 @@ pub async fn restore(
         }
     }
 
-    // 4. Metadata: files and other leaves, hard links, then directories deepest first.
+    // 4. Verify, before metadata: the files are still ours to read (whatever their final mode),
+    // and reading them now does not disturb the access times set below.
+    if opts.verify {
+        let keys = repo.keys().clone();
+        let checked: Vec<std::result::Result<(), String>> = files
+            .par_iter()
+            .map(|&fi| verify_file(&keys, &items[fi].dest, &items[fi].node))
+            .collect();
+        for r in checked {
+            match r {
+                Ok(()) => out.verified_files += 1,
+                Err(e) => out.errors.push(e),
+            }
+        }
+    }
+
+    // 5. Metadata: files and other leaves, hard links, then directories deepest first.
     let mut failures: Vec<String> = Vec::new();
     for (i, it) in items.iter().enumerate() {
         if created[i] && it.node.kind != NodeKind::Dir {
@@ -347,20 +364,6 @@ pub async fn restore(
     }
     out.errors.extend(failures);
 
-    // 5. Verify.
-    if opts.verify {
-        let keys = repo.keys().clone();
-        let checked: Vec<std::result::Result<(), String>> = files
-            .par_iter()
-            .map(|&fi| verify_file(&keys, &items[fi].dest, &items[fi].node))
-            .collect();
-        for r in checked {
-            match r {
-                Ok(()) => out.verified_files += 1,
-                Err(e) => out.errors.push(e),
-            }
-        }
-    }
     Ok(out)
 }
 
@@ -527,13 +530,29 @@ fn verify_file(keys: &crate::crypto::Keys, path: &Path, node: &Node) -> std::res
     }
     let mut off = 0u64;
     let mut buf = Vec::new();
+    let read = |buf: &mut Vec<u8>, len: u64, at: u64| {
+        buf.resize(len as usize, 0);
+        f.read_exact_at(buf, at)
+            .map_err(|er| format!("verify {}: {er}", path.display()))
+    };
     for e in &node.content {
-        buf.resize(e.len() as usize, 0);
-        f.read_exact_at(&mut buf, off)
-            .map_err(|er| format!("verify {}: {er}", path.display()))?;
         let ok = match e {
-            Extent::Data { id, .. } => keys.blob_id(&buf) == *id,
-            Extent::Hole(_) => buf.iter().all(|&b| b == 0),
+            Extent::Data { id, len } => {
+                read(&mut buf, *len as u64, off)?;
+                keys.blob_id(&buf) == *id
+            }
+            // A hole may be huge: check it a piece at a time.
+            Extent::Hole(n) => {
+                let mut done = 0u64;
+                let mut zero = true;
+                while zero && done < *n {
+                    let k = (*n - done).min(1 << 20);
+                    read(&mut buf, k, off + done)?;
+                    zero = buf.iter().all(|&b| b == 0);
+                    done += k;
+                }
+                zero
+            }
         };
         if !ok {
             return Err(format!("verify {}: contents differ at offset {off}", path.display()));
