@@ -1,0 +1,526 @@
+//! Failures: exit codes (DESIGN.md §10: 1 failure, 3 partial backup, 10 no repository, 12 wrong
+//! password), bad arguments, damaged repositories. The harness fails any test in which the
+//! binary panics or dies of a signal, so every case here also proves "no panic".
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+/// A repository with one snapshot of a small tree holding a multi-chunk file.
+fn repo_with_snapshot() -> (Env, PathBuf) {
+    let env = Env::with_repo();
+    let src = env.path("src");
+    write(&src.join("big.bin"), &random_bytes(77, 3 << 20));
+    write(&src.join("small.txt"), b"small file\n");
+    env.backup(&[&src], &[]);
+    (env, src)
+}
+
+/// The packs of the repository, largest first.
+fn packs(env: &Env) -> Vec<PathBuf> {
+    let mut p = files_below(&env.repo.join("data"));
+    p.sort_by_key(|p| std::cmp::Reverse(fs::metadata(p).unwrap().len()));
+    assert!(!p.is_empty(), "no packs");
+    p
+}
+
+fn flip_bytes(path: &Path, at: u64, n: usize) {
+    use std::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut buf = vec![0u8; n];
+    f.read_exact_at(&mut buf, at).unwrap();
+    for b in &mut buf {
+        *b ^= 0x5a;
+    }
+    f.write_all_at(&buf, at).unwrap();
+}
+
+#[test]
+fn missing_repository_exits_10() {
+    let env = Env::new();
+    let src = env.path("src");
+    write(&src.join("f"), b"f");
+    let t = env.path("t");
+    let cases: Vec<Vec<String>> = vec![
+        vec!["snapshots".into()],
+        vec!["ls".into(), "latest".into()],
+        vec!["backup".into(), src.display().to_string()],
+        vec![
+            "restore".into(),
+            "latest".into(),
+            "--target".into(),
+            t.display().to_string(),
+        ],
+        vec!["dump".into(), "latest".into(), "/f".into()],
+        vec!["stats".into()],
+    ];
+    for args in &cases {
+        env.run(args).code(10).stderr_has("no repository");
+    }
+    // Also when the directory exists but holds no repository, and through CAIRN_REPO.
+    fs::create_dir_all(&env.repo).unwrap();
+    env.run(["snapshots"]).code(10);
+    Cairn::bare(&env)
+        .env("CAIRN_REPO", &env.repo)
+        .arg("snapshots")
+        .run()
+        .code(10);
+    // Nothing was created by trying.
+    assert!(files_below(&env.repo).is_empty());
+    assert!(!t.exists());
+}
+
+#[test]
+fn wrong_password_exits_12() {
+    let (env, src) = repo_with_snapshot();
+    let t = env.path("t");
+    for args in [
+        vec!["snapshots".to_string()],
+        vec!["ls".into(), "latest".into()],
+        vec!["backup".into(), src.display().to_string()],
+        vec![
+            "restore".into(),
+            "latest".into(),
+            "--target".into(),
+            t.display().to_string(),
+        ],
+        vec!["stats".into()],
+    ] {
+        env.cmd()
+            .env("CAIRN_PASSWORD", "not the password")
+            .args(&args)
+            .run()
+            .code(12)
+            .stderr_has("wrong password");
+    }
+    assert_eq!(env.snapshots().len(), 1);
+    assert!(!t.exists());
+
+    // The password from a file: the first line counts.
+    let good = env.path("good-pw");
+    fs::write(&good, format!("{PASSWORD}\nignored second line\n")).unwrap();
+    let bad = env.path("bad-pw");
+    fs::write(&bad, "nope\n").unwrap();
+    let via_file = |f: &Path| {
+        env.cmd()
+            .env_remove("CAIRN_PASSWORD")
+            .env("CAIRN_PASSWORD_FILE", f)
+            .arg("snapshots")
+            .run()
+    };
+    via_file(&good).ok();
+    via_file(&bad).code(12);
+    env.cmd()
+        .env_remove("CAIRN_PASSWORD")
+        .arg("--password-file")
+        .arg(&good)
+        .arg("snapshots")
+        .run()
+        .ok();
+    // No password at all, and no terminal to ask on: a clear failure, not a hang.
+    env.cmd()
+        .env_remove("CAIRN_PASSWORD")
+        .arg("snapshots")
+        .run()
+        .code(1)
+        .stderr_has("no password");
+    // An empty or missing password file.
+    let empty = env.path("empty-pw");
+    fs::write(&empty, "").unwrap();
+    via_file(&empty).code(1).stderr_has("empty");
+    via_file(Path::new("/nonexistent/pw"))
+        .code(1)
+        .stderr_has("/nonexistent/pw");
+}
+
+/// As root every file is readable, so the backup runs as `nobody` (when the tests run as
+/// root): a 0000 file and a 0000 directory cannot be read. Both are reported, the rest is backed up, the snapshot is written
+/// and the exit code is 3.
+#[test]
+fn unreadable_sources_give_exit_3_and_a_snapshot() {
+    let env = Env::with_repo();
+    let src = env.path("src");
+    write(&src.join("readable.txt"), b"fine\n");
+    write(&src.join("locked.txt"), b"secret\n");
+    write(&src.join("locked-dir/inner.txt"), b"inner\n");
+    chmod(&src.join("locked.txt"), 0o000);
+    chmod(&src.join("locked-dir"), 0o000);
+    chmod(&src, 0o755);
+    env.give_to_unprivileged();
+
+    let out = env
+        .cmd()
+        .args(["backup", "--json"])
+        .arg(&src)
+        .unprivileged()
+        .run()
+        .code(3);
+    let v = out.json();
+    let errors: Vec<String> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(errors.len(), 2, "{v}");
+    assert!(errors.iter().any(|e| e.contains("locked.txt")), "{v}");
+    assert!(errors.iter().any(|e| e.contains("locked-dir")), "{v}");
+    assert_eq!(v["summary"]["errors"], 2, "{v}");
+    assert_eq!(v["summary"]["total_files"], 1, "{v}");
+    let id = v["snapshot_id"]
+        .as_str()
+        .expect("a snapshot id")
+        .to_string();
+
+    let snaps = env
+        .cmd()
+        .args(["snapshots", "--json"])
+        .unprivileged()
+        .run()
+        .ok()
+        .json();
+    assert_eq!(snaps[0]["id"], id.as_str());
+    let dump = env
+        .cmd()
+        .args(["dump", &id, &format!("{}/readable.txt", src.display())])
+        .unprivileged()
+        .run()
+        .ok();
+    assert_eq!(dump.stdout, b"fine\n");
+    let locked = format!("{}/locked.txt", src.display());
+    env.cmd()
+        .args(["dump", &id, &locked])
+        .unprivileged()
+        .run()
+        .code(1);
+
+    // The text output names the file on stderr.
+    env.cmd()
+        .arg("backup")
+        .arg(&src)
+        .unprivileged()
+        .run()
+        .code(3)
+        .stderr_has("locked.txt");
+}
+
+#[test]
+fn unknown_snapshots_exit_1() {
+    let (env, src) = repo_with_snapshot();
+    let t = env.path("t");
+    for spec in ["deadbeef", "0000000000", "abc", "xyz!", "latest-ish", ""] {
+        env.run(["ls", spec]).code(1);
+        env.cmd()
+            .args(["restore", spec, "--target"])
+            .arg(&t)
+            .run()
+            .code(1);
+        env.run(["dump", spec, "/x"]).code(1);
+        env.run(["stats", spec]).code(1);
+    }
+    env.run(["ls", "deadbeef"]).code(1).stderr_has("not found");
+    env.run(["ls", "abc"])
+        .code(1)
+        .stderr_has("not a snapshot id");
+    // `latest` of a host or tag that has none.
+    env.run(["ls", "latest", "--host", "nowhere"])
+        .code(1)
+        .stderr_has("latest");
+    env.run(["ls", "latest", "--tag", "none"]).code(1);
+    // `latest` of an empty repository.
+    let empty = Env::with_repo();
+    empty
+        .run(["ls", "latest"])
+        .code(1)
+        .stderr_has("no matching snapshot");
+    assert!(!t.exists());
+    let _ = src;
+}
+
+#[test]
+fn bad_arguments_exit_1() {
+    let (env, src) = repo_with_snapshot();
+    let s = src.display().to_string();
+    let t = env.path("t").display().to_string();
+    let cases: &[&[&str]] = &[
+        &[],
+        &["frobnicate"],
+        &["backup"],
+        &["backup", "--no-such-flag", &s],
+        &["backup", "--stdin", &s],
+        &["backup", "--stdin", "--stdin-from-command", "true"],
+        &["backup", "--compression", "bogus", &s],
+        &["backup", "--compression", "0", &s],
+        &["backup", "--compression", "23", &s],
+        &["backup", "--exclude", "[", &s],
+        &["backup", "--time", "not a time", &s],
+        &["backup", "--lease-wait", "5 fortnights", &s],
+        &["backup", "--lease-wait", "99999999999999999h", &s],
+        &["backup", "--parent", "deadbeef", &s],
+        &["backup", ""],
+        &["backup", "/nonexistent/source/path"],
+        &["restore", "latest"],
+        &["restore", "--target", &t],
+        &["restore", "latest", "--target", &t, "--include", "["],
+        &["restore", "latest", "--target", &t, "--exclude", "a[b"],
+        &["restore", "latest:../../etc", "--target", &t],
+        &["ls", "latest", "a/../../b"],
+        &["ls"],
+        &["dump", "latest", "/"],
+        &["dump", "latest:"],
+        &["init"],
+        &["init", "--encryption", "rot13"],
+        &["snapshots", "--connections", "many"],
+    ];
+    for args in cases {
+        env.run(*args).code(1);
+    }
+    // No repository given at all.
+    Cairn::bare(&env)
+        .arg("snapshots")
+        .run()
+        .code(1)
+        .stderr_has("CAIRN_REPO");
+    Cairn::bare(&env)
+        .env("CAIRN_REPO", "")
+        .arg("snapshots")
+        .run()
+        .code(1);
+    // Nothing was written by any of them.
+    assert_eq!(env.snapshots().len(), 1);
+    assert!(!env.path("t").exists());
+    // --help and --version succeed.
+    assert!(env.run(["--help"]).ok().stdout_str().contains("restore"));
+    assert!(env.run(["--version"]).ok().stdout_str().contains("cairn"));
+}
+
+/// A damaged data pack: restore reports the damaged file by name, restores the rest, exits 1;
+/// `dump` of that file fails; with `--verify` the damage is also caught by verification.
+#[test]
+fn corrupt_pack_is_reported_by_file_name() {
+    let (env, src) = repo_with_snapshot();
+    let data_pack = packs(&env)[0].clone();
+    let len = fs::metadata(&data_pack).unwrap().len();
+    assert!(len > 3 << 20, "the largest pack should hold big.bin");
+    flip_bytes(&data_pack, len / 2, 16);
+
+    let t = env.path("t");
+    let out = env
+        .cmd()
+        .args(["restore", &format!("latest:{}", src.display()), "--target"])
+        .arg(&t)
+        .run()
+        .code(1);
+    let mentions = out.stderr.matches("big.bin").count();
+    assert!(mentions >= 1, "the damaged file is not named: {out}");
+    assert!(!out.stderr.contains("small.txt"), "{out}");
+    // The undamaged file is restored anyway.
+    assert_eq!(fs::read(t.join("small.txt")).unwrap(), b"small file\n");
+
+    let tv = env.path("tv");
+    let out = env
+        .cmd()
+        .args([
+            "restore",
+            "--json",
+            "--verify",
+            &format!("latest:{}", src.display()),
+            "--target",
+        ])
+        .arg(&tv)
+        .run()
+        .code(1);
+    let v = out.json();
+    let errors: Vec<&str> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("big.bin") && e.contains("corrupt")),
+        "{v}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("verify") && e.contains("big.bin")),
+        "{v}"
+    );
+    assert_eq!(v["verified_files"], 1, "{v}");
+
+    env.run(["dump", "latest", &format!("{}/big.bin", src.display())])
+        .code(1)
+        .stderr_has("corrupt");
+    env.run(["dump", "latest", &format!("{}/small.txt", src.display())])
+        .ok();
+}
+
+/// A truncated or missing data pack: restore names the files it could not restore, exits 1.
+#[test]
+fn truncated_or_missing_pack_is_reported() {
+    for missing in [false, true] {
+        let (env, src) = repo_with_snapshot();
+        let data_pack = packs(&env)[0].clone();
+        if missing {
+            fs::remove_file(&data_pack).unwrap();
+        } else {
+            let len = fs::metadata(&data_pack).unwrap().len();
+            fs::OpenOptions::new()
+                .write(true)
+                .open(&data_pack)
+                .unwrap()
+                .set_len(len / 3)
+                .unwrap();
+        }
+        let t = env.path("t");
+        let out = env
+            .cmd()
+            .args(["restore", "latest", "--target"])
+            .arg(&t)
+            .run()
+            .code(1);
+        assert!(out.stderr.contains("big.bin"), "{out}");
+        let pack_name = data_pack.file_name().unwrap().to_str().unwrap();
+        assert!(
+            out.stderr.contains(pack_name),
+            "the pack is not named: {out}"
+        );
+        env.run(["dump", "latest", &format!("{}/big.bin", src.display())])
+            .code(1);
+    }
+}
+
+/// Damaged tree blobs, index objects, snapshot objects, config and key files: every command
+/// fails cleanly (exit 1, the object named), none panics.
+#[test]
+fn damaged_metadata_objects_fail_cleanly() {
+    let (env, src) = repo_with_snapshot();
+    let pristine = env.path("pristine");
+    copy_dir(&env.repo, &pristine);
+    let reset = |env: &Env| {
+        fs::remove_dir_all(&env.repo).unwrap();
+        copy_dir(&pristine, &env.repo);
+        // A fresh cache, so the damage is read from the repository.
+        let _ = fs::remove_dir_all(&env.cache);
+    };
+    let t = env.path("t");
+    let all_commands = |env: &Env| -> Vec<Out> {
+        vec![
+            env.run(["snapshots"]),
+            env.run(["ls", "latest"]),
+            env.cmd()
+                .args(["restore", "latest", "--target"])
+                .arg(&t)
+                .run(),
+            env.run(["stats"]),
+            env.run(["dump", "latest", &format!("{}/small.txt", src.display())]),
+        ]
+    };
+
+    // Tree blobs: damage the first blob of every pack but the data pack.
+    reset(&env);
+    for p in &packs(&env)[1..] {
+        flip_bytes(p, 5 + 24, 8);
+    }
+    let outs = all_commands(&env);
+    assert_eq!(outs[0].code, 0, "{}", outs[0]); // snapshots need no trees
+    for o in &outs[1..] {
+        assert_eq!(o.code, 1, "{o}");
+        assert!(o.stderr.contains("corrupt"), "{o}");
+    }
+
+    // Config: truncated, emptied, replaced.
+    for damage in [&b""[..], b"CRNC", b"garbage that is not a config at all"] {
+        reset(&env);
+        fs::write(env.repo.join("config"), damage).unwrap();
+        for o in all_commands(&env) {
+            assert_eq!(o.code, 1, "{o}");
+            assert!(o.stderr.contains("config"), "{o}");
+        }
+    }
+
+    // Key files: damaged (no key can be read).
+    reset(&env);
+    for k in files_below(&env.repo.join("keys")) {
+        fs::write(&k, b"junk").unwrap();
+    }
+    for o in all_commands(&env) {
+        assert_eq!(o.code, 1, "{o}");
+        assert!(o.stderr.contains("key"), "{o}");
+    }
+
+    // An index object or a snapshot object with damaged contents: nothing succeeds silently.
+    // (Commands that need the damaged object fail; others may go on with a warning.)
+    for dir in ["index", "snapshots"] {
+        reset(&env);
+        for f in files_below(&env.repo.join(dir)) {
+            flip_bytes(&f, 10, 4);
+        }
+        let outs = all_commands(&env);
+        for o in &outs {
+            assert!(o.code == 1 || o.stderr.contains(&format!("{dir}/")), "{o}");
+        }
+        for o in &outs[1..] {
+            assert_eq!(o.code, 1, "{o}");
+        }
+    }
+
+    // A corrupt local catalog is only a cache: rebuilt, and everything works.
+    reset(&env);
+    env.run(["snapshots"]).ok();
+    for f in files_below(&env.cache) {
+        fs::write(&f, b"this is not a database").unwrap();
+    }
+    for o in all_commands(&env) {
+        assert_eq!(o.code, 0, "{o}");
+    }
+    assert_eq!(
+        fs::read(t.join(src.strip_prefix("/").unwrap()).join("small.txt")).unwrap(),
+        b"small file\n"
+    );
+}
+
+/// One damaged snapshot object must not make the rest of the repository unusable: other
+/// snapshots can still be listed and restored, and new backups can still be made.
+#[test]
+#[ignore = "bug: Repository::open -> refresh (src/repo/mod.rs) fails the whole open when any \
+            snapshot (or index) object fails verification, so one damaged object blocks every \
+            command, backups included; it should warn and skip it (check/repair report it)"]
+fn one_damaged_snapshot_does_not_block_the_repository() {
+    let env = Env::with_repo();
+    let src = env.path("src");
+    write(&src.join("a"), b"a");
+    let first = env.backup(&[&src], &[]);
+    write(&src.join("b"), b"b");
+    env.backup(&[&src], &[]);
+    let id1 = first["snapshot_id"].as_str().unwrap();
+    flip_bytes(&env.repo.join("snapshots").join(id1), 10, 4);
+    let _ = fs::remove_dir_all(&env.cache);
+    assert_eq!(env.snapshots().len(), 1);
+    env.backup(&[&src], &[]);
+    let t = env.path("t");
+    env.restore("latest", &t, &[]);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            fs::copy(e.path(), &dest).unwrap();
+        }
+    }
+}
