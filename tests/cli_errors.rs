@@ -524,3 +524,54 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// An interrupted backup (SIGINT) exits 130 and writes no snapshot; the next backup works
+/// without any unlocking.
+#[test]
+fn interrupted_backup_exits_130_without_a_snapshot() {
+    let env = Env::with_repo();
+    // A stream that never ends: the backup is still running when it is interrupted.
+    let mut cmd = env
+        .cmd()
+        .args(["backup", "--stdin", "--stdin-name", "endless"])
+        .stdin(Vec::new())
+        .command();
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    use std::io::Write;
+    stdin.write_all(&random_bytes(1, 1 << 20)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "cairn did not stop after SIGINT"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    drop(stdin);
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(env.snapshots().is_empty());
+    // No lease is left that blocks the next backup.
+    env.cmd()
+        .args(["backup", "--stdin", "--stdin-name", "next"])
+        .stdin(b"data".to_vec())
+        .run()
+        .ok();
+    assert_eq!(env.snapshots().len(), 1);
+}

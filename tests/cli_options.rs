@@ -776,3 +776,95 @@ fn stdin_snapshot_records_its_size() {
         assert_eq!(s["summary"]["total_bytes"], data.len(), "{s}");
     }
 }
+
+/// Several sources at once, a single file as a source, a symlink as a source (stored as the
+/// link, not followed), and relative paths (stored absolute, so the parent is found again from
+/// another working directory).
+#[test]
+fn sources_files_several_paths_and_relative_paths() {
+    let env = Env::with_repo();
+    let a = env.path("a");
+    let b = env.path("b");
+    write(&a.join("one.txt"), b"one");
+    write(&b.join("sub/two.txt"), b"two");
+    write(&env.path("single.txt"), b"single");
+    std::os::unix::fs::symlink(&a, env.path("link-to-a")).unwrap();
+    let single = env.path("single.txt");
+    let link = env.path("link-to-a");
+    let v = env.backup(&[&b, &a, &single, &link], &[]);
+    let id = v["snapshot_id"].as_str().unwrap().to_string();
+    let snaps = env.snapshots();
+    let mut want: Vec<String> = [&a, &b, &link, &single]
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    want.sort();
+    assert_eq!(snaps[0]["paths"], serde_json::json!(want));
+    let root = env.dir.path().display().to_string();
+    let listed: BTreeSet<String> = env
+        .run(["ls", "--json", &id])
+        .ok()
+        .json_lines()
+        .iter()
+        .filter_map(|v| {
+            v["path"]
+                .as_str()?
+                .strip_prefix(&format!("{root}/"))
+                .map(String::from)
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        set(&[
+            "a",
+            "a/one.txt",
+            "b",
+            "b/sub",
+            "b/sub/two.txt",
+            "link-to-a",
+            "single.txt"
+        ])
+    );
+    let l = env
+        .run(["ls", "--json", &id, &format!("{root}/link-to-a")])
+        .ok()
+        .json_lines();
+    assert_eq!(l.len(), 1, "a symlink source was followed: {l:?}");
+    assert_eq!(l[0]["type"], "symlink");
+    assert_eq!(
+        env.run(["dump", &id, &format!("{root}/single.txt")])
+            .ok()
+            .stdout,
+        b"single"
+    );
+
+    // Relative paths, from the directory above: recorded absolute, and an unchanged re-backup
+    // from elsewhere with the absolute path finds its parent.
+    let first = env
+        .cmd()
+        .current_dir(env.dir.path())
+        .args(["backup", "--json", "a", "./b/../b"])
+        .run()
+        .ok()
+        .json();
+    let snaps = env.snapshots();
+    let last = snaps
+        .iter()
+        .find(|s| s["id"] == first["snapshot_id"])
+        .unwrap();
+    assert_eq!(
+        last["paths"],
+        serde_json::json!([a.display().to_string(), b.display().to_string()])
+    );
+    let second = env
+        .cmd()
+        .current_dir(Path::new("/"))
+        .args(["backup", "--json"])
+        .arg(&b)
+        .arg(&a)
+        .run()
+        .ok()
+        .json();
+    assert_eq!(second["parent"], first["snapshot_id"], "{second}");
+    assert_eq!(second["summary"]["files_unmodified"], 2, "{second}");
+}

@@ -160,6 +160,7 @@ pub struct Cairn {
     envs: Vec<(String, Option<OsString>)>,
     user: Option<(u32, u32)>,
     stdin: Option<Vec<u8>>,
+    cwd: Option<PathBuf>,
 }
 
 impl Cairn {
@@ -175,6 +176,7 @@ impl Cairn {
             envs: Vec::new(),
             user: None,
             stdin: None,
+            cwd: None,
         };
         c = c
             .env_remove("CAIRN_REPO")
@@ -224,6 +226,12 @@ impl Cairn {
         self
     }
 
+    /// Run in this working directory.
+    pub fn current_dir(mut self, dir: &Path) -> Cairn {
+        self.cwd = Some(dir.to_path_buf());
+        self
+    }
+
     /// Run without the power to read everything: as `nobody` when the tests run as root.
     pub fn unprivileged(self) -> Cairn {
         if is_root() {
@@ -255,10 +263,8 @@ impl Cairn {
         s
     }
 
-    /// Run to completion (killed after a timeout), capturing everything. Fails the test if
-    /// the binary panicked.
-    pub fn run(mut self) -> Out {
-        let what = self.describe();
+    /// The command as it will run (stdin null unless data was given, output captured).
+    pub fn command(&self) -> Command {
         let bin = OsStr::new(env!("CARGO_BIN_EXE_cairn"));
         let mut cmd = match self.prefix.split_first() {
             Some((p, rest)) => {
@@ -278,6 +284,9 @@ impl Cairn {
         if let Some((uid, gid)) = self.user {
             cmd.uid(uid).gid(gid);
         }
+        if let Some(d) = &self.cwd {
+            cmd.current_dir(d);
+        }
         cmd.stdin(if self.stdin.is_some() {
             Stdio::piped()
         } else {
@@ -285,6 +294,14 @@ impl Cairn {
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Run to completion (killed after a timeout), capturing everything. Fails the test if
+    /// the binary panicked.
+    pub fn run(mut self) -> Out {
+        let what = self.describe();
+        let mut cmd = self.command();
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
