@@ -61,11 +61,22 @@ const SAMPLE: usize = 64 * 1024;
 /// Compress `data`; `None` means "store it uncompressed" (compression is off, or would not
 /// make it smaller).
 pub fn compress(data: &[u8], mode: Compression) -> Option<Vec<u8>> {
-    let level = mode.level()?;
+    let mut out = Vec::new();
+    compress_append(data, mode, &mut out).then_some(out)
+}
+
+/// Append `data`, compressed, to `out` if that is smaller than `data` and return `true`;
+/// otherwise leave `out` as it was and return `false`. Writing into the caller's buffer lets a
+/// blob be compressed and sealed in a single allocation.
+pub fn compress_append(data: &[u8], mode: Compression, out: &mut Vec<u8>) -> bool {
+    let Some(level) = mode.level() else {
+        return false;
+    };
     if data.len() < 64 {
-        return None;
+        return false;
     }
-    COMPRESSOR.with(|cell| {
+    let start = out.len();
+    let done = COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.as_ref().map(|(l, _)| *l) != Some(level) {
             *slot = Some((level, zstd::bulk::Compressor::new(level).ok()?));
@@ -75,14 +86,26 @@ pub fn compress(data: &[u8], mode: Compression) -> Option<Vec<u8>> {
             // Already-compressed data (archives, media) does not shrink; a sample tells cheaply.
             let mid = data.len() / 2;
             let sample = &data[mid - SAMPLE / 2..mid + SAMPLE / 2];
-            let out = c.compress(sample).ok()?;
-            if out.len() * 100 > sample.len() * 97 {
-                return None;
+            let mut probe = Vec::with_capacity(SAMPLE);
+            match c.compress_to_buffer(sample, &mut probe) {
+                Ok(n) if n * 100 <= sample.len() * 97 => {}
+                _ => return None,
             }
         }
-        let out = c.compress(data).ok()?;
-        (out.len() < data.len()).then_some(out)
-    })
+        // With room for about `data.len()` bytes, output that would not be smaller does not
+        // fit, and zstd stops with an error instead of finishing it.
+        out.reserve(data.len());
+        let mut cursor = std::io::Cursor::new(&mut *out);
+        cursor.set_position(start as u64);
+        match c.compress_to_buffer(data, &mut cursor) {
+            Ok(n) if n < data.len() => Some(()),
+            _ => None,
+        }
+    });
+    if done.is_none() {
+        out.truncate(start);
+    }
+    done.is_some()
 }
 
 /// Decompress a zstd frame, refusing output longer than `max_len`.
@@ -93,7 +116,8 @@ pub fn decompress(data: &[u8], max_len: usize) -> Result<Vec<u8>, String> {
             *slot = Some(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?);
         }
         let d = slot.as_mut().ok_or("zstd decompressor")?;
-        d.decompress(data, max_len).map_err(|e| format!("zstd: {e}"))
+        d.decompress(data, max_len)
+            .map_err(|e| format!("zstd: {e}"))
     })
 }
 
@@ -119,6 +143,20 @@ mod tests {
         crate::crypto::fill_random(&mut data);
         assert!(compress(&data, Compression::Auto).is_none());
         assert!(compress(&data, Compression::Level(3)).is_none());
+    }
+
+    #[test]
+    fn appends_after_existing_bytes() {
+        let data: Vec<u8> = b"abcdefgh".iter().cycle().take(100_000).copied().collect();
+        let mut out = vec![9u8; 25];
+        assert!(compress_append(&data, Compression::Auto, &mut out));
+        assert_eq!(&out[..25], &[9u8; 25]);
+        assert_eq!(decompress(&out[25..], data.len()).unwrap(), data);
+        let mut random = vec![0u8; 100_000];
+        crate::crypto::fill_random(&mut random);
+        let mut out = vec![1u8; 3];
+        assert!(!compress_append(&random, Compression::Level(3), &mut out));
+        assert_eq!(out, vec![1u8; 3]);
     }
 
     #[test]

@@ -146,7 +146,8 @@ impl KdfParams {
         self.validate()?;
         let params = argon2::Params::new(self.m_cost_kib, self.t_cost, self.p_cost, Some(32))
             .map_err(|e| format!("Argon2id parameters: {e}"))?;
-        let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let argon =
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
         let mut out = Zeroizing::new([0u8; 32]);
         argon
             .hash_password_into(password, salt, out.as_mut())
@@ -206,10 +207,45 @@ impl Sealer {
         self.seal_into_with_nonce(ad, plaintext, nonce, out)
     }
 
+    /// Bytes a caller must reserve in front of the plaintext for [`Sealer::seal_in_place`].
+    pub fn headroom(&self) -> usize {
+        if self.aead.is_some() { NONCE_LEN } else { 0 }
+    }
+
+    /// Seal in place: `buf` holds [`Sealer::headroom`] bytes of any value followed by the
+    /// plaintext; afterwards it holds the seal (same layout as [`Sealer::seal`]).
+    pub fn seal_in_place(&self, ad: &[u8], buf: &mut Vec<u8>) {
+        match &self.aead {
+            Some(aead) => {
+                let mut nonce = [0u8; NONCE_LEN];
+                fill_random(&mut nonce);
+                buf[..NONCE_LEN].copy_from_slice(&nonce);
+                let tag = aead
+                    .encrypt_inout_detached(
+                        &XNonce::from(nonce),
+                        ad,
+                        (&mut buf[NONCE_LEN..]).into(),
+                    )
+                    .expect("XChaCha20-Poly1305 message length limit");
+                buf.extend_from_slice(&tag);
+            }
+            None => {
+                let mac = self.mac(ad, buf);
+                buf.extend_from_slice(&mac);
+            }
+        }
+    }
+
     /// Seal with a caller-chosen nonce. Only for reproducible test vectors: reusing a nonce
     /// under one key destroys confidentiality.
     #[doc(hidden)]
-    pub fn seal_into_with_nonce(&self, ad: &[u8], plaintext: &[u8], nonce: [u8; NONCE_LEN], out: &mut Vec<u8>) {
+    pub fn seal_into_with_nonce(
+        &self,
+        ad: &[u8],
+        plaintext: &[u8],
+        nonce: [u8; NONCE_LEN],
+        out: &mut Vec<u8>,
+    ) {
         match &self.aead {
             Some(aead) => {
                 out.reserve(plaintext.len() + SEAL_OVERHEAD_ENCRYPTED);
@@ -356,9 +392,25 @@ mod tests {
             for i in 0..sealed.len() {
                 let mut bad = sealed.clone();
                 bad[i] ^= 0x01;
-                assert!(keys.sealer().open(b"ad", &bad).is_err(), "{mode:?} byte {i}");
+                assert!(
+                    keys.sealer().open(b"ad", &bad).is_err(),
+                    "{mode:?} byte {i}"
+                );
             }
             assert!(keys.sealer().open(b"ad", &sealed[..5]).is_err());
+        }
+    }
+
+    #[test]
+    fn seal_in_place_matches_seal() {
+        for mode in [Encryption::Repokey, Encryption::None] {
+            let keys = Keys::derive(&MasterKey::from_bytes([9; 32]), mode);
+            let s = keys.sealer();
+            let mut buf = vec![0u8; s.headroom()];
+            buf.extend_from_slice(b"in place");
+            s.seal_in_place(b"ad", &mut buf);
+            assert_eq!(buf.len(), 8 + mode.seal_overhead());
+            assert_eq!(s.open(b"ad", &buf).unwrap(), b"in place");
         }
     }
 
@@ -391,9 +443,15 @@ mod tests {
             p_cost: 1,
         };
         assert!(p.derive(b"pw", b"saltsalt").is_err());
-        let ok = KdfParams::INSECURE_FOR_TESTS.derive(b"pw", b"saltsalt").unwrap();
-        let ok2 = KdfParams::INSECURE_FOR_TESTS.derive(b"pw", b"saltsalt").unwrap();
-        let other = KdfParams::INSECURE_FOR_TESTS.derive(b"pw2", b"saltsalt").unwrap();
+        let ok = KdfParams::INSECURE_FOR_TESTS
+            .derive(b"pw", b"saltsalt")
+            .unwrap();
+        let ok2 = KdfParams::INSECURE_FOR_TESTS
+            .derive(b"pw", b"saltsalt")
+            .unwrap();
+        let other = KdfParams::INSECURE_FOR_TESTS
+            .derive(b"pw2", b"saltsalt")
+            .unwrap();
         assert_eq!(*ok, *ok2);
         assert_ne!(*ok, *other);
     }

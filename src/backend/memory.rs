@@ -33,7 +33,12 @@ impl Backend for MemoryBackend {
     async fn put(&self, key: &str, data: Bytes) -> BResult<()> {
         let mut m = self.lock();
         if m.contains_key(key) {
-            return Err(BackendError::new(BackendErrorKind::AlreadyExists, "put", key, "exists"));
+            return Err(BackendError::new(
+                BackendErrorKind::AlreadyExists,
+                "put",
+                key,
+                "exists",
+            ));
         }
         m.insert(key.to_string(), data);
         Ok(())
@@ -50,7 +55,12 @@ impl Backend for MemoryBackend {
         let data = self.get(key).await?;
         let end = offset.saturating_add(len);
         if end > data.len() as u64 {
-            return Err(BackendError::new(BackendErrorKind::Permanent, "get_range", key, "range beyond the end"));
+            return Err(BackendError::new(
+                BackendErrorKind::Permanent,
+                "get_range",
+                key,
+                "range beyond the end",
+            ));
         }
         Ok(data.slice(offset as usize..end as usize))
     }

@@ -42,7 +42,12 @@ pub struct BackendError {
 }
 
 impl BackendError {
-    pub fn new(kind: BackendErrorKind, op: &'static str, key: &str, message: impl Into<String>) -> Self {
+    pub fn new(
+        kind: BackendErrorKind,
+        op: &'static str,
+        key: &str,
+        message: impl Into<String>,
+    ) -> Self {
         BackendError {
             kind,
             op,
@@ -82,6 +87,14 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Where this backend stores things, for messages (never includes credentials).
     fn location(&self) -> String;
     async fn put(&self, key: &str, data: Bytes) -> BResult<()>;
+    /// `put` of the concatenation of `parts`, without the caller joining them in memory.
+    async fn put_parts(&self, key: &str, parts: Vec<Bytes>) -> BResult<()> {
+        let mut all = bytes::BytesMut::with_capacity(parts.iter().map(|p| p.len()).sum());
+        for p in parts {
+            all.extend_from_slice(&p);
+        }
+        self.put(key, all.freeze()).await
+    }
     async fn get(&self, key: &str) -> BResult<Bytes>;
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> BResult<Bytes>;
     async fn list(&self, prefix: &str) -> BResult<Vec<Entry>>;
@@ -115,7 +128,12 @@ pub(crate) mod conformance {
     pub async fn run(b: &dyn Backend) {
         // Missing keys.
         assert!(b.get("config").await.unwrap_err().is_not_found());
-        assert!(b.get_range("config", 0, 1).await.unwrap_err().is_not_found());
+        assert!(
+            b.get_range("config", 0, 1)
+                .await
+                .unwrap_err()
+                .is_not_found()
+        );
         assert_eq!(b.stat("config").await.unwrap(), None);
         assert!(b.list("snapshots/").await.unwrap().is_empty());
         b.delete("snapshots/missing").await.unwrap();
@@ -124,14 +142,36 @@ pub(crate) mod conformance {
         let data = Bytes::from((0..100_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
         b.put("data/ab/abcd", data.clone()).await.unwrap();
         assert_eq!(b.get("data/ab/abcd").await.unwrap(), data);
-        assert_eq!(b.get_range("data/ab/abcd", 10, 20).await.unwrap(), data.slice(10..30));
-        assert_eq!(b.get_range("data/ab/abcd", 99_990, 10).await.unwrap(), data.slice(99_990..));
+        assert_eq!(
+            b.get_range("data/ab/abcd", 10, 20).await.unwrap(),
+            data.slice(10..30)
+        );
+        assert_eq!(
+            b.get_range("data/ab/abcd", 99_990, 10).await.unwrap(),
+            data.slice(99_990..)
+        );
         assert_eq!(b.stat("data/ab/abcd").await.unwrap(), Some(100_000));
 
         // Put never overwrites.
-        let e = b.put("data/ab/abcd", Bytes::from_static(b"other")).await.unwrap_err();
+        let e = b
+            .put("data/ab/abcd", Bytes::from_static(b"other"))
+            .await
+            .unwrap_err();
         assert_eq!(e.kind, BackendErrorKind::AlreadyExists);
         assert_eq!(b.get("data/ab/abcd").await.unwrap(), data);
+
+        // Objects written in parts.
+        let parts = vec![
+            Bytes::from_static(b"ab"),
+            Bytes::new(),
+            Bytes::from_static(b"cde"),
+        ];
+        b.put_parts("data/cd/parts", parts).await.unwrap();
+        assert_eq!(
+            b.get("data/cd/parts").await.unwrap(),
+            Bytes::from_static(b"abcde")
+        );
+        b.delete("data/cd/parts").await.unwrap();
 
         // Empty objects.
         b.put("locks/empty", Bytes::new()).await.unwrap();
@@ -139,14 +179,28 @@ pub(crate) mod conformance {
 
         // List by prefix, with many keys.
         for i in 0..300 {
-            b.put(&format!("index/{i:04}"), Bytes::from(vec![1u8; i % 7])).await.unwrap();
+            b.put(&format!("index/{i:04}"), Bytes::from(vec![1u8; i % 7]))
+                .await
+                .unwrap();
         }
         let mut l = b.list("index/").await.unwrap();
         l.sort_by(|a, b| a.key.cmp(&b.key));
         assert_eq!(l.len(), 300);
-        assert_eq!(l[5], Entry { key: "index/0005".into(), size: 5 });
+        assert_eq!(
+            l[5],
+            Entry {
+                key: "index/0005".into(),
+                size: 5
+            }
+        );
         let data_keys = b.list("data/").await.unwrap();
-        assert_eq!(data_keys, vec![Entry { key: "data/ab/abcd".into(), size: 100_000 }]);
+        assert_eq!(
+            data_keys,
+            vec![Entry {
+                key: "data/ab/abcd".into(),
+                size: 100_000
+            }]
+        );
 
         // Delete.
         b.delete("index/0005").await.unwrap();

@@ -39,9 +39,9 @@ pub struct GlobalArgs {
     /// Directory for the local catalog (default: $XDG_CACHE_HOME/cairn).
     #[arg(long, env = "CAIRN_CACHE_DIR", global = true)]
     pub cache_dir: Option<PathBuf>,
-    /// Concurrent backend requests.
-    #[arg(long, default_value_t = 4, global = true)]
-    pub connections: usize,
+    /// Concurrent pack uploads and downloads (default: 2 for local repositories).
+    #[arg(long, global = true)]
+    pub connections: Option<usize>,
     /// How long to wait for a conflicting lease, e.g. 30s, 5m.
     #[arg(long, default_value = "0s", global = true)]
     pub lease_wait: String,

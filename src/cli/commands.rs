@@ -65,13 +65,17 @@ fn password(g: &GlobalArgs, confirm: bool) -> std::result::Result<Zeroizing<Vec<
         let line = data.split(|&b| b == b'\n').next().unwrap_or(&[]);
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
-            return Err(Error::InvalidInput(format!("password file {} is empty", f.display())));
+            return Err(Error::InvalidInput(format!(
+                "password file {} is empty",
+                f.display()
+            )));
         }
         return Ok(Zeroizing::new(line.to_vec()));
     }
     if !std::io::stdin().is_terminal() {
         return Err(Error::InvalidInput(
-            "no password given: set CAIRN_PASSWORD_FILE (or --password-file, or CAIRN_PASSWORD)".into(),
+            "no password given: set CAIRN_PASSWORD_FILE (or --password-file, or CAIRN_PASSWORD)"
+                .into(),
         ));
     }
     let p = Zeroizing::new(
@@ -99,7 +103,9 @@ fn password(g: &GlobalArgs, confirm: bool) -> std::result::Result<Zeroizing<Vec<
 
 fn open_options(g: &GlobalArgs) -> OpenOptions {
     let mut o = OpenOptions::new(g.cache_dir.clone().unwrap_or_else(default_cache_dir));
-    o.connections = g.connections.clamp(1, 64);
+    // A local disk gains nothing from more than two writers at once, and every pack in flight
+    // is 16 MiB of memory.
+    o.connections = g.connections.unwrap_or(2).clamp(1, 64);
     o
 }
 
@@ -204,7 +210,8 @@ async fn init(g: &GlobalArgs, a: InitArgs) -> Result<i32> {
 fn exclude_options(a: &BackupArgs) -> Result<ExcludeOptions> {
     let mut patterns = a.exclude.clone();
     for f in &a.exclude_file {
-        let text = std::fs::read_to_string(f).with_context(|| format!("reading exclude file {}", f.display()))?;
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("reading exclude file {}", f.display()))?;
         patterns.extend(
             text.lines()
                 .map(str::trim)
@@ -259,7 +266,11 @@ async fn backup_cmd(g: &GlobalArgs, a: BackupArgs) -> Result<i32> {
     bar.finish().await;
     let outcome = result.context("backup failed")?;
     report_backup(g, &outcome, started.elapsed())?;
-    Ok(if outcome.errors.is_empty() { EXIT_OK } else { EXIT_PARTIAL })
+    Ok(if outcome.errors.is_empty() {
+        EXIT_OK
+    } else {
+        EXIT_PARTIAL
+    })
 }
 
 fn report_backup(g: &GlobalArgs, o: &BackupOutcome, took: Duration) -> Result<()> {
@@ -343,12 +354,20 @@ async fn snapshots(g: &GlobalArgs, a: SnapshotsArgs) -> Result<i32> {
         .map(|_| EXIT_OK);
     }
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{:<8}  {:<19}  {:<12}  {:<12}  {:>12}  Paths", "ID", "Time", "Host", "Tags", "Size")?;
+    writeln!(
+        out,
+        "{:<8}  {:<19}  {:<12}  {:<12}  {:>12}  Paths",
+        "ID", "Time", "Host", "Tags", "Size"
+    )?;
     for (id, s) in &list {
         let time = s
             .time
             .to_jiff()
-            .map(|t| t.to_zoned_datetime(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d %H:%M:%S").to_string())
+            .map(|t| {
+                t.to_zoned_datetime(jiff::tz::TimeZone::system())
+                    .strftime("%Y-%m-%d %H:%M:%S")
+                    .to_string()
+            })
             .unwrap_or_default();
         writeln!(
             out,
@@ -393,7 +412,12 @@ async fn ls(g: &GlobalArgs, a: LsArgs) -> Result<i32> {
         return Ok(EXIT_OK);
     }
     if !g.quiet {
-        eprintln!("snapshot {} of {} at {}", id.short(), snap.paths.join(" "), snap.time.to_rfc3339());
+        eprintln!(
+            "snapshot {} of {} at {}",
+            id.short(),
+            snap.paths.join(" "),
+            snap.time.to_rfc3339()
+        );
     }
     for (p, n) in &entries {
         let shown = if p.is_empty() { "/" } else { p.as_str() };
@@ -401,10 +425,22 @@ async fn ls(g: &GlobalArgs, a: LsArgs) -> Result<i32> {
             let time = n
                 .mtime
                 .to_jiff()
-                .map(|t| t.to_zoned_datetime(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d %H:%M:%S").to_string())
+                .map(|t| {
+                    t.to_zoned_datetime(jiff::tz::TimeZone::system())
+                        .strftime("%Y-%m-%d %H:%M:%S")
+                        .to_string()
+                })
                 .unwrap_or_default();
-            let owner = if n.user.is_empty() { n.uid.to_string() } else { n.user.clone() };
-            let group = if n.group.is_empty() { n.gid.to_string() } else { n.group.clone() };
+            let owner = if n.user.is_empty() {
+                n.uid.to_string()
+            } else {
+                n.user.clone()
+            };
+            let group = if n.group.is_empty() {
+                n.gid.to_string()
+            } else {
+                n.group.clone()
+            };
             let link = if n.kind == NodeKind::Symlink {
                 format!(" -> {}", String::from_utf8_lossy(&n.target))
             } else {
@@ -439,7 +475,9 @@ async fn dump(g: &GlobalArgs, a: DumpArgs) -> Result<i32> {
     let (_, snap) = repo.find_snapshot(spec, a.host.as_deref(), &a.tags)?;
     let node = match read::resolve(&repo, &snap, path).await? {
         Resolved::Node(n) if n.kind == NodeKind::File => n,
-        Resolved::Node(n) if n.kind == NodeKind::Dir => bail!("{path} is a directory; dump writes one file"),
+        Resolved::Node(n) if n.kind == NodeKind::Dir => {
+            bail!("{path} is a directory; dump writes one file")
+        }
         Resolved::Node(n) => bail!("{path} is a {}; dump writes one file", n.kind.as_str()),
         Resolved::Root(_) => bail!("{path} is a directory; dump writes one file"),
     };
@@ -453,7 +491,10 @@ async fn restore_cmd(g: &GlobalArgs, a: RestoreArgs) -> Result<i32> {
     let (spec, sub) = split_snap(&a.snapshot);
     let (id, snap) = repo.find_snapshot(spec, a.host.as_deref(), &a.tags)?;
     let progress = Arc::new(Progress::default());
-    progress.total_bytes.store(snap.summary.total_bytes, std::sync::atomic::Ordering::Relaxed);
+    progress.total_bytes.store(
+        snap.summary.total_bytes,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let opts = RestoreOptions {
         include: a.include.clone(),
         exclude: a.exclude.clone(),
@@ -521,7 +562,11 @@ async fn stats(g: &GlobalArgs, a: StatsArgs) -> Result<i32> {
     println!("Snapshots:          {}", s.snapshots);
     println!("Files:              {}", s.files);
     println!("Logical size:       {}", output::bytes(s.logical_bytes));
-    println!("Unique data:        {} in {} blobs", output::bytes(s.raw_bytes), s.blobs);
+    println!(
+        "Unique data:        {} in {} blobs",
+        output::bytes(s.raw_bytes),
+        s.blobs
+    );
     println!("Stored size:        {}", output::bytes(s.stored_bytes));
     println!("Dedup ratio:        {:.2}x", s.dedup_ratio);
     println!("Compression ratio:  {:.2}x", s.compression_ratio);

@@ -28,7 +28,10 @@ impl KeyFile {
         match self.encryption {
             0 => Ok(Encryption::None),
             1 => Ok(Encryption::Repokey),
-            n => Err(Error::corrupt("key file", format!("unknown encryption {n}"))),
+            n => Err(Error::corrupt(
+                "key file",
+                format!("unknown encryption {n}"),
+            )),
         }
     }
 
@@ -41,6 +44,7 @@ impl KeyFile {
     }
 
     /// A new key file protecting `master`. `password` is ignored for `Encryption::None`.
+    #[allow(clippy::too_many_arguments)]
     pub fn create(
         master: &MasterKey,
         encryption: Encryption,

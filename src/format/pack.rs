@@ -4,13 +4,17 @@
 //! `seal(ad = blob id, compression byte || payload)`. The sealed header lists every blob, so
 //! the index can be rebuilt from packs alone. A pack's name is BLAKE3 of all its bytes.
 
+use bytes::Bytes;
+
 use super::{Kind, decode, encode};
 use crate::compress::{self, Compression};
 use crate::crypto::{Keys, NONCE_LEN, Sealer};
 use crate::error::{Error, Result};
 use crate::id::Id;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, bincode::Encode, bincode::Decode)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, bincode::Encode, bincode::Decode,
+)]
 pub enum BlobKind {
     Data,
     Tree,
@@ -67,17 +71,26 @@ pub const PACK_PREFIX: usize = 5;
 /// Length of the trailing header-length field.
 pub const PACK_TRAILER: usize = 4;
 
-/// Seal one blob's plaintext, compressing it when that makes it smaller.
+/// Seal one blob's plaintext, compressing it when that makes it smaller. One allocation: the
+/// nonce, compression byte and (compressed) payload are laid out in place and sealed there.
 pub fn seal_blob(keys: &Keys, id: &Id, plaintext: &[u8], compression: Compression) -> Vec<u8> {
-    let compressed = compress::compress(plaintext, compression);
-    let (flag, payload) = match &compressed {
-        Some(c) => (BLOB_ZSTD, c.as_slice()),
-        None => (BLOB_STORED, plaintext),
-    };
-    let mut inner = Vec::with_capacity(payload.len() + 1);
-    inner.push(flag);
-    inner.extend_from_slice(payload);
-    keys.sealer().seal(id.as_bytes(), &inner)
+    let sealer = keys.sealer();
+    let head = sealer.headroom();
+    let mut buf = Vec::with_capacity(head + 1 + plaintext.len() + crate::crypto::TAG_LEN);
+    buf.resize(head, 0);
+    buf.push(BLOB_ZSTD);
+    if !compress::compress_append(plaintext, compression, &mut buf) {
+        buf.truncate(head);
+        buf.push(BLOB_STORED);
+        buf.extend_from_slice(plaintext);
+    }
+    sealer.seal_in_place(id.as_bytes(), &mut buf);
+    // The buffer was sized for the uncompressed blob; a pack holds thousands of these, so give
+    // back what compression saved (otherwise a 16 MiB pack of compressed blobs pins ~50 MiB).
+    if buf.capacity() - buf.len() > buf.len() / 8 {
+        buf.shrink_to_fit();
+    }
+    buf
 }
 
 /// Open a sealed blob and check that its plaintext hashes to `id`.
@@ -145,7 +158,15 @@ impl PackBuilder {
     /// Lay out the pack: blobs in the order given by `order` (a permutation of 0..count, which
     /// the caller makes random so blob order leaks nothing), then the sealed header.
     pub fn finish(self, sealer: &Sealer, order: &[usize]) -> (Vec<u8>, Vec<PackEntry>) {
-        self.lay_out(sealer, order, None)
+        let (parts, entries) = self.lay_out(sealer, order, None);
+        (parts.concat(), entries)
+    }
+
+    /// [`PackBuilder::finish`] without joining the pieces: the pack is the concatenation of
+    /// the returned parts (prefix, blobs, header and trailer), so no pack-sized copy is made.
+    pub fn finish_parts(self, sealer: &Sealer, order: &[usize]) -> (Vec<Bytes>, Vec<PackEntry>) {
+        let (parts, entries) = self.lay_out(sealer, order, None);
+        (parts.into_iter().map(Bytes::from).collect(), entries)
     }
 
     /// [`PackBuilder::finish`] with a caller-chosen nonce for the header seal. Only for
@@ -158,7 +179,8 @@ impl PackBuilder {
         order: &[usize],
         nonce: [u8; NONCE_LEN],
     ) -> (Vec<u8>, Vec<PackEntry>) {
-        self.lay_out(sealer, order, Some(nonce))
+        let (parts, entries) = self.lay_out(sealer, order, Some(nonce));
+        (parts.concat(), entries)
     }
 
     fn lay_out(
@@ -166,32 +188,36 @@ impl PackBuilder {
         sealer: &Sealer,
         order: &[usize],
         nonce: Option<[u8; NONCE_LEN]>,
-    ) -> (Vec<u8>, Vec<PackEntry>) {
+    ) -> (Vec<Vec<u8>>, Vec<PackEntry>) {
         debug_assert_eq!(order.len(), self.blobs.len());
-        let mut slots: Vec<Option<(PackEntry, Vec<u8>)>> = self.blobs.into_iter().map(Some).collect();
-        let mut out = Vec::with_capacity(self.size + PACK_PREFIX + 64 * slots.len() + 64);
-        out.extend_from_slice(&Kind::Pack.header());
+        let mut slots: Vec<Option<(PackEntry, Vec<u8>)>> =
+            self.blobs.into_iter().map(Some).collect();
+        let mut parts = Vec::with_capacity(slots.len() + 2);
+        parts.push(Kind::Pack.header().to_vec());
+        let mut offset = PACK_PREFIX;
         let mut entries = Vec::with_capacity(slots.len());
         for &i in order {
             if let Some((mut e, data)) = slots[i].take() {
-                e.offset = out.len() as u32;
-                out.extend_from_slice(&data);
+                e.offset = offset as u32;
+                offset += data.len();
+                parts.push(data);
                 entries.push(e);
             }
         }
         let header = encode(&PackHeader {
             entries: entries.clone(),
         });
-        let start = out.len();
+        let mut tail = Vec::with_capacity(header.len() + 64);
         match nonce {
             Some(n) => {
-                sealer.seal_into_with_nonce(&Kind::PackHeader.header(), &header, n, &mut out)
+                sealer.seal_into_with_nonce(&Kind::PackHeader.header(), &header, n, &mut tail)
             }
-            None => sealer.seal_into(&Kind::PackHeader.header(), &header, &mut out),
+            None => sealer.seal_into(&Kind::PackHeader.header(), &header, &mut tail),
         }
-        let hlen = (out.len() - start) as u32;
-        out.extend_from_slice(&hlen.to_le_bytes());
-        (out, entries)
+        let hlen = tail.len() as u32;
+        tail.extend_from_slice(&hlen.to_le_bytes());
+        parts.push(tail);
+        (parts, entries)
     }
 }
 
@@ -210,7 +236,12 @@ pub fn header_range(pack_len: u64, trailer: &[u8], object: &str) -> Result<(u64,
 
 /// Open a pack's sealed header (`data` = exactly the header bytes) and check the entries fit
 /// in a pack of `pack_len` bytes whose header starts at `header_offset`.
-pub fn decode_header(sealer: &Sealer, data: &[u8], header_offset: u64, object: &str) -> Result<PackHeader> {
+pub fn decode_header(
+    sealer: &Sealer,
+    data: &[u8],
+    header_offset: u64,
+    object: &str,
+) -> Result<PackHeader> {
     let plain = sealer
         .open(&Kind::PackHeader.header(), data)
         .map_err(|_| Error::corrupt(object, "pack header authentication failed"))?;
@@ -224,7 +255,10 @@ pub fn decode_header(sealer: &Sealer, data: &[u8], header_offset: u64, object: &
     let mut end = PACK_PREFIX as u64;
     for (s, e) in spans {
         if s < end || e > header_offset || s == e {
-            return Err(Error::corrupt(object, "pack header entries overlap or overflow"));
+            return Err(Error::corrupt(
+                object,
+                "pack header entries overlap or overflow",
+            ));
         }
         end = e;
     }
@@ -237,8 +271,17 @@ pub fn decode_pack(sealer: &Sealer, pack: &[u8], object: &str) -> Result<PackHea
     if pack.len() < PACK_PREFIX + PACK_TRAILER {
         return Err(Error::corrupt(object, "too short"));
     }
-    let (off, len) = header_range(pack.len() as u64, &pack[pack.len() - PACK_TRAILER..], object)?;
-    decode_header(sealer, &pack[off as usize..(off + len) as usize], off, object)
+    let (off, len) = header_range(
+        pack.len() as u64,
+        &pack[pack.len() - PACK_TRAILER..],
+        object,
+    )?;
+    decode_header(
+        sealer,
+        &pack[off as usize..(off + len) as usize],
+        off,
+        object,
+    )
 }
 
 #[cfg(test)]
@@ -255,7 +298,12 @@ mod tests {
             for i in 0..5u8 {
                 let plain = vec![i; 1000 + i as usize];
                 let id = keys.blob_id(&plain);
-                b.add(BlobKind::Data, id, seal_blob(&keys, &id, &plain, Compression::Auto), plain.len() as u32);
+                b.add(
+                    BlobKind::Data,
+                    id,
+                    seal_blob(&keys, &id, &plain, Compression::Auto),
+                    plain.len() as u32,
+                );
                 blobs.push((id, plain));
             }
             let (pack, entries) = b.finish(keys.sealer(), &[3, 1, 4, 0, 2]);

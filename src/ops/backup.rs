@@ -41,8 +41,9 @@ use crate::source::fs::{NameCache, data_regions, looks_sparse, node_from_meta, o
 
 /// Bytes read from one file before its chunks are processed as a parallel batch.
 const BATCH_BYTES: usize = 16 * 1024 * 1024;
-/// Budget of file bytes being read at once, and of files in flight.
-const INFLIGHT_BYTES: u64 = 64 * 1024 * 1024;
+/// Budget of file bytes being read at once (two full batches: one per core), and of files in
+/// flight (many small files keep both cores busy while their results wait to be assembled).
+const INFLIGHT_BYTES: u64 = 2 * BATCH_BYTES as u64;
 const INFLIGHT_FILES: u64 = 256;
 
 #[derive(Debug, Clone, Default)]
@@ -189,7 +190,10 @@ fn read_file(
     let file = open_noatime(path).map_err(src)?;
     let meta = file.metadata().map_err(src)?;
     if !meta.is_file() {
-        return Err(JobError::Source(format!("{}: no longer a regular file", path.display())));
+        return Err(JobError::Source(format!(
+            "{}: no longer a regular file",
+            path.display()
+        )));
     }
     if !looks_sparse(&meta) {
         let (extents, size) = store_stream(sink, chunker, &file, meta.len(), progress)?;
@@ -246,11 +250,16 @@ fn build_targets(paths: &[PathBuf]) -> Target {
             return Target::Leaf(p.clone());
         }
         let mut cur = &mut root;
-        let comps: Vec<_> = p.components().filter(|c| matches!(c, Component::Normal(_))).collect();
+        let comps: Vec<_> = p
+            .components()
+            .filter(|c| matches!(c, Component::Normal(_)))
+            .collect();
         let mut sofar = PathBuf::from("/");
         for (i, c) in comps.iter().enumerate() {
             sofar.push(c);
-            let Target::Inner(_, children) = cur else { break };
+            let Target::Inner(_, children) = cur else {
+                break;
+            };
             let name = c.as_os_str().as_bytes().to_vec();
             let last = i + 1 == comps.len();
             let entry = children.entry(name).or_insert_with(|| {
@@ -293,7 +302,10 @@ impl Walker {
         if let Some(p) = &self.progress {
             p.errors.fetch_add(1, Ordering::Relaxed);
         }
-        self.errors.lock().unwrap_or_else(|p| p.into_inner()).push(msg);
+        self.errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(msg);
     }
 
     fn send(&self, e: Event) -> std::result::Result<(), Stop> {
@@ -311,7 +323,11 @@ impl Walker {
         }
     }
 
-    fn run_with_parent(mut self, target: &Target, parent: Option<Tree>) -> std::result::Result<Counters, Stop> {
+    fn run_with_parent(
+        mut self,
+        target: &Target,
+        parent: Option<Tree>,
+    ) -> std::result::Result<Counters, Stop> {
         match target {
             Target::Leaf(path) => {
                 let dev = std::fs::symlink_metadata(path).map(|m| m.dev()).ok();
@@ -322,7 +338,11 @@ impl Walker {
         Ok(self.counters)
     }
 
-    fn walk_inner(&mut self, children: &BTreeMap<Vec<u8>, Target>, parent: Option<&Tree>) -> std::result::Result<(), Stop> {
+    fn walk_inner(
+        &mut self,
+        children: &BTreeMap<Vec<u8>, Target>,
+        parent: Option<&Tree>,
+    ) -> std::result::Result<(), Stop> {
         for (name, child) in children {
             let pnode = parent.and_then(|t| t.find(name));
             match child {
@@ -411,7 +431,7 @@ impl Walker {
                 } else {
                     self.counters.files_new += 1;
                 }
-                let cost = node.size.min(2 * BATCH_BYTES as u64) + 4096;
+                let cost = node.size.min(BATCH_BYTES as u64) + 4096;
                 self.budget.acquire(cost);
                 let (tx, rx) = sync_channel(1);
                 let sink = self.sink.clone();
@@ -450,7 +470,11 @@ impl Walker {
         }
         for e in &p.content {
             if let Extent::Data { id, .. } = e
-                && !self.sink.repo().has_blob(id, BlobKind::Data).unwrap_or(false)
+                && !self
+                    .sink
+                    .repo()
+                    .has_blob(id, BlobKind::Data)
+                    .unwrap_or(false)
             {
                 return None;
             }
@@ -458,7 +482,12 @@ impl Walker {
         Some(p.content.clone())
     }
 
-    fn walk_dir_contents(&mut self, dir: &Path, parent: Option<&Tree>, root_dev: Option<u64>) -> std::result::Result<(), Stop> {
+    fn walk_dir_contents(
+        &mut self,
+        dir: &Path,
+        parent: Option<&Tree>,
+        root_dev: Option<u64>,
+    ) -> std::result::Result<(), Stop> {
         let rd = match std::fs::read_dir(dir) {
             Ok(rd) => rd,
             Err(e) => {
@@ -517,7 +546,11 @@ struct Assembled {
     total_bytes: u64,
 }
 
-fn assemble(sink: &BlobSink, events: Receiver<Event>, errors: &Mutex<Vec<String>>) -> Result<Assembled> {
+fn assemble(
+    sink: &BlobSink,
+    events: Receiver<Event>,
+    errors: &Mutex<Vec<String>>,
+) -> Result<Assembled> {
     let mut stack: Vec<(Option<Node>, Vec<Node>)> = vec![(None, Vec::new())];
     let mut total_files = 0u64;
     let mut total_bytes = 0u64;
@@ -565,7 +598,9 @@ fn assemble(sink: &BlobSink, events: Receiver<Event>, errors: &Mutex<Vec<String>
 /// Count files and bytes under the targets, for progress totals.
 fn scan(target: &Target, excluder: &Excluder, progress: &Progress) {
     fn walk(dir: &Path, ex: &Excluder, p: &Progress) {
-        let Ok(rd) = std::fs::read_dir(dir) else { return };
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
         for ent in rd.flatten() {
             let path = ent.path();
             if ex.excluded(&path, ent.file_name().as_bytes()) {
@@ -612,7 +647,13 @@ impl Session {
     }
 
     /// Wait for uploads and write the snapshot (unless a dry run).
-    async fn commit(self, repo: &Repository, mut snap: Snapshot, dry_run: bool, errors: Vec<String>) -> Result<BackupOutcome> {
+    async fn commit(
+        self,
+        repo: &Repository,
+        mut snap: Snapshot,
+        dry_run: bool,
+        errors: Vec<String>,
+    ) -> Result<BackupOutcome> {
         self.sink.flush().await?;
         let up = self.uploader.finish().await?;
         let st = &self.sink.stats;
@@ -624,7 +665,11 @@ impl Session {
         snap.summary.bytes_added_stored = up.bytes;
         snap.summary.packs_added = up.packs;
         snap.summary.errors = errors.len() as u64;
-        let snapshot_id = if dry_run { None } else { Some(repo.save_snapshot(&snap).await?) };
+        let snapshot_id = if dry_run {
+            None
+        } else {
+            Some(repo.save_snapshot(&snap).await?)
+        };
         Ok(BackupOutcome {
             snapshot_id,
             snapshot: snap,
@@ -641,7 +686,12 @@ impl Session {
     }
 }
 
-fn new_snapshot(repo: &Repository, opts: &BackupOptions, paths: Vec<String>, source: &str) -> Snapshot {
+fn new_snapshot(
+    repo: &Repository,
+    opts: &BackupOptions,
+    paths: Vec<String>,
+    source: &str,
+) -> Snapshot {
     Snapshot {
         time: opts.time.unwrap_or_else(|| repo.now()),
         tree: Id::default(),
@@ -661,7 +711,11 @@ fn new_snapshot(repo: &Repository, opts: &BackupOptions, paths: Vec<String>, sou
 }
 
 /// Back up file trees.
-pub async fn backup_paths(repo: &Arc<Repository>, paths: &[PathBuf], opts: &BackupOptions) -> Result<BackupOutcome> {
+pub async fn backup_paths(
+    repo: &Arc<Repository>,
+    paths: &[PathBuf],
+    opts: &BackupOptions,
+) -> Result<BackupOutcome> {
     if paths.is_empty() {
         return Err(Error::invalid("nothing to back up: give at least one path"));
     }
@@ -675,12 +729,18 @@ pub async fn backup_paths(repo: &Arc<Repository>, paths: &[PathBuf], opts: &Back
     }
     abs.sort();
     abs.dedup();
-    let path_strings: Vec<String> = abs.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    let path_strings: Vec<String> = abs
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
     let excluder = Excluder::new(&opts.exclude)?;
     let lease = if opts.dry_run {
         None
     } else {
-        Some(repo.acquire_lease(LeaseKind::Shared, "backup", opts.lease_wait).await?)
+        Some(
+            repo.acquire_lease(LeaseKind::Shared, "backup", opts.lease_wait)
+                .await?,
+        )
     };
     let mut snap = new_snapshot(repo, opts, path_strings.clone(), "files");
 
@@ -738,7 +798,9 @@ pub async fn backup_paths(repo: &Arc<Repository>, paths: &[PathBuf], opts: &Back
     let sink = session.sink.clone();
     let errs = errors.clone();
     let asm = tokio::task::spawn_blocking(move || assemble(&sink, rx, &errs));
-    let assembled = asm.await.map_err(|e| Error::Other(format!("tree assembler: {e}")));
+    let assembled = asm
+        .await
+        .map_err(|e| Error::Other(format!("tree assembler: {e}")));
     let counters = walk.await.map_err(|e| Error::Other(format!("walker: {e}")));
     let assembled = match (assembled, counters) {
         (Ok(Ok(a)), Ok(Ok(c))) => (a, c),
@@ -748,7 +810,9 @@ pub async fn backup_paths(repo: &Arc<Repository>, paths: &[PathBuf], opts: &Back
         }
         (Ok(Ok(_)), Ok(Err(Stop))) => {
             session.abandon().await;
-            return Err(Error::Other("the directory walk stopped unexpectedly".into()));
+            return Err(Error::Other(
+                "the directory walk stopped unexpectedly".into(),
+            ));
         }
     };
     let (a, c) = assembled;
@@ -760,7 +824,11 @@ pub async fn backup_paths(repo: &Arc<Repository>, paths: &[PathBuf], opts: &Back
     snap.summary.other_nodes = c.other;
     snap.summary.total_files = a.total_files;
     snap.summary.total_bytes = a.total_bytes;
-    snap.summary.bytes_read = opts.progress.as_ref().map(|p| Progress::get(&p.bytes)).unwrap_or(0);
+    snap.summary.bytes_read = opts
+        .progress
+        .as_ref()
+        .map(|p| Progress::get(&p.bytes))
+        .unwrap_or(0);
     let errors = std::mem::take(&mut *errors.lock().unwrap_or_else(|p| p.into_inner()));
     let out = session.commit(repo, snap, opts.dry_run, errors).await;
     if let Some(l) = lease {
@@ -793,13 +861,22 @@ where
     F: FnOnce() -> Result<()> + Send + 'static,
 {
     let comps: Vec<&str> = name.split('/').filter(|c| !c.is_empty()).collect();
-    if comps.is_empty() || comps.iter().any(|c| !crate::format::tree::valid_name(c.as_bytes())) {
-        return Err(Error::invalid(format!("{name:?} is not a valid file name for the stream")));
+    if comps.is_empty()
+        || comps
+            .iter()
+            .any(|c| !crate::format::tree::valid_name(c.as_bytes()))
+    {
+        return Err(Error::invalid(format!(
+            "{name:?} is not a valid file name for the stream"
+        )));
     }
     let lease = if opts.dry_run {
         None
     } else {
-        Some(repo.acquire_lease(LeaseKind::Shared, "backup", opts.lease_wait).await?)
+        Some(
+            repo.acquire_lease(LeaseKind::Shared, "backup", opts.lease_wait)
+                .await?,
+        )
     };
     let snap = new_snapshot(repo, opts, vec![comps.join("/")], "stdin");
     let session = Session::start(repo, opts);
@@ -843,7 +920,9 @@ where
         Ok(Ok(root)) => root,
         Ok(Err(JobError::Source(msg))) => {
             session.abandon().await;
-            return Err(Error::Other(format!("reading {name}: {msg}; no snapshot written")));
+            return Err(Error::Other(format!(
+                "reading {name}: {msg}; no snapshot written"
+            )));
         }
         Ok(Err(JobError::Fatal(e))) => {
             session.abandon().await;
@@ -872,7 +951,12 @@ where
 }
 
 /// Back up the standard output of a command; no snapshot if it exits unsuccessfully.
-pub async fn backup_command(repo: &Arc<Repository>, argv: &[OsString], name: &str, opts: &BackupOptions) -> Result<BackupOutcome> {
+pub async fn backup_command(
+    repo: &Arc<Repository>,
+    argv: &[OsString],
+    name: &str,
+    opts: &BackupOptions,
+) -> Result<BackupOutcome> {
     let (prog, args) = argv
         .split_first()
         .ok_or_else(|| Error::invalid("--stdin-from-command needs a command"))?;
@@ -882,7 +966,10 @@ pub async fn backup_command(repo: &Arc<Repository>, argv: &[OsString], name: &st
         .stdout(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| Error::Other(format!("could not run {}: {e}", prog.to_string_lossy())))?;
-    let stdout = child.stdout.take().ok_or_else(|| Error::Other("no stdout pipe".into()))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| Error::Other("no stdout pipe".into()))?;
     let prog_name = prog.to_string_lossy().into_owned();
     backup_reader_checked(repo, stdout, name, opts, move || {
         let status = child
@@ -905,17 +992,29 @@ mod tests {
 
     #[test]
     fn targets_merge_paths() {
-        let t = build_targets(&[PathBuf::from("/a/b"), PathBuf::from("/a/c"), PathBuf::from("/d")]);
+        let t = build_targets(&[
+            PathBuf::from("/a/b"),
+            PathBuf::from("/a/c"),
+            PathBuf::from("/d"),
+        ]);
         let Target::Inner(_, root) = t else { panic!() };
         assert_eq!(root.len(), 2);
-        let Target::Inner(_, a) = &root[&b"a".to_vec()] else { panic!() };
+        let Target::Inner(_, a) = &root[&b"a".to_vec()] else {
+            panic!()
+        };
         assert!(matches!(a[&b"b".to_vec()], Target::Leaf(_)));
         assert!(matches!(root[&b"d".to_vec()], Target::Leaf(_)));
         // A path and its ancestor: the ancestor wins.
         let t = build_targets(&[PathBuf::from("/a"), PathBuf::from("/a/b")]);
         let Target::Inner(_, root) = t else { panic!() };
         assert!(matches!(root[&b"a".to_vec()], Target::Leaf(_)));
-        assert!(matches!(build_targets(&[PathBuf::from("/")]), Target::Leaf(_)));
-        assert_eq!(normalize(Path::new("/x/../y/./z")).unwrap(), PathBuf::from("/y/z"));
+        assert!(matches!(
+            build_targets(&[PathBuf::from("/")]),
+            Target::Leaf(_)
+        ));
+        assert_eq!(
+            normalize(Path::new("/x/../y/./z")).unwrap(),
+            PathBuf::from("/y/z")
+        );
     }
 }

@@ -16,7 +16,11 @@ pub fn components(path: &str) -> Result<Vec<&str>> {
     for c in path.split('/') {
         match c {
             "" | "." => {}
-            ".." => return Err(Error::invalid(format!("{path:?}: `..` is not allowed in snapshot paths"))),
+            ".." => {
+                return Err(Error::invalid(format!(
+                    "{path:?}: `..` is not allowed in snapshot paths"
+                )));
+            }
             c => out.push(c),
         }
     }
@@ -28,7 +32,7 @@ pub fn components(path: &str) -> Result<Vec<&str>> {
 pub enum Resolved {
     /// The root of the snapshot.
     Root(Id),
-    Node(Node),
+    Node(Box<Node>),
 }
 
 impl Resolved {
@@ -54,7 +58,7 @@ pub async fn resolve(repo: &Repository, snap: &Snapshot, path: &str) -> Result<R
         };
         let tree = repo.load_tree(&tree_id).await?;
         match tree.find(c.as_bytes()) {
-            Some(n) => cur = Resolved::Node(n.clone()),
+            Some(n) => cur = Resolved::Node(Box::new(n.clone())),
             None => return Err(Error::not_found(format!("{path} in the snapshot"))),
         }
     }
@@ -63,12 +67,16 @@ pub async fn resolve(repo: &Repository, snap: &Snapshot, path: &str) -> Result<R
 
 /// Every node at or below `start`, depth first in name order, with its path. The path of a
 /// node is `prefix/name...`.
-pub async fn walk(repo: &Repository, start: &Resolved, prefix: &str) -> Result<Vec<(String, Node)>> {
+pub async fn walk(
+    repo: &Repository,
+    start: &Resolved,
+    prefix: &str,
+) -> Result<Vec<(String, Node)>> {
     let mut out = Vec::new();
     let prefix = prefix.trim_end_matches('/').to_string();
     match start {
         Resolved::Node(n) => {
-            out.push((prefix.clone(), n.clone()));
+            out.push((prefix.clone(), (**n).clone()));
             if let Some(t) = n.subtree {
                 walk_tree(repo, t, &prefix, &mut out).await?;
             }
@@ -78,7 +86,12 @@ pub async fn walk(repo: &Repository, start: &Resolved, prefix: &str) -> Result<V
     Ok(out)
 }
 
-async fn walk_tree(repo: &Repository, tree: Id, prefix: &str, out: &mut Vec<(String, Node)>) -> Result<()> {
+async fn walk_tree(
+    repo: &Repository,
+    tree: Id,
+    prefix: &str,
+    out: &mut Vec<(String, Node)>,
+) -> Result<()> {
     let mut stack: Vec<(Id, String)> = vec![(tree, prefix.to_string())];
     while let Some((id, pfx)) = stack.pop() {
         let t: Tree = repo.load_tree(&id).await?;
@@ -208,8 +221,16 @@ pub async fn stats(repo: &Arc<Repository>, snaps: &[(Id, Snapshot)]) -> Result<S
         s.logical_bytes += b;
     }
     s.repository_bytes = repo.catalog().packs()?.iter().map(|p| p.2).sum();
-    s.dedup_ratio = if s.raw_bytes > 0 { s.logical_bytes as f64 / s.raw_bytes as f64 } else { 0.0 };
-    s.compression_ratio = if s.stored_bytes > 0 { s.raw_bytes as f64 / s.stored_bytes as f64 } else { 0.0 };
+    s.dedup_ratio = if s.raw_bytes > 0 {
+        s.logical_bytes as f64 / s.raw_bytes as f64
+    } else {
+        0.0
+    };
+    s.compression_ratio = if s.stored_bytes > 0 {
+        s.raw_bytes as f64 / s.stored_bytes as f64
+    } else {
+        0.0
+    };
     Ok(s)
 }
 

@@ -169,7 +169,7 @@ pub async fn restore(
         Resolved::Node(n) => {
             items.push(Item {
                 dest: target.join(os(&n.name)),
-                node: n.clone(),
+                node: (**n).clone(),
                 depth: 1,
             });
         }
@@ -239,7 +239,9 @@ pub async fn restore(
         let r = match it.node.kind {
             NodeKind::Dir => match fs::create_dir(&it.dest) {
                 Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && it.dest.is_dir() => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && it.dest.is_dir() => {
+                    Ok(())
+                }
                 Err(e) => Err(e),
             }
             .map(|_| out.dirs += 1),
@@ -310,7 +312,16 @@ pub async fn restore(
         let repo = repo.clone();
         let items = items.clone();
         let progress = progress.clone();
-        async move { restore_pack(&repo, pack, blobs.into_values().collect(), &items, progress.as_deref()).await }
+        async move {
+            restore_pack(
+                &repo,
+                pack,
+                blobs.into_values().collect(),
+                &items,
+                progress.as_deref(),
+            )
+            .await
+        }
     }))
     .buffer_unordered(conns);
     while let Some(r) = results.next().await {
@@ -414,7 +425,11 @@ fn apply_metadata(path: &Path, node: &Node) -> Vec<String> {
         if let Err(e) = xattr::set(path, os(&x.name), &x.value) {
             // Attributes of privileged namespaces may not be settable here; user ones must be.
             if x.name.starts_with(b"user.") {
-                errs.push(format!("{}: xattr {}: {e}", path.display(), String::from_utf8_lossy(&x.name)));
+                errs.push(format!(
+                    "{}: xattr {}: {e}",
+                    path.display(),
+                    String::from_utf8_lossy(&x.name)
+                ));
             }
         }
     }
@@ -470,7 +485,10 @@ async fn restore_pack(
             Err(e) => {
                 for b in &group {
                     for t in &b.targets {
-                        errors.push(format!("{}: pack {pack}: {e}", items[t.file].dest.display()));
+                        errors.push(format!(
+                            "{}: pack {pack}: {e}",
+                            items[t.file].dest.display()
+                        ));
                     }
                 }
                 continue;
@@ -490,7 +508,11 @@ async fn restore_pack(
                             let mut n = 0;
                             for t in &b.targets {
                                 let dest = &items[t.file].dest;
-                                match OpenOptions::new().write(true).open(dest).and_then(|f: File| f.write_all_at(&plain, t.offset)) {
+                                match OpenOptions::new()
+                                    .write(true)
+                                    .open(dest)
+                                    .and_then(|f: File| f.write_all_at(&plain, t.offset))
+                                {
                                     Ok(()) => n += plain.len() as u64,
                                     Err(e) => errs.push(format!("{}: {e}", dest.display())),
                                 }
@@ -522,11 +544,22 @@ async fn restore_pack(
     Ok((bytes, errors))
 }
 
-fn verify_file(keys: &crate::crypto::Keys, path: &Path, node: &Node) -> std::result::Result<(), String> {
+fn verify_file(
+    keys: &crate::crypto::Keys,
+    path: &Path,
+    node: &Node,
+) -> std::result::Result<(), String> {
     let f = File::open(path).map_err(|e| format!("verify {}: {e}", path.display()))?;
-    let len = f.metadata().map_err(|e| format!("verify {}: {e}", path.display()))?.len();
+    let len = f
+        .metadata()
+        .map_err(|e| format!("verify {}: {e}", path.display()))?
+        .len();
     if len != node.size {
-        return Err(format!("verify {}: length {len}, snapshot says {}", path.display(), node.size));
+        return Err(format!(
+            "verify {}: length {len}, snapshot says {}",
+            path.display(),
+            node.size
+        ));
     }
     let mut off = 0u64;
     let mut buf = Vec::new();
@@ -555,7 +588,10 @@ fn verify_file(keys: &crate::crypto::Keys, path: &Path, node: &Node) -> std::res
             }
         };
         if !ok {
-            return Err(format!("verify {}: contents differ at offset {off}", path.display()));
+            return Err(format!(
+                "verify {}: contents differ at offset {off}",
+                path.display()
+            ));
         }
         off += e.len();
     }

@@ -92,7 +92,9 @@ impl Catalog {
         }
         conn.execute_batch(SCHEMA)?;
         let v: Option<i64> = conn
-            .query_row("SELECT value FROM meta WHERE key='schema'", [], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key='schema'", [], |r| {
+                r.get(0)
+            })
             .optional()?;
         match v {
             Some(SCHEMA_VERSION) => {}
@@ -118,11 +120,15 @@ impl Catalog {
     }
 
     pub fn index_ids(&self) -> Result<Vec<Id>> {
-        let mut st = self.conn.prepare_cached("SELECT id FROM index_objects").map_err(|e| self.err(e))?;
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT id FROM index_objects")
+            .map_err(|e| self.err(e))?;
         let rows = st
             .query_map([], |r| id_from(r.get(0)?))
             .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.err(e))
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))
     }
 
     /// Forget every index entry (before a rebuild).
@@ -168,7 +174,10 @@ impl Catalog {
                 }
             }
             if let Some(id) = index_id {
-                tx.execute("INSERT OR IGNORE INTO index_objects(id) VALUES(?1)", [&id.0[..]])?;
+                tx.execute(
+                    "INSERT OR IGNORE INTO index_objects(id) VALUES(?1)",
+                    [&id.0[..]],
+                )?;
             }
             Ok(())
         })();
@@ -185,7 +194,9 @@ impl Catalog {
     pub fn lookup(&self, id: &Id) -> Result<Option<BlobLocation>> {
         let mut st = self
             .conn
-            .prepare_cached("SELECT pack, kind, offset, length, raw_len FROM blobs WHERE id = ?1 LIMIT 1")
+            .prepare_cached(
+                "SELECT pack, kind, offset, length, raw_len FROM blobs WHERE id = ?1 LIMIT 1",
+            )
             .map_err(|e| self.err(e))?;
         st.query_row([&id.0[..]], |r| {
             Ok(BlobLocation {
@@ -223,7 +234,8 @@ impl Catalog {
                 ))
             })
             .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.err(e))
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))
     }
 
     /// Every indexed blob of a pack.
@@ -243,7 +255,8 @@ impl Catalog {
                 })
             })
             .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.err(e))
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))
     }
 
     /// Count of distinct blobs and the sum of their stored lengths, per kind.
@@ -258,11 +271,15 @@ impl Catalog {
     }
 
     pub fn snapshot_ids(&self) -> Result<Vec<Id>> {
-        let mut st = self.conn.prepare_cached("SELECT id FROM snapshots").map_err(|e| self.err(e))?;
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT id FROM snapshots")
+            .map_err(|e| self.err(e))?;
         let rows = st
             .query_map([], |r| id_from(r.get(0)?))
             .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.err(e))
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))
     }
 
     /// Sealed snapshot objects, oldest first.
@@ -274,7 +291,8 @@ impl Catalog {
         let rows = st
             .query_map([], |r| Ok((id_from(r.get(0)?)?, r.get(1)?)))
             .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.err(e))
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))
     }
 
     pub fn add_snapshot(&self, id: &Id, time_nanos: i64, sealed: &[u8]) -> Result<()> {
@@ -330,7 +348,11 @@ mod tests {
             let m = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(m & 0o777, 0o600);
         }
-        std::fs::write(&path, b"this is not a database, just garbage bytes of some length....").unwrap();
+        std::fs::write(
+            &path,
+            b"this is not a database, just garbage bytes of some length....",
+        )
+        .unwrap();
         let c = Catalog::open(&path).unwrap();
         assert!(c.index_ids().unwrap().is_empty());
     }

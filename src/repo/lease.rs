@@ -91,7 +91,12 @@ async fn others(repo: &Repository, own_key: &str) -> Result<Vec<Lease>> {
 
 impl Repository {
     /// Take a lease, waiting up to `wait` for conflicting ones to go away.
-    pub async fn acquire_lease(self: &Arc<Self>, kind: LeaseKind, operation: &str, wait: Duration) -> Result<LeaseGuard> {
+    pub async fn acquire_lease(
+        self: &Arc<Self>,
+        kind: LeaseKind,
+        operation: &str,
+        wait: Duration,
+    ) -> Result<LeaseGuard> {
         let started = std::time::Instant::now();
         let mut nonce = [0u8; 16];
         crate::crypto::fill_random(&mut nonce);

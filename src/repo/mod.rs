@@ -166,7 +166,9 @@ impl Repository {
         init: &InitOptions,
         open: &OpenOptions,
     ) -> Result<Repository> {
-        if backend.stat(keys::CONFIG).await?.is_some() || !backend.list(keys::KEYS).await?.is_empty() {
+        if backend.stat(keys::CONFIG).await?.is_some()
+            || !backend.list(keys::KEYS).await?.is_empty()
+        {
             return Err(Error::AlreadyExists {
                 key: format!("a repository at {}", backend.location()),
             });
@@ -333,7 +335,10 @@ impl Repository {
         let data = self.backend.get(key).await?;
         match keys::id_of(key) {
             Some(id) if id == Id::of_bytes(&data) => Ok(data),
-            _ => Err(Error::corrupt(key, "contents do not match the object's name")),
+            _ => Err(Error::corrupt(
+                key,
+                "contents do not match the object's name",
+            )),
         }
     }
 
@@ -349,9 +354,11 @@ impl Repository {
                 let key = keys::index(&id);
                 let data = self.get_verified(&key).await?;
                 let keys = self.keys.clone();
-                let idx = tokio::task::spawn_blocking(move || IndexObject::decode(keys.sealer(), &data, &key))
-                    .await
-                    .map_err(|e| Error::Other(e.to_string()))??;
+                let idx = tokio::task::spawn_blocking(move || {
+                    IndexObject::decode(keys.sealer(), &data, &key)
+                })
+                .await
+                .map_err(|e| Error::Other(e.to_string()))??;
                 Ok::<_, Error>((id, idx))
             })
             .buffer_unordered(8)
@@ -378,7 +385,10 @@ impl Repository {
             return Ok(());
         }
         let fetched = self.fetch_indexes(to_fetch).await?;
-        let superseded: HashSet<Id> = fetched.iter().flat_map(|(_, i)| i.supersedes.iter().copied()).collect();
+        let superseded: HashSet<Id> = fetched
+            .iter()
+            .flat_map(|(_, i)| i.supersedes.iter().copied())
+            .collect();
         let rebuild = gone || superseded.iter().any(|id| known.contains(id));
         if rebuild && !gone {
             // A newly seen index object replaces ones we merged: start again from everything.
@@ -406,7 +416,10 @@ impl Repository {
             .filter_map(|e| keys::id_of(&e.key))
             .collect();
         let fetched = self.fetch_indexes(ids).await?;
-        let superseded: HashSet<Id> = fetched.iter().flat_map(|(_, i)| i.supersedes.iter().copied()).collect();
+        let superseded: HashSet<Id> = fetched
+            .iter()
+            .flat_map(|(_, i)| i.supersedes.iter().copied())
+            .collect();
         let mut cat = self.catalog();
         cat.clear_index()?;
         for (id, idx) in &fetched {
@@ -461,15 +474,24 @@ impl Repository {
 
     /// Resolve a snapshot reference: `latest`, or a hex prefix of at least 4 digits. `host`
     /// and `tags` filter which snapshots `latest` may be.
-    pub fn find_snapshot(&self, spec: &str, host: Option<&str>, tags: &[String]) -> Result<(Id, Snapshot)> {
+    pub fn find_snapshot(
+        &self,
+        spec: &str,
+        host: Option<&str>,
+        tags: &[String],
+    ) -> Result<(Id, Snapshot)> {
         let all = self.snapshots()?;
         if spec == "latest" {
             return all
                 .into_iter()
-                .filter(|(_, s)| host.is_none_or(|h| s.host == h))
-                .filter(|(_, s)| tags.iter().all(|t| s.tags.contains(t)))
-                .next_back()
-                .ok_or_else(|| Error::not_found("snapshot \"latest\" (the repository has no matching snapshot)"));
+                .rfind(|(_, s)| {
+                    host.is_none_or(|h| s.host == h) && tags.iter().all(|t| s.tags.contains(t))
+                })
+                .ok_or_else(|| {
+                    Error::not_found(
+                        "snapshot \"latest\" (the repository has no matching snapshot)",
+                    )
+                });
         }
         if spec.len() < 4 || spec.len() > 64 || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Error::invalid(format!(
@@ -477,11 +499,16 @@ impl Repository {
             )));
         }
         let spec_l = spec.to_ascii_lowercase();
-        let mut matches: Vec<(Id, Snapshot)> = all.into_iter().filter(|(id, _)| id.to_hex().starts_with(&spec_l)).collect();
+        let mut matches: Vec<(Id, Snapshot)> = all
+            .into_iter()
+            .filter(|(id, _)| id.to_hex().starts_with(&spec_l))
+            .collect();
         match matches.len() {
             0 => Err(Error::not_found(format!("snapshot {spec}"))),
             1 => Ok(matches.remove(0)),
-            n => Err(Error::invalid(format!("snapshot prefix {spec} is ambiguous ({n} snapshots match)"))),
+            n => Err(Error::invalid(format!(
+                "snapshot prefix {spec} is ambiguous ({n} snapshots match)"
+            ))),
         }
     }
 
@@ -489,12 +516,17 @@ impl Repository {
     pub async fn save_snapshot(&self, snap: &Snapshot) -> Result<Id> {
         let data = snap.encode(self.keys.sealer());
         let id = Id::of_bytes(&data);
-        match self.backend.put(&keys::snapshot(&id), Bytes::from(data.clone())).await {
+        match self
+            .backend
+            .put(&keys::snapshot(&id), Bytes::from(data.clone()))
+            .await
+        {
             Ok(()) => {}
             Err(e) if e.kind == crate::backend::BackendErrorKind::AlreadyExists => {}
             Err(e) => return Err(e.into()),
         }
-        self.catalog().add_snapshot(&id, snap.time.as_nanos(), &data)?;
+        self.catalog()
+            .add_snapshot(&id, snap.time.as_nanos(), &data)?;
         Ok(id)
     }
 

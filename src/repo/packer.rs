@@ -30,7 +30,8 @@ pub const INDEX_EVERY_PACKS: usize = 8;
 
 struct FinishedPack {
     id: Id,
-    data: Bytes,
+    parts: Vec<Bytes>,
+    size: u64,
     entries: Vec<PackEntry>,
 }
 
@@ -68,9 +69,14 @@ pub struct UploadSummary {
 
 impl BlobSink {
     /// Start a session: returns the sink and the uploader task (spawned on the current runtime).
-    pub fn start(repo: Arc<Repository>, compression: Compression, dry_run: bool) -> (Arc<BlobSink>, Uploader) {
+    pub fn start(
+        repo: Arc<Repository>,
+        compression: Compression,
+        dry_run: bool,
+    ) -> (Arc<BlobSink>, Uploader) {
         let conns = repo.connections();
-        let (tx, rx) = mpsc::channel(conns.max(2));
+        // One finished pack waits while `conns` are stored: this bounds the packs held in memory.
+        let (tx, rx) = mpsc::channel(1);
         let sink = Arc::new(BlobSink {
             repo: repo.clone(),
             compression,
@@ -91,13 +97,22 @@ impl BlobSink {
     /// Whether the blob is new to the repository, claiming it for this session if so. Exactly
     /// one caller gets `true` for each new id.
     pub fn claim(&self, id: &Id, kind: BlobKind) -> Result<bool> {
-        if self.claimed.lock().unwrap_or_else(|p| p.into_inner()).contains(id) {
+        if self
+            .claimed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
+        {
             return Ok(false);
         }
         if self.repo.has_blob(id, kind)? {
             return Ok(false);
         }
-        Ok(self.claimed.lock().unwrap_or_else(|p| p.into_inner()).insert(*id))
+        Ok(self
+            .claimed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(*id))
     }
 
     /// Store a blob whose id the caller computed, unless it is already stored. Blocking: call
@@ -117,12 +132,16 @@ impl BlobSink {
             BlobKind::Data => self.stats.data_blobs.fetch_add(1, Ordering::Relaxed),
             BlobKind::Tree => self.stats.tree_blobs.fetch_add(1, Ordering::Relaxed),
         };
-        self.stats.raw_bytes.fetch_add(raw_len as u64, Ordering::Relaxed);
+        self.stats
+            .raw_bytes
+            .fetch_add(raw_len as u64, Ordering::Relaxed);
         if self.dry_run {
             return Ok(());
         }
         let sealed = seal_blob(self.repo.keys(), &id, plaintext, self.compression);
-        self.stats.stored_bytes.fetch_add(sealed.len() as u64, Ordering::Relaxed);
+        self.stats
+            .stored_bytes
+            .fetch_add(sealed.len() as u64, Ordering::Relaxed);
         let full = {
             let mut b = self.builders.lock().unwrap_or_else(|p| p.into_inner());
             let builder = match kind {
@@ -149,10 +168,15 @@ impl BlobSink {
     fn layout(&self, builder: PackBuilder) -> FinishedPack {
         let mut order: Vec<usize> = (0..builder.count()).collect();
         order.shuffle(&mut rand::rng());
-        let (data, entries) = builder.finish(self.repo.keys().sealer(), &order);
+        let (parts, entries) = builder.finish_parts(self.repo.keys().sealer(), &order);
+        let mut h = blake3::Hasher::new();
+        for p in &parts {
+            h.update(p);
+        }
         FinishedPack {
-            id: Id::of_bytes(&data),
-            data: Bytes::from(data),
+            id: Id(*h.finalize().as_bytes()),
+            size: parts.iter().map(|p| p.len() as u64).sum(),
+            parts,
             entries,
         }
     }
@@ -194,8 +218,8 @@ impl Uploader {
 
 async fn store_pack(repo: Arc<Repository>, pack: FinishedPack) -> Result<IndexPack> {
     let key = keys::pack(&pack.id);
-    let size = pack.data.len() as u64;
-    match repo.backend().put(&key, pack.data).await {
+    let size = pack.size;
+    match repo.backend().put_parts(&key, pack.parts).await {
         Ok(()) => {}
         Err(e) if e.kind == BackendErrorKind::AlreadyExists => {}
         Err(e) => return Err(e.into()),
@@ -207,7 +231,11 @@ async fn store_pack(repo: Arc<Repository>, pack: FinishedPack) -> Result<IndexPa
     })
 }
 
-async fn upload_loop(repo: Arc<Repository>, mut rx: mpsc::Receiver<FinishedPack>, conns: usize) -> Result<UploadSummary> {
+async fn upload_loop(
+    repo: Arc<Repository>,
+    mut rx: mpsc::Receiver<FinishedPack>,
+    conns: usize,
+) -> Result<UploadSummary> {
     let mut running: JoinSet<Result<IndexPack>> = JoinSet::new();
     let mut pending: Vec<IndexPack> = Vec::new();
     let mut summary = UploadSummary::default();
