@@ -138,7 +138,12 @@ impl Chunker {
     }
 
     /// Chunk a stream, yielding batches of whole chunks of about `batch_size` bytes.
-    pub fn stream<R: Read>(&self, reader: R, batch_size: usize, size_hint: u64) -> ChunkStream<'_, R> {
+    pub fn stream<R: Read>(
+        &self,
+        reader: R,
+        batch_size: usize,
+        size_hint: u64,
+    ) -> ChunkStream<'_, R> {
         let batch_size = batch_size.max(self.params.max_size as usize * 2);
         let first = (size_hint as usize).saturating_add(1).min(batch_size);
         ChunkStream {
@@ -183,7 +188,8 @@ impl<R: Read> ChunkStream<'_, R> {
         while !self.eof && self.buf.len() < self.batch_size {
             // Grow geometrically up to the batch size, so small files get small buffers.
             let len = self.buf.len();
-            let room = (self.buf.capacity() - len).max((len * 2).max(64 * 1024).min(self.batch_size - len));
+            let room = (self.buf.capacity() - len)
+                .max((len * 2).max(64 * 1024).min(self.batch_size - len));
             let room = room.min(self.batch_size - len);
             self.buf.resize(len + room, 0);
             match self.reader.read(&mut self.buf[len..]) {
@@ -280,7 +286,9 @@ mod tests {
         let mut data = Vec::new();
         let mut i = 0u64;
         while data.len() < 400_000 {
-            data.extend_from_slice(format!("INSERT INTO t VALUES ({i},'{}');\n", i * 7919).as_bytes());
+            data.extend_from_slice(
+                format!("INSERT INTO t VALUES ({i},'{}');\n", i * 7919).as_bytes(),
+            );
             i += 1;
         }
         let chunks = c.chunk_all(&data);
@@ -297,8 +305,18 @@ mod tests {
         let mut s = c.stream(&b""[..], 0, 0);
         assert!(s.next_batch().unwrap().is_none());
         let mut s = c.stream(&b"abc"[..], 0, 3);
-        assert_eq!(s.next_batch().unwrap().unwrap(), vec![Bytes::from_static(b"abc")]);
+        assert_eq!(
+            s.next_batch().unwrap().unwrap(),
+            vec![Bytes::from_static(b"abc")]
+        );
         assert!(s.next_batch().unwrap().is_none());
-        assert!(ChunkerParams { avg_size: 1000, ..SMALL }.validate().is_err());
+        assert!(
+            ChunkerParams {
+                avg_size: 1000,
+                ..SMALL
+            }
+            .validate()
+            .is_err()
+        );
     }
 }

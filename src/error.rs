@@ -50,7 +50,9 @@ pub enum Error {
     #[error("{object} is corrupt: {reason}")]
     Corrupt { object: String, reason: String },
 
-    #[error("{object} has format version {version}, which this cairn does not support (upgrade cairn)")]
+    #[error(
+        "{object} has format version {version}, which this cairn does not support (upgrade cairn)"
+    )]
     UnsupportedVersion { object: String, version: u8 },
 
     #[error("backend: {op} {key}: {message}")]

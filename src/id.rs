@@ -10,7 +10,9 @@ use std::str::FromStr;
 use crate::error::Error;
 
 /// A 256-bit identifier.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, bincode::Encode, bincode::Decode)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, bincode::Encode, bincode::Decode,
+)]
 pub struct Id(pub [u8; 32]);
 
 impl Id {

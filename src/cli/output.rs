@@ -70,7 +70,10 @@ pub struct ProgressBar {
 impl ProgressBar {
     pub fn start(progress: Arc<Progress>, quiet: bool, what: &'static str) -> ProgressBar {
         if quiet || !std::io::stderr().is_terminal() {
-            return ProgressBar { stop: None, task: None };
+            return ProgressBar {
+                stop: None,
+                task: None,
+            };
         }
         let (tx, mut rx) = tokio::sync::oneshot::channel();
         let bar = indicatif::ProgressBar::new(0);

@@ -34,7 +34,10 @@ impl Config {
 
     /// The largest plaintext a blob of this repository can have.
     pub fn max_blob_size(&self) -> u32 {
-        self.chunker_files.max_size.max(self.chunker_dumps.max_size).max(crate::format::tree::MAX_TREE_BLOB)
+        self.chunker_files
+            .max_size
+            .max(self.chunker_dumps.max_size)
+            .max(crate::format::tree::MAX_TREE_BLOB)
     }
 
     pub fn encode(&self, sealer: &Sealer) -> Vec<u8> {

@@ -32,7 +32,10 @@ impl IndexObject {
         for p in &idx.packs {
             for e in &p.entries {
                 if e.offset as u64 + e.length as u64 > p.size {
-                    return Err(Error::corrupt(object, format!("entry beyond the end of pack {}", p.id)));
+                    return Err(Error::corrupt(
+                        object,
+                        format!("entry beyond the end of pack {}", p.id),
+                    ));
                 }
             }
         }

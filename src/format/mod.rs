@@ -140,7 +140,19 @@ pub fn open_object<T: bincode::Decode<()>>(
 }
 
 /// A point in time: seconds and nanoseconds since the Unix epoch (UTC).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, bincode::Encode, bincode::Decode)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    bincode::Encode,
+    bincode::Decode,
+)]
 pub struct Timestamp {
     pub secs: i64,
     pub nanos: u32,

@@ -6,7 +6,9 @@ use crate::crypto::Sealer;
 use crate::error::Result;
 use crate::id::Id;
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, bincode::Encode, bincode::Decode)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Default, serde::Serialize, bincode::Encode, bincode::Decode,
+)]
 pub struct Summary {
     pub backup_start: Timestamp,
     pub backup_end: Timestamp,

@@ -8,7 +8,9 @@ use crate::id::Id;
 /// The largest tree blob plaintext we write or accept.
 pub const MAX_TREE_BLOB: u32 = 256 * 1024 * 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, bincode::Encode, bincode::Decode)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, bincode::Encode, bincode::Decode,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeKind {
     File,
@@ -169,7 +171,10 @@ impl Tree {
                 return Err(format!("invalid entry name {:?}", n.name_lossy()));
             }
             if i > 0 && self.nodes[i - 1].name >= n.name {
-                return Err(format!("entries not sorted or duplicated at {:?}", n.name_lossy()));
+                return Err(format!(
+                    "entries not sorted or duplicated at {:?}",
+                    n.name_lossy()
+                ));
             }
             if n.kind != NodeKind::File && !n.content.is_empty() {
                 return Err(format!("{:?}: content on a non-file", n.name_lossy()));
@@ -183,7 +188,10 @@ impl Tree {
                     .iter()
                     .try_fold(0u64, |acc, e| acc.checked_add(e.len()));
                 if sum != Some(n.size) {
-                    return Err(format!("{:?}: extents do not add up to the size", n.name_lossy()));
+                    return Err(format!(
+                        "{:?}: extents do not add up to the size",
+                        n.name_lossy()
+                    ));
                 }
             }
         }
@@ -210,14 +218,29 @@ mod tests {
     #[test]
     fn unsorted_and_inconsistent_trees_are_rejected() {
         let t = Tree {
-            nodes: vec![Node::new(b"b".to_vec(), NodeKind::Fifo), Node::new(b"a".to_vec(), NodeKind::Fifo)],
+            nodes: vec![
+                Node::new(b"b".to_vec(), NodeKind::Fifo),
+                Node::new(b"a".to_vec(), NodeKind::Fifo),
+            ],
         };
         assert!(t.validate().is_err());
         let mut f = Node::new(b"f".to_vec(), NodeKind::File);
         f.size = 10;
         f.content = vec![Extent::Hole(9)];
-        assert!(Tree { nodes: vec![f.clone()] }.validate().is_err());
-        f.content = vec![Extent::Hole(4), Extent::Data { id: Id::default(), len: 6 }];
+        assert!(
+            Tree {
+                nodes: vec![f.clone()]
+            }
+            .validate()
+            .is_err()
+        );
+        f.content = vec![
+            Extent::Hole(4),
+            Extent::Data {
+                id: Id::default(),
+                len: 6,
+            },
+        ];
         let t = Tree { nodes: vec![f] };
         assert_eq!(Tree::decode(&t.encode(), "t").unwrap(), t);
         let d = Node::new(b"d".to_vec(), NodeKind::Dir);

@@ -76,7 +76,11 @@ impl Excluder {
 
     /// Whether the directory at `path` is to be left out because of its contents.
     pub fn dir_excluded(&self, path: &Path) -> bool {
-        if self.if_present.iter().any(|m| path.join(m).symlink_metadata().is_ok()) {
+        if self
+            .if_present
+            .iter()
+            .any(|m| path.join(m).symlink_metadata().is_ok())
+        {
             return true;
         }
         if self.caches {
@@ -110,11 +114,13 @@ mod tests {
         assert!(!e.excluded(Path::new("/srv/other/tmp"), b"tmp"));
         assert!(e.excluded(Path::new("/x/cache/y.bin"), b"y.bin"));
         assert!(!e.excluded(Path::new("/x/cache/sub/y.bin"), b"y.bin"));
-        assert!(Excluder::new(&ExcludeOptions {
-            patterns: vec!["[".into()],
-            ..Default::default()
-        })
-        .is_err());
+        assert!(
+            Excluder::new(&ExcludeOptions {
+                patterns: vec!["[".into()],
+                ..Default::default()
+            })
+            .is_err()
+        );
     }
 
     #[test]
@@ -129,7 +135,11 @@ mod tests {
         assert!(!e.dir_excluded(d.path()));
         std::fs::write(d.path().join("CACHEDIR.TAG"), b"not a tag").unwrap();
         assert!(!e.dir_excluded(d.path()));
-        std::fs::write(d.path().join("CACHEDIR.TAG"), [CACHEDIR_SIGNATURE, b"\n"].concat()).unwrap();
+        std::fs::write(
+            d.path().join("CACHEDIR.TAG"),
+            [CACHEDIR_SIGNATURE, b"\n"].concat(),
+        )
+        .unwrap();
         assert!(e.dir_excluded(d.path()));
         let d2 = tempfile::tempdir().unwrap();
         std::fs::write(d2.path().join(".nobackup"), b"").unwrap();

@@ -63,7 +63,12 @@ pub fn kind_of(meta: &Metadata) -> NodeKind {
 }
 
 /// A node describing `path` from its `lstat` metadata (contents and subtree left empty).
-pub fn node_from_meta(path: &Path, name: Vec<u8>, meta: &Metadata, names: &NameCache) -> io::Result<Node> {
+pub fn node_from_meta(
+    path: &Path,
+    name: Vec<u8>,
+    meta: &Metadata,
+    names: &NameCache,
+) -> io::Result<Node> {
     let kind = kind_of(meta);
     let mut n = Node::new(name, kind);
     n.mode = meta.mode() & 0o7777;
