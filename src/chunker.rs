@@ -52,6 +52,8 @@ impl ChunkerParams {
             && self.avg_size % 2 == 0
             && self.max_size % 2 == 0
             && self.avg_size.is_power_of_two()
+            // The mask table covers 2^(bits ± normalization) for bits 8..=22 with level <= 3.
+            && (256..=4 * 1024 * 1024).contains(&self.avg_size)
             && self.normalization <= 3;
         if ok {
             Ok(())
@@ -318,5 +320,15 @@ mod tests {
             .validate()
             .is_err()
         );
+        // Averages outside the mask table would panic in the scan loop.
+        let huge = ChunkerParams {
+            min_size: 1 << 20,
+            avg_size: 32 << 20,
+            max_size: 64 << 20,
+            normalization: 3,
+            align_lines: false,
+        };
+        assert!(huge.validate().is_err());
+        assert!(Chunker::new(huge, [1; 256]).is_err());
     }
 }

@@ -76,7 +76,8 @@ pub enum Error {
     #[error("interrupted")]
     Interrupted,
 
-    #[error("{path}: {source}")]
+    // The cause is printed by whoever prints the error chain (`{:#}`), not repeated here.
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]

@@ -349,8 +349,6 @@ fn unchanged_files_are_not_read_again() {
 
 /// The bytes read from the source are reported truthfully: an unchanged re-backup reads none.
 #[test]
-#[ignore = "bug: backup.rs counts unmodified files' sizes into summary.bytes_read (it sums the \
-            progress counter, which the walker bumps by node.size for unmodified files)"]
 fn unchanged_rebackup_reports_no_bytes_read() {
     let env = Env::with_repo();
     let src = env.path("src");

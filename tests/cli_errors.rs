@@ -460,7 +460,9 @@ fn damaged_metadata_objects_fail_cleanly() {
     }
 
     // An index object or a snapshot object with damaged contents: nothing succeeds silently.
-    // (Commands that need the damaged object fail; others may go on with a warning.)
+    // The damaged object is named in a warning and left out; commands that need it fail
+    // (reading the snapshot's data, or finding the only snapshot); `stats` of what remains and
+    // `snapshots` succeed with the warning.
     for dir in ["index", "snapshots"] {
         reset(&env);
         for f in files_below(&env.repo.join(dir)) {
@@ -468,9 +470,10 @@ fn damaged_metadata_objects_fail_cleanly() {
         }
         let outs = all_commands(&env);
         for o in &outs {
-            assert!(o.code == 1 || o.stderr.contains(&format!("{dir}/")), "{o}");
+            assert!(o.stderr.contains(&format!("{dir}/")), "{o}");
+            assert!(o.code == 0 || o.code == 1, "{o}");
         }
-        for o in &outs[1..] {
+        for o in [&outs[1], &outs[2], &outs[4]] {
             assert_eq!(o.code, 1, "{o}");
         }
     }
@@ -493,9 +496,6 @@ fn damaged_metadata_objects_fail_cleanly() {
 /// One damaged snapshot object must not make the rest of the repository unusable: other
 /// snapshots can still be listed and restored, and new backups can still be made.
 #[test]
-#[ignore = "bug: Repository::open -> refresh (src/repo/mod.rs) fails the whole open when any \
-            snapshot (or index) object fails verification, so one damaged object blocks every \
-            command, backups included; it should warn and skip it (check/repair report it)"]
 fn one_damaged_snapshot_does_not_block_the_repository() {
     let env = Env::with_repo();
     let src = env.path("src");

@@ -343,6 +343,7 @@ fn expected_lease() -> Lease {
         host: HOST.into(),
         username: USER.into(),
         pid: 4242,
+        pid_space: "0123456789abcdef0123456789abcdef/pid:[4026531836]".into(),
         created: T0,
         refreshed: t(60, 0),
         ttl_secs: 300,

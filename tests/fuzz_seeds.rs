@@ -348,6 +348,7 @@ fn seeds() -> Seeds {
         host: "web1".into(),
         username: "root".into(),
         pid: 4242,
+        pid_space: "machine/pid:[1]".into(),
         created: ts(1_800_000_000),
         refreshed: ts(1_800_000_060),
         ttl_secs: 300,

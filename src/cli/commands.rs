@@ -55,6 +55,9 @@ fn backend(g: &GlobalArgs) -> Result<Arc<dyn cairn::backend::Backend>> {
 fn password(g: &GlobalArgs, confirm: bool) -> std::result::Result<Zeroizing<Vec<u8>>, Error> {
     if let Some(p) = std::env::var_os("CAIRN_PASSWORD") {
         use std::os::unix::ffi::OsStringExt;
+        if p.is_empty() {
+            return Err(Error::InvalidInput("CAIRN_PASSWORD is empty".into()));
+        }
         return Ok(Zeroizing::new(p.into_vec()));
     }
     if let Some(f) = &g.password_file {

@@ -467,7 +467,7 @@ pub fn chunker(data: &[u8]) {
     let Some((head, input)) = data.split_first_chunk::<8>() else {
         return;
     };
-    let avg = 1u32 << (7 + head[0] % 4); // 128 ..= 1024
+    let avg = 1u32 << (8 + head[0] % 3); // 256 ..= 1024 (the smallest average the config allows)
     let min = 64 + 2 * (head[1] as u32 % ((avg - 64) / 2)); // 64 ..= avg - 2, even
     let max = avg + 2 + 2 * (head[2] as u32 * 4); // avg + 2 ..= avg + 2042, even
     let params = ChunkerParams {

@@ -19,6 +19,9 @@ pub struct Lease {
     pub host: String,
     pub username: String,
     pub pid: u32,
+    /// Identifies the process-id space `pid` belongs to (machine id and pid namespace), so a
+    /// lease is only judged dead by its pid where that pid means the same process.
+    pub pid_space: String,
     /// When the operation first took the lease.
     pub created: Timestamp,
     /// When this lease object was written; a lease is stale once `refreshed + ttl_secs` passed.

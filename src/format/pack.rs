@@ -93,9 +93,19 @@ pub fn seal_blob(keys: &Keys, id: &Id, plaintext: &[u8], compression: Compressio
     buf
 }
 
+/// No blob's plaintext is larger than this (chunks are at most 64 MiB, trees 128 MiB), so no
+/// index entry can make a reader allocate more.
+pub const MAX_BLOB_RAW: u32 = 128 * 1024 * 1024;
+
 /// Open a sealed blob and check that its plaintext hashes to `id`.
 pub fn open_blob(keys: &Keys, id: &Id, sealed: &[u8], raw_len: u32) -> Result<Vec<u8>> {
     let object = || format!("blob {id}");
+    if raw_len > MAX_BLOB_RAW {
+        return Err(Error::corrupt(
+            object(),
+            format!("claimed length {raw_len} is too large"),
+        ));
+    }
     let inner = keys
         .sealer()
         .open(id.as_bytes(), sealed)

@@ -5,8 +5,8 @@ use super::{Kind, Timestamp, decode, encode, strip_header};
 use crate::error::{Error, Result};
 use crate::id::Id;
 
-/// The largest tree blob plaintext we write or accept.
-pub const MAX_TREE_BLOB: u32 = 256 * 1024 * 1024;
+/// The largest tree blob plaintext we write or accept (about a million entries).
+pub const MAX_TREE_BLOB: u32 = 128 * 1024 * 1024;
 
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, bincode::Encode, bincode::Decode,
@@ -127,9 +127,35 @@ impl Node {
 }
 
 /// A directory listing, sorted by name bytes, names unique.
-#[derive(Debug, Clone, PartialEq, Eq, Default, bincode::Encode, bincode::Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, bincode::Encode)]
 pub struct Tree {
     pub nodes: Vec<Node>,
+}
+
+// Decoded by hand rather than derived: bincode's `Vec` decoder reserves the in-memory size of
+// every element up front and counts it against the decode limit, so a large directory (a few
+// hundred bytes of `Node` per entry, but only tens of bytes encoded) would be refused although
+// it was written correctly. Here memory grows with the entries actually read; the bytes read
+// are still bounded by the blob size.
+impl<Context> bincode::Decode<Context> for Tree {
+    fn decode<D: bincode::de::Decoder<Context = Context>>(
+        decoder: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        let len = u64::decode(decoder)?;
+        let mut nodes = Vec::with_capacity(len.min(1024) as usize);
+        for _ in 0..len {
+            nodes.push(Node::decode(decoder)?);
+        }
+        Ok(Tree { nodes })
+    }
+}
+
+impl<'de, Context> bincode::BorrowDecode<'de, Context> for Tree {
+    fn borrow_decode<D: bincode::de::BorrowDecoder<'de, Context = Context>>(
+        decoder: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        <Tree as bincode::Decode<Context>>::decode(decoder)
+    }
 }
 
 /// Is `name` acceptable as one path component on restore? Rejecting `..`, `/` and NUL keeps a
@@ -159,6 +185,9 @@ impl Tree {
     }
 
     pub fn decode(data: &[u8], object: &str) -> Result<Tree> {
+        if data.len() > MAX_TREE_BLOB as usize {
+            return Err(Error::corrupt(object, "tree larger than the format allows"));
+        }
         let body = strip_header(Kind::Tree, data, object)?;
         let t: Tree = decode(body, object)?;
         t.validate().map_err(|e| Error::corrupt(object, e))?;
@@ -202,6 +231,20 @@ impl Tree {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn large_directories_decode() {
+        // 1.1 million entries: more than the generic Vec decoder's up-front reservation allows.
+        let nodes: Vec<Node> = (0..1_100_000u32)
+            .map(|i| Node::new(format!("{i:08}").into_bytes(), NodeKind::Fifo))
+            .collect();
+        let t = Tree { nodes };
+        let data = t.encode();
+        assert!(data.len() < MAX_TREE_BLOB as usize);
+        let back = Tree::decode(&data, "t").unwrap();
+        assert_eq!(back.nodes.len(), 1_100_000);
+        assert_eq!(back.nodes[12345].name, b"00012345");
+    }
 
     #[test]
     fn names_that_escape_are_rejected() {

@@ -34,6 +34,7 @@ use crate::format::pack::BlobKind;
 use crate::format::snapshot::{Snapshot, Summary};
 use crate::format::tree::{Extent, Node, NodeKind, Tree};
 use crate::id::Id;
+use crate::repo::lease::LeaseGuard;
 use crate::repo::packer::{BlobSink, Uploader};
 use crate::repo::{Repository, hostname, username};
 use crate::source::exclude::{ExcludeOptions, Excluder};
@@ -144,7 +145,7 @@ fn store_stream<R: Read>(
     chunker: &Chunker,
     reader: R,
     size_hint: u64,
-    progress: Option<&Progress>,
+    progress: &Progress,
 ) -> std::result::Result<(Vec<Extent>, u64), JobError> {
     let keys = sink.repo().keys().clone();
     let mut stream = chunker.stream(reader, BATCH_BYTES, size_hint);
@@ -169,9 +170,8 @@ fn store_stream<R: Read>(
             .collect();
         let n: u64 = batch.iter().map(|c| c.len() as u64).sum();
         total += n;
-        if let Some(p) = progress {
-            p.bytes.fetch_add(n, Ordering::Relaxed);
-        }
+        progress.bytes.fetch_add(n, Ordering::Relaxed);
+        progress.read_bytes.fetch_add(n, Ordering::Relaxed);
         for r in ids {
             extents.push(r.map_err(JobError::Fatal)?);
         }
@@ -184,7 +184,7 @@ fn read_file(
     sink: &BlobSink,
     chunker: &Chunker,
     path: &Path,
-    progress: Option<&Progress>,
+    progress: &Progress,
 ) -> std::result::Result<FileResult, JobError> {
     let src = |e: std::io::Error| JobError::Source(format!("{}: {e}", path.display()));
     let file = open_noatime(path).map_err(src)?;
@@ -290,7 +290,7 @@ struct Walker {
     budget: Arc<Budget>,
     errors: Arc<Mutex<Vec<String>>>,
     counters: Counters,
-    progress: Option<Arc<Progress>>,
+    progress: Arc<Progress>,
 }
 
 /// The walker lost its consumer (the assembler failed); stop quietly.
@@ -299,9 +299,7 @@ struct Stop;
 impl Walker {
     fn error(&self, msg: String) {
         tracing::warn!("{msg}");
-        if let Some(p) = &self.progress {
-            p.errors.fetch_add(1, Ordering::Relaxed);
-        }
+        self.progress.errors.fetch_add(1, Ordering::Relaxed);
         self.errors
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -415,15 +413,11 @@ impl Walker {
                 self.send(Event::Leave)?;
             }
             NodeKind::File => {
-                if let Some(p) = &self.progress {
-                    p.files.fetch_add(1, Ordering::Relaxed);
-                }
+                self.progress.files.fetch_add(1, Ordering::Relaxed);
                 if let Some(content) = self.unchanged(&node, pnode) {
                     node.content = content;
                     self.counters.files_unmodified += 1;
-                    if let Some(p) = &self.progress {
-                        p.bytes.fetch_add(node.size, Ordering::Relaxed);
-                    }
+                    self.progress.bytes.fetch_add(node.size, Ordering::Relaxed);
                     return self.send(Event::Leaf(Pending::Ready(node)));
                 }
                 if pnode.is_some() {
@@ -440,7 +434,7 @@ impl Walker {
                 let progress = self.progress.clone();
                 let path = path.to_path_buf();
                 rayon::spawn(move || {
-                    let r = read_file(&sink, &chunker, &path, progress.as_deref());
+                    let r = read_file(&sink, &chunker, &path, &progress);
                     budget.release(cost);
                     let _ = tx.send(r);
                 });
@@ -535,6 +529,14 @@ fn save_tree(sink: &BlobSink, mut nodes: Vec<Node>) -> Result<Id> {
     tree.sort();
     tree.nodes.dedup_by(|a, b| a.name == b.name);
     let data = tree.encode();
+    if data.len() > crate::format::tree::MAX_TREE_BLOB as usize {
+        return Err(Error::invalid(format!(
+            "a directory with {} entries is too large for one tree ({} bytes; the format allows {})",
+            tree.nodes.len(),
+            data.len(),
+            crate::format::tree::MAX_TREE_BLOB
+        )));
+    }
     let id = sink.repo().keys().blob_id(&data);
     sink.save(BlobKind::Tree, id, &data)?;
     Ok(id)
@@ -653,9 +655,13 @@ impl Session {
         mut snap: Snapshot,
         dry_run: bool,
         errors: Vec<String>,
+        lease: Option<&LeaseGuard>,
     ) -> Result<BackupOutcome> {
         self.sink.flush().await?;
         let up = self.uploader.finish().await?;
+        if let Some(l) = lease {
+            l.check()?;
+        }
         let st = &self.sink.stats;
         snap.summary.backup_start = self.started;
         snap.summary.backup_end = repo.now();
@@ -765,9 +771,9 @@ pub async fn backup_paths(
     snap.parent = parent.as_ref().map(|(id, _)| *id);
 
     let target = Arc::new(build_targets(&abs));
-    if opts.scan
-        && let Some(p) = opts.progress.clone()
-    {
+    let progress = opts.progress.clone().unwrap_or_default();
+    if opts.scan {
+        let p = progress.clone();
         let t = target.clone();
         let ex = Excluder::new(&opts.exclude)?;
         std::thread::spawn(move || {
@@ -791,7 +797,7 @@ pub async fn backup_paths(
         budget: Budget::new(),
         errors: errors.clone(),
         counters: Counters::default(),
-        progress: opts.progress.clone(),
+        progress: progress.clone(),
     };
     let t2 = target.clone();
     let walk = tokio::task::spawn_blocking(move || walker.run_with_parent(&t2, parent_tree));
@@ -824,13 +830,11 @@ pub async fn backup_paths(
     snap.summary.other_nodes = c.other;
     snap.summary.total_files = a.total_files;
     snap.summary.total_bytes = a.total_bytes;
-    snap.summary.bytes_read = opts
-        .progress
-        .as_ref()
-        .map(|p| Progress::get(&p.bytes))
-        .unwrap_or(0);
+    snap.summary.bytes_read = Progress::get(&progress.read_bytes);
     let errors = std::mem::take(&mut *errors.lock().unwrap_or_else(|p| p.into_inner()));
-    let out = session.commit(repo, snap, opts.dry_run, errors).await;
+    let out = session
+        .commit(repo, snap, opts.dry_run, errors, lease.as_ref())
+        .await;
     if let Some(l) = lease {
         l.release().await?;
     }
@@ -882,11 +886,11 @@ where
     let session = Session::start(repo, opts);
     let sink = session.sink.clone();
     let chunker = repo.file_chunker();
-    let progress = opts.progress.clone();
+    let progress = opts.progress.clone().unwrap_or_default();
     let names: Vec<Vec<u8>> = comps.iter().map(|c| c.as_bytes().to_vec()).collect();
     let time = snap.time;
-    let job = tokio::task::spawn_blocking(move || -> std::result::Result<Id, JobError> {
-        let (extents, size) = store_stream(&sink, &chunker, reader, 0, progress.as_deref())?;
+    let job = tokio::task::spawn_blocking(move || -> std::result::Result<(Id, u64), JobError> {
+        let (extents, size) = store_stream(&sink, &chunker, reader, 0, &progress)?;
         check().map_err(JobError::Fatal)?;
         let cache = NameCache::default();
         // SAFETY: getuid/getgid/umask-free calls that cannot fail.
@@ -914,10 +918,10 @@ where
             d.subtree = Some(id);
             node = d;
         }
-        save_tree(&sink, vec![node]).map_err(JobError::Fatal)
+        Ok((save_tree(&sink, vec![node]).map_err(JobError::Fatal)?, size))
     });
-    let root = match job.await {
-        Ok(Ok(root)) => root,
+    let (root, size) = match job.await {
+        Ok(Ok(r)) => r,
         Ok(Err(JobError::Source(msg))) => {
             session.abandon().await;
             return Err(Error::Other(format!(
@@ -936,18 +940,16 @@ where
     let mut snap = snap;
     snap.tree = root;
     snap.summary.total_files = 1;
-    let out = session.commit(repo, snap, opts.dry_run, Vec::new()).await;
-    if let Ok(o) = &out
-        && let Some(id) = &o.snapshot_id
-    {
-        tracing::debug!("stream snapshot {id}");
-    }
+    snap.summary.total_bytes = size;
+    snap.summary.files_new = 1;
+    snap.summary.bytes_read = size;
+    let out = session
+        .commit(repo, snap, opts.dry_run, Vec::new(), lease.as_ref())
+        .await;
     if let Some(l) = lease {
         l.release().await?;
     }
-    let mut out = out?;
-    out.snapshot.summary.total_bytes = out.snapshot.summary.bytes_added;
-    Ok(out)
+    out
 }
 
 /// Back up the standard output of a command; no snapshot if it exits unsuccessfully.

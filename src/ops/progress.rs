@@ -12,6 +12,8 @@ pub struct Progress {
     pub files: AtomicU64,
     pub bytes: AtomicU64,
     pub errors: AtomicU64,
+    /// Bytes actually read from sources (unchanged files count in `bytes`, not here).
+    pub read_bytes: AtomicU64,
 }
 
 impl Progress {

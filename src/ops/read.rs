@@ -123,8 +123,17 @@ pub async fn dump(repo: &Repository, node: &Node, out: &mut (dyn Write + Send)) 
     let zeros = vec![0u8; 1 << 20];
     for e in &node.content {
         match e {
-            Extent::Data { id, .. } => {
+            Extent::Data { id, len } => {
                 let data = repo.read_blob(id).await?;
+                if data.len() != *len as usize {
+                    return Err(Error::corrupt(
+                        format!("tree entry {}", node.name_lossy()),
+                        format!(
+                            "extent of {len} bytes names blob {id} of {} bytes",
+                            data.len()
+                        ),
+                    ));
+                }
                 write_out(out, &data)?;
                 written += data.len() as u64;
             }

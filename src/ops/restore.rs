@@ -281,8 +281,13 @@ pub async fn restore(
         let node = &items[fi].node;
         let mut offset = 0u64;
         for e in &node.content {
-            if let Extent::Data { id, .. } = e {
+            if let Extent::Data { id, len } = e {
                 match repo.lookup_blob(id)? {
+                    Some(loc) if loc.raw_len != *len => out.errors.push(format!(
+                        "{}: the snapshot says blob {id} has {len} bytes, the index {}",
+                        items[fi].dest.display(),
+                        loc.raw_len
+                    )),
                     Some(loc) => {
                         by_pack
                             .entry(loc.pack)

@@ -28,6 +28,8 @@ pub struct LeaseGuard {
     stop: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<Option<String>>>,
     repo: Arc<Repository>,
+    /// Unix seconds of the last successful write of our lease.
+    last_ok: Arc<std::sync::atomic::AtomicI64>,
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -36,8 +38,25 @@ fn pid_alive(pid: u32) -> bool {
     r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-fn is_stale(l: &Lease, now: Timestamp, host: &str) -> bool {
-    l.is_stale(now) || (l.host == host && l.pid != std::process::id() && !pid_alive(l.pid))
+/// This process's pid space: the machine id and the pid namespace. Empty when unknown, in which
+/// case no lease is ever judged by its pid.
+pub fn pid_space() -> String {
+    let machine = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
+    let ns = std::fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if machine.trim().is_empty() || ns.is_empty() {
+        return String::new();
+    }
+    format!("{}/{ns}", machine.trim())
+}
+
+fn is_stale(l: &Lease, now: Timestamp, space: &str) -> bool {
+    l.is_stale(now)
+        || (!space.is_empty()
+            && l.pid_space == space
+            && l.pid != std::process::id()
+            && !pid_alive(l.pid))
 }
 
 fn describe(l: &Lease) -> String {
@@ -65,7 +84,7 @@ async fn write_lease(repo: &Repository, lease: &Lease) -> Result<String> {
 /// Live leases other than `own_key`, removing stale ones on the way.
 async fn others(repo: &Repository, own_key: &str) -> Result<Vec<Lease>> {
     let now = repo.now();
-    let host = hostname();
+    let space = pid_space();
     let mut out = Vec::new();
     for e in repo.backend().list(keys::LOCKS).await? {
         if e.key == own_key {
@@ -77,12 +96,27 @@ async fn others(repo: &Repository, own_key: &str) -> Result<Vec<Lease>> {
             Err(err) => return Err(err.into()),
         };
         match Lease::decode(repo.keys().sealer(), &data, &e.key) {
-            Ok(l) if is_stale(&l, now, &host) => {
+            Ok(l) if is_stale(&l, now, &space) => {
                 tracing::info!("removing stale {}", describe(&l));
                 let _ = repo.backend().delete(&e.key).await;
             }
             Ok(l) => out.push(l),
-            // Unreadable lock objects cannot be honoured; they are reported, not obeyed.
+            // A lease from a newer cairn is obeyed as exclusive: we cannot tell what it allows.
+            Err(err) if err.kind() == crate::error::ErrorKind::UnsupportedVersion => {
+                out.push(Lease {
+                    kind: LeaseKind::Exclusive,
+                    operation: "an operation of a newer cairn".into(),
+                    host: "?".into(),
+                    username: "?".into(),
+                    pid: 0,
+                    pid_space: String::new(),
+                    created: now,
+                    refreshed: now,
+                    ttl_secs: 0,
+                    nonce: [0; 16],
+                })
+            }
+            // A damaged lease can never be judged stale, so obeying it would block forever.
             Err(err) => tracing::warn!("ignoring unreadable lease {}: {err}", e.key),
         }
     }
@@ -107,6 +141,7 @@ impl Repository {
             host: hostname(),
             username: username(),
             pid: std::process::id(),
+            pid_space: pid_space(),
             created,
             refreshed: created,
             ttl_secs: TTL_SECS,
@@ -140,6 +175,8 @@ impl Repository {
     fn start_refresh(self: &Arc<Self>, mut lease: Lease, key: String) -> LeaseGuard {
         let (stop, mut stopped) = watch::channel(false);
         let repo = self.clone();
+        let last_ok = Arc::new(std::sync::atomic::AtomicI64::new(lease.refreshed.secs));
+        let last = last_ok.clone();
         let task = tokio::spawn(async move {
             let mut key = key;
             loop {
@@ -150,6 +187,7 @@ impl Repository {
                 lease.refreshed = repo.now();
                 match write_lease(&repo, &lease).await {
                     Ok(new_key) => {
+                        last.store(lease.refreshed.secs, std::sync::atomic::Ordering::SeqCst);
                         let _ = repo.backend().delete(&key).await;
                         key = new_key;
                     }
@@ -161,11 +199,26 @@ impl Repository {
             stop,
             task: Some(task),
             repo: self.clone(),
+            last_ok,
         }
     }
 }
 
 impl LeaseGuard {
+    /// Fail if the lease may have gone stale (it could not be refreshed for most of its
+    /// lifetime), so that others may have treated it as gone: an operation must not commit then.
+    pub fn check(&self) -> Result<()> {
+        let last = self.last_ok.load(std::sync::atomic::Ordering::SeqCst);
+        let age = self.repo.now().secs - last;
+        if age > (TTL_SECS as i64) * 4 / 5 {
+            return Err(Error::Locked(format!(
+                "our lease on {} could not be refreshed for {age}s and may have expired",
+                self.repo.backend().location()
+            )));
+        }
+        Ok(())
+    }
+
     /// Stop refreshing and delete the lease.
     pub async fn release(mut self) -> Result<()> {
         let _ = self.stop.send(true);

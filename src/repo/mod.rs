@@ -142,6 +142,20 @@ fn create_private_dir(p: &Path) -> Result<()> {
         .map_err(|e| Error::io(p, e))
 }
 
+/// A damaged or unreadable-by-this-version object must not make the whole repository unusable
+/// (new backups included): warn and go on without it; `check` reports it. Other failures (the
+/// backend being unreachable, say) still stop the operation.
+fn skip_damaged<T>(r: Result<T>) -> Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::UnsupportedVersion) => {
+            tracing::warn!("{e}; ignoring it (run `cairn check`)");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// An open repository.
 pub struct Repository {
     backend: Arc<dyn Backend>,
@@ -166,9 +180,14 @@ impl Repository {
         init: &InitOptions,
         open: &OpenOptions,
     ) -> Result<Repository> {
-        if backend.stat(keys::CONFIG).await?.is_some()
-            || !backend.list(keys::KEYS).await?.is_empty()
-        {
+        // A location with a config is a repository. Key files without a config are what an
+        // interrupted `init` leaves; they cannot open anything, so a new init may proceed (open
+        // skips keys that do not open the config).
+        let occupied = backend.stat(keys::CONFIG).await?.is_some()
+            || !backend.list(keys::SNAPSHOTS).await?.is_empty()
+            || !backend.list(keys::INDEX).await?.is_empty()
+            || !backend.list(keys::DATA).await?.is_empty();
+        if occupied {
             return Err(Error::AlreadyExists {
                 key: format!("a repository at {}", backend.location()),
             });
@@ -248,26 +267,49 @@ impl Repository {
                 "no readable key file under keys/",
             ));
         }
-        let (master, mode) = if let Some(k) = keyfiles.iter().find(|k| k.encryption == 0) {
-            (k.unlock(b"")?, Encryption::None)
+        // An unencrypted key beside encrypted ones can only come from tampering (someone
+        // trying to make us write unencrypted data into an encrypted repository): refuse.
+        let plain = keyfiles.iter().filter(|k| k.encryption == 0).count();
+        if plain > 0 && plain < keyfiles.len() {
+            return Err(Error::corrupt(
+                format!("repository at {}", backend.location()),
+                "it has both encrypted and unencrypted key files; refusing to open it \
+                 (possible tampering; inspect keys/)",
+            ));
+        }
+        let mode = if plain > 0 {
+            Encryption::None
         } else {
-            let pw = password()?;
-            let found = tokio::task::spawn_blocking(move || {
-                for k in &keyfiles {
-                    match k.unlock(&pw) {
-                        Ok(m) => return Ok(m),
-                        Err(e) if e.kind() == ErrorKind::WrongPassword => continue,
-                        Err(e) => return Err(e),
-                    }
-                }
-                Err(Error::WrongPassword)
-            })
-            .await
-            .map_err(|e| Error::Other(e.to_string()))??;
-            (found, Encryption::Repokey)
+            Encryption::Repokey
         };
-        let keys = Keys::derive(&master, mode);
-        let config = Config::decode(keys.sealer(), &config_bytes)?;
+        let pw = match mode {
+            Encryption::None => Zeroizing::new(Vec::new()),
+            Encryption::Repokey => password()?,
+        };
+        let cfg = config_bytes.clone();
+        let (keys, config) = tokio::task::spawn_blocking(move || {
+            // Try every key; one that opens but does not authenticate the config is an orphan
+            // of an interrupted init, and one with unusable parameters is skipped.
+            let mut config_error = None;
+            for k in &keyfiles {
+                let master = match k.unlock(&pw) {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == ErrorKind::WrongPassword => continue,
+                    Err(e) => {
+                        tracing::warn!("skipping a key file: {e}");
+                        continue;
+                    }
+                };
+                let keys = Keys::derive(&master, mode);
+                match Config::decode(keys.sealer(), &cfg) {
+                    Ok(c) => return Ok((keys, c)),
+                    Err(e) => config_error = Some(e),
+                }
+            }
+            Err(config_error.unwrap_or(Error::WrongPassword))
+        })
+        .await
+        .map_err(|e| Error::Other(e.to_string()))??;
         Self::finish_open(backend, keys, config, open).await
     }
 
@@ -362,6 +404,7 @@ impl Repository {
                 Ok::<_, Error>((id, idx))
             })
             .buffer_unordered(8)
+            .filter_map(|r| async move { skip_damaged(r).transpose() })
             .try_collect()
             .await
     }
@@ -451,6 +494,7 @@ impl Repository {
                 Ok::<_, Error>((id, data, snap))
             })
             .buffer_unordered(8)
+            .filter_map(|r| async move { skip_damaged(r).transpose() })
             .try_collect()
             .await?;
         let cat = self.catalog();
