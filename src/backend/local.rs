@@ -88,7 +88,7 @@ fn put_blocking(path: &Path, parts: &[Bytes]) -> io::Result<()> {
         ));
     }
     let mut rnd = [0u8; 8];
-    crate::crypto::fill_random(&mut rnd);
+    getrandom::fill(&mut rnd).map_err(|e| io::Error::other(e.to_string()))?;
     let tmp = dir.join(format!("{TMP_PREFIX}{}", hex::encode(rnd)));
     let result = (|| {
         let mut f = OpenOptions::new()

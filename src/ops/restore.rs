@@ -16,7 +16,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use futures::StreamExt;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
@@ -35,7 +35,7 @@ use crate::repo::{Repository, keys};
 /// Blobs of one pack closer together than this are fetched in one ranged read.
 const MERGE_GAP: u64 = 256 * 1024;
 /// No single ranged read is longer than this.
-const MAX_READ: u64 = 32 * 1024 * 1024;
+const MAX_READ: u64 = 8 * 1024 * 1024;
 
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
@@ -156,6 +156,7 @@ pub async fn restore(
     let base = format!("/{}", super::read::components(path)?.join("/"));
     let base = if base == "/" { String::new() } else { base };
 
+    let t0 = std::time::Instant::now();
     // 1. Plan: select the entries to restore.
     let mut items: Vec<Item> = Vec::new();
     let mut stack: Vec<(Id, PathBuf, String, usize)> = Vec::new();
@@ -228,67 +229,80 @@ pub async fn restore(
     items.sort_by(|a, b| a.dest.cmp(&b.dest));
 
     let mut out = RestoreOutcome::default();
+    // A target that did not exist is "fresh": nothing inside it needs to be cleared first.
+    let target_fresh = !target.exists();
     fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
 
-    // 2. Create the entries. Directories are writable by us until their metadata is set last.
-    let mut files: Vec<usize> = Vec::new();
-    let mut hardlinks: Vec<(usize, usize)> = Vec::new();
-    let mut primary: HashMap<(u64, u64), usize> = HashMap::new();
+    tracing::debug!(
+        "restore: planned {} entries in {:?}",
+        items.len(),
+        t0.elapsed()
+    );
+    // 2. Directories, in path order so parents come first. They stay writable by us until
+    // their metadata is applied at the very end.
+    let mut fresh_dirs: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
+    if target_fresh {
+        fresh_dirs.insert(target.to_path_buf());
+    }
     let mut created = vec![false; items.len()];
     for (i, it) in items.iter().enumerate() {
-        let r = match it.node.kind {
-            NodeKind::Dir => match fs::create_dir(&it.dest) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && it.dest.is_dir() => {
-                    Ok(())
-                }
-                Err(e) => Err(e),
+        if it.node.kind != NodeKind::Dir {
+            continue;
+        }
+        match fs::create_dir(&it.dest) {
+            Ok(()) => {
+                fresh_dirs.insert(it.dest.clone());
+                created[i] = true;
+                out.dirs += 1;
             }
-            .map(|_| out.dirs += 1),
-            NodeKind::File => {
-                if it.node.links > 1 {
-                    let key = (it.node.dev, it.node.inode);
-                    if let Some(&p) = primary.get(&key) {
-                        hardlinks.push((i, p));
-                        continue;
-                    }
-                    primary.insert(key, i);
-                }
-                create_file(&it.dest, it.node.size).map(|_| {
-                    files.push(i);
-                    out.files += 1;
-                })
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && it.dest.is_dir() => {
+                created[i] = true;
+                out.dirs += 1;
             }
-            NodeKind::Symlink => {
-                let _ = fs::remove_file(&it.dest);
-                std::os::unix::fs::symlink(os(&it.node.target), &it.dest).map(|_| out.others += 1)
-            }
-            NodeKind::Fifo | NodeKind::CharDev | NodeKind::BlockDev => {
-                make_special(&it.dest, &it.node).map(|_| out.others += 1)
-            }
-            // A socket belongs to the process that made it; there is nothing to restore.
-            NodeKind::Socket => continue,
-        };
-        match r {
-            Ok(()) => created[i] = true,
             Err(e) => out.errors.push(format!("{}: {e}", it.dest.display())),
         }
     }
 
-    // 3. Contents, pack by pack.
+    // 3. Plan the contents by pack; sort out hard links; clear what a previous restore left.
+    let mut hardlinks: Vec<(usize, usize)> = Vec::new();
+    let mut primary: HashMap<(u64, u64), usize> = HashMap::new();
+    let mut leaves: Vec<usize> = Vec::new(); // created and finished right away
+    let remaining: Vec<AtomicU32> = (0..items.len()).map(|_| AtomicU32::new(0)).collect();
     let mut by_pack: HashMap<Id, HashMap<Id, PlannedBlob>> = HashMap::new();
-    for &fi in &files {
-        let node = &items[fi].node;
+    for (i, it) in items.iter().enumerate() {
+        let node = &it.node;
+        match node.kind {
+            NodeKind::Dir | NodeKind::Socket => continue,
+            NodeKind::File if node.links > 1 => {
+                let key = (node.dev, node.inode);
+                if let Some(&p) = primary.get(&key) {
+                    hardlinks.push((i, p));
+                    continue;
+                }
+                primary.insert(key, i);
+            }
+            _ => {}
+        }
+        let parent_fresh = it.dest.parent().is_some_and(|p| fresh_dirs.contains(p));
+        if !parent_fresh {
+            let _ = fs::remove_file(&it.dest);
+        }
+        if node.kind != NodeKind::File {
+            leaves.push(i);
+            continue;
+        }
         let mut offset = 0u64;
+        let mut planned = 0u32;
         for e in &node.content {
             if let Extent::Data { id, len } = e {
                 match repo.lookup_blob(id)? {
                     Some(loc) if loc.raw_len != *len => out.errors.push(format!(
                         "{}: the snapshot says blob {id} has {len} bytes, the index {}",
-                        items[fi].dest.display(),
+                        it.dest.display(),
                         loc.raw_len
                     )),
                     Some(loc) => {
+                        planned += 1;
                         by_pack
                             .entry(loc.pack)
                             .or_default()
@@ -299,74 +313,111 @@ pub async fn restore(
                                 targets: Vec::new(),
                             })
                             .targets
-                            .push(FileTarget { file: fi, offset });
+                            .push(FileTarget { file: i, offset });
                     }
                     None => out.errors.push(format!(
                         "{}: blob {id} is missing from the index",
-                        items[fi].dest.display()
+                        it.dest.display()
                     )),
                 }
             }
             offset += e.len();
         }
+        out.files += 1;
+        if planned == 0 {
+            leaves.push(i); // empty or all holes: nothing to fetch
+        } else {
+            remaining[i].store(planned, Ordering::Relaxed);
+        }
     }
+    // New files in a directory we created belong to us already (no set-group-id directory to
+    // inherit from), so an owner change to ourselves can be skipped.
+    let (euid, egid) = unsafe_ids();
+    let owned: Vec<bool> = items
+        .iter()
+        .map(|it| {
+            it.node.uid == euid
+                && it.node.gid == egid
+                && it.dest.parent().is_some_and(|p| fresh_dirs.contains(p))
+        })
+        .collect();
     let items = Arc::new(items);
-    let conns = repo.connections().max(2);
+    let ctx = Arc::new(WriteCtx {
+        items: items.clone(),
+        owned,
+        remaining,
+        verify: opts.verify,
+        keys: repo.keys().clone(),
+        verified: AtomicU64::new(0),
+    });
+
+    // 4. Entries without contents to fetch (symlinks, special files, empty and all-hole files)
+    // are made and finished now, in parallel: small-file restores are bound by system calls.
+    tracing::debug!("restore: leaves at {:?}", t0.elapsed());
+    let leaf_results: Vec<(usize, Vec<String>)> = {
+        let ctx = ctx.clone();
+        tokio::task::spawn_blocking(move || {
+            leaves
+                .par_iter()
+                .map(|&i| (i, make_leaf(&ctx, i)))
+                .collect()
+        })
+        .await
+        .map_err(|e| Error::Other(e.to_string()))?
+    };
+    for (i, errs) in leaf_results {
+        if items[i].node.kind != NodeKind::File && errs.is_empty() {
+            out.others += 1;
+        }
+        out.errors.extend(errs);
+    }
+
+    // 5. Contents, pack by pack; each file is finished (length, verification, metadata) by
+    // whichever write completes it.
+    tracing::debug!("restore: contents at {:?}", t0.elapsed());
+    // Work is spread by ranged read, not by pack, so a few large packs do not leave the other
+    // workers idle at the end.
+    let parallel = (repo.connections() * 3).max(6);
     let progress = opts.progress.clone();
-    let mut results = futures::stream::iter(by_pack.into_iter().map(|(pack, blobs)| {
+    let reads: Vec<(Id, Vec<PlannedBlob>)> = by_pack
+        .into_iter()
+        .flat_map(|(pack, blobs)| {
+            plan_reads(blobs.into_values().collect())
+                .into_iter()
+                .map(move |g| (pack, g))
+        })
+        .collect();
+    let mut results = futures::stream::iter(reads.into_iter().map(|(pack, group)| {
         let repo = repo.clone();
-        let items = items.clone();
+        let ctx = ctx.clone();
         let progress = progress.clone();
-        async move {
-            restore_pack(
-                &repo,
-                pack,
-                blobs.into_values().collect(),
-                &items,
-                progress.as_deref(),
-            )
-            .await
-        }
+        async move { restore_read(&repo, pack, group, &ctx, progress.as_deref()).await }
     }))
-    .buffer_unordered(conns);
+    .buffer_unordered(parallel);
     while let Some(r) = results.next().await {
-        match r {
-            Ok((bytes, errs)) => {
-                out.bytes += bytes;
-                out.errors.extend(errs);
-            }
-            Err(e) => return Err(e),
-        }
+        let (bytes, errs) = r?;
+        out.bytes += bytes;
+        out.errors.extend(errs);
     }
-
-    // 4. Verify, before metadata: the files are still ours to read (whatever their final mode),
-    // and reading them now does not disturb the access times set below.
-    if opts.verify {
-        let keys = repo.keys().clone();
-        let checked: Vec<std::result::Result<(), String>> = files
-            .par_iter()
-            .map(|&fi| verify_file(&keys, &items[fi].dest, &items[fi].node))
-            .collect();
-        for r in checked {
-            match r {
-                Ok(()) => out.verified_files += 1,
-                Err(e) => out.errors.push(e),
+    // Files some of whose contents could not be fetched (errors reported above) still get their
+    // length and metadata, and `--verify` reports them too.
+    for i in 0..items.len() {
+        if ctx.remaining[i].load(Ordering::Acquire) > 0 {
+            match ctx.open(i) {
+                Ok(f) => out.errors.extend(ctx.finish_file(i, &f)),
+                Err(e) => out.errors.push(format!("{}: {e}", items[i].dest.display())),
             }
         }
     }
+    out.verified_files = ctx.verified.load(Ordering::Relaxed);
 
-    // 5. Metadata: files and other leaves, hard links, then directories deepest first.
-    let mut failures: Vec<String> = Vec::new();
-    for (i, it) in items.iter().enumerate() {
-        if created[i] && it.node.kind != NodeKind::Dir {
-            failures.extend(apply_metadata(&it.dest, &it.node));
-        }
-    }
+    // 6. Hard links, then directories' metadata, deepest first.
+    tracing::debug!("restore: links and directories at {:?}", t0.elapsed());
     for (link, target_i) in hardlinks {
         let (l, t) = (&items[link], &items[target_i]);
         let _ = fs::remove_file(&l.dest);
         if let Err(e) = fs::hard_link(&t.dest, &l.dest) {
-            failures.push(format!("{}: {e}", l.dest.display()));
+            out.errors.push(format!("{}: {e}", l.dest.display()));
         } else {
             out.files += 1;
         }
@@ -376,22 +427,81 @@ pub async fn restore(
         .collect();
     dirs.sort_by_key(|&i| std::cmp::Reverse(items[i].depth));
     for i in dirs {
-        failures.extend(apply_metadata(&items[i].dest, &items[i].node));
+        out.errors
+            .extend(apply_metadata(&items[i].dest, &items[i].node));
     }
-    out.errors.extend(failures);
-
+    tracing::debug!("restore: done at {:?}", t0.elapsed());
     Ok(out)
 }
 
-fn create_file(path: &Path, size: u64) -> std::io::Result<()> {
-    let _ = fs::remove_file(path);
-    let f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    // Set the final length first: regions never written (holes) stay unallocated.
-    f.set_len(size)
+fn unsafe_ids() -> (u32, u32) {
+    // SAFETY: geteuid/getegid cannot fail.
+    unsafe { (libc::geteuid(), libc::getegid()) }
+}
+
+/// What the writers of file contents share.
+struct WriteCtx {
+    items: Arc<Vec<Item>>,
+    /// Whether a new file at this entry already has the right owner.
+    owned: Vec<bool>,
+    /// Data extents of each file still to be written.
+    remaining: Vec<AtomicU32>,
+    verify: bool,
+    keys: Arc<crate::crypto::Keys>,
+    verified: AtomicU64,
+}
+
+impl WriteCtx {
+    fn open(&self, i: usize) -> std::io::Result<File> {
+        OpenOptions::new()
+            .read(self.verify)
+            .write(true)
+            .create(true)
+            // Several writers fill parts of one file; stale files were removed beforehand.
+            .truncate(false)
+            .mode(0o600)
+            .open(&self.items[i].dest)
+    }
+
+    /// Set the final length (holes stay holes), verify if asked, apply metadata.
+    fn finish_file(&self, i: usize, f: &File) -> Vec<String> {
+        let it = &self.items[i];
+        // Writing the last extent already gave the file its length unless it ends in a hole.
+        let ends_with_data = matches!(it.node.content.last(), Some(Extent::Data { .. }));
+        if (!ends_with_data || it.node.size == 0)
+            && let Err(e) = f.set_len(it.node.size)
+        {
+            return vec![format!("{}: {e}", it.dest.display())];
+        }
+        let mut errs = Vec::new();
+        if self.verify {
+            match verify_file(&self.keys, f, &it.dest, &it.node) {
+                Ok(()) => {
+                    self.verified.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => errs.push(e),
+            }
+        }
+        errs.extend(apply_metadata_fd(f, &it.dest, &it.node, self.owned[i]));
+        errs
+    }
+}
+
+/// Create an entry that has no contents to fetch, and apply its metadata.
+fn make_leaf(ctx: &WriteCtx, i: usize) -> Vec<String> {
+    let it = &ctx.items[i];
+    let made = match it.node.kind {
+        NodeKind::File => match ctx.open(i) {
+            Ok(f) => return ctx.finish_file(i, &f),
+            Err(e) => Err(e),
+        },
+        NodeKind::Symlink => std::os::unix::fs::symlink(os(&it.node.target), &it.dest),
+        _ => make_special(&it.dest, &it.node),
+    };
+    match made {
+        Ok(()) => apply_metadata(&it.dest, &it.node),
+        Err(e) => vec![format!("{}: {e}", it.dest.display())],
+    }
 }
 
 fn make_special(path: &Path, node: &Node) -> std::io::Result<()> {
@@ -451,6 +561,47 @@ fn apply_metadata(path: &Path, node: &Node) -> Vec<String> {
     errs
 }
 
+/// [`apply_metadata`] through an open file: no path lookups, and the same order (owner before
+/// mode, since a change of owner clears set-id bits; times last).
+fn apply_metadata_fd(f: &File, path: &Path, node: &Node, owned: bool) -> Vec<String> {
+    use std::os::unix::io::AsRawFd;
+    let mut errs = Vec::new();
+    // SAFETY: fchown on a file descriptor we own.
+    let r = if owned {
+        0
+    } else {
+        unsafe { libc::fchown(f.as_raw_fd(), node.uid, node.gid) }
+    };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EPERM) {
+            errs.push(format!("{}: chown: {e}", path.display()));
+        }
+    }
+    for x in &node.xattrs {
+        if let Err(e) = xattr::FileExt::set_xattr(f, os(&x.name), &x.value)
+            && x.name.starts_with(b"user.")
+        {
+            errs.push(format!(
+                "{}: xattr {}: {e}",
+                path.display(),
+                String::from_utf8_lossy(&x.name)
+            ));
+        }
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Err(e) = f.set_permissions(fs::Permissions::from_mode(node.mode)) {
+            errs.push(format!("{}: chmod: {e}", path.display()));
+        }
+    }
+    let ft = |t: crate::format::Timestamp| filetime::FileTime::from_unix_time(t.secs, t.nanos);
+    if let Err(e) = filetime::set_file_handle_times(f, Some(ft(node.atime)), Some(ft(node.mtime))) {
+        errs.push(format!("{}: times: {e}", path.display()));
+    }
+    errs
+}
+
 /// Group a pack's blobs into ranged reads.
 fn plan_reads(mut blobs: Vec<PlannedBlob>) -> Vec<Vec<PlannedBlob>> {
     blobs.sort_by_key(|b| b.loc.offset);
@@ -471,90 +622,84 @@ fn plan_reads(mut blobs: Vec<PlannedBlob>) -> Vec<Vec<PlannedBlob>> {
     groups
 }
 
-async fn restore_pack(
+/// Fetch one ranged read of a pack and write its blobs wherever they belong.
+async fn restore_read(
     repo: &Arc<Repository>,
     pack: Id,
-    blobs: Vec<PlannedBlob>,
-    items: &Arc<Vec<Item>>,
+    group: Vec<PlannedBlob>,
+    ctx: &Arc<WriteCtx>,
     progress: Option<&Progress>,
 ) -> Result<(u64, Vec<String>)> {
     let key = keys::pack(&pack);
-    let mut bytes = 0u64;
-    let mut errors = Vec::new();
-    for group in plan_reads(blobs) {
-        let start = group[0].loc.offset as u64;
-        let last = group.last().expect("non-empty group");
-        let end = last.loc.offset as u64 + last.loc.length as u64;
-        let data = match repo.backend().get_range(&key, start, end - start).await {
-            Ok(d) => d,
-            Err(e) => {
-                for b in &group {
-                    for t in &b.targets {
-                        errors.push(format!(
-                            "{}: pack {pack}: {e}",
-                            items[t.file].dest.display()
-                        ));
-                    }
+    let start = group[0].loc.offset as u64;
+    let last = group.last().expect("non-empty group");
+    let end = last.loc.offset as u64 + last.loc.length as u64;
+    let data = match repo.backend().get_range(&key, start, end - start).await {
+        Ok(d) => d,
+        Err(e) => {
+            let mut errors = Vec::new();
+            for b in &group {
+                for t in &b.targets {
+                    errors.push(format!(
+                        "{}: pack {pack}: {e}",
+                        ctx.items[t.file].dest.display()
+                    ));
                 }
-                continue;
             }
-        };
-        let keys = repo.keys().clone();
-        let items = items.clone();
-        let (n, errs) = tokio::task::spawn_blocking(move || {
-            let results: Vec<(u64, Vec<String>)> = group
-                .par_iter()
-                .map(|b| {
-                    let off = (b.loc.offset as u64 - start) as usize;
-                    let sealed = &data[off..off + b.loc.length as usize];
-                    match open_blob(&keys, &b.id, sealed, b.loc.raw_len) {
-                        Ok(plain) => {
-                            let mut errs = Vec::new();
-                            let mut n = 0;
-                            for t in &b.targets {
-                                let dest = &items[t.file].dest;
-                                match OpenOptions::new()
-                                    .write(true)
-                                    .open(dest)
-                                    .and_then(|f: File| f.write_all_at(&plain, t.offset))
-                                {
-                                    Ok(()) => n += plain.len() as u64,
-                                    Err(e) => errs.push(format!("{}: {e}", dest.display())),
-                                }
-                            }
-                            (n, errs)
-                        }
-                        Err(e) => (
-                            0,
-                            b.targets
-                                .iter()
-                                .map(|t| format!("{}: {e}", items[t.file].dest.display()))
-                                .collect(),
-                        ),
-                    }
-                })
-                .collect();
-            let n: u64 = results.iter().map(|r| r.0).sum();
-            let errs: Vec<String> = results.into_iter().flat_map(|r| r.1).collect();
-            (n, errs)
-        })
-        .await
-        .map_err(|e| Error::Other(e.to_string()))?;
-        if let Some(p) = progress {
-            p.bytes.fetch_add(n, Ordering::Relaxed);
+            return Ok((0, errors));
         }
-        bytes += n;
-        errors.extend(errs);
+    };
+    let ctx = ctx.clone();
+    // One blocking task per read: opening blobs is CPU work, writing small files is
+    // system-call latency, and several of these run at once.
+    let (n, errs) = tokio::task::spawn_blocking(move || {
+        let mut n = 0u64;
+        let mut errs = Vec::new();
+        for b in &group {
+            let off = (b.loc.offset as u64 - start) as usize;
+            let sealed = &data[off..off + b.loc.length as usize];
+            let plain = match open_blob(&ctx.keys, &b.id, sealed, b.loc.raw_len) {
+                Ok(p) => p,
+                Err(e) => {
+                    for t in &b.targets {
+                        errs.push(format!("{}: {e}", ctx.items[t.file].dest.display()));
+                    }
+                    continue;
+                }
+            };
+            for t in &b.targets {
+                let dest = &ctx.items[t.file].dest;
+                let written = ctx.open(t.file).and_then(|f| {
+                    f.write_all_at(&plain, t.offset)?;
+                    Ok(f)
+                });
+                match written {
+                    Ok(f) => {
+                        n += plain.len() as u64;
+                        if ctx.remaining[t.file].fetch_sub(1, Ordering::AcqRel) == 1 {
+                            errs.extend(ctx.finish_file(t.file, &f));
+                        }
+                    }
+                    Err(e) => errs.push(format!("{}: {e}", dest.display())),
+                }
+            }
+        }
+        (n, errs)
+    })
+    .await
+    .map_err(|e| Error::Other(e.to_string()))?;
+    if let Some(p) = progress {
+        p.bytes.fetch_add(n, Ordering::Relaxed);
     }
-    Ok((bytes, errors))
+    Ok((n, errs))
 }
 
 fn verify_file(
     keys: &crate::crypto::Keys,
+    f: &File,
     path: &Path,
     node: &Node,
 ) -> std::result::Result<(), String> {
-    let f = File::open(path).map_err(|e| format!("verify {}: {e}", path.display()))?;
     let len = f
         .metadata()
         .map_err(|e| format!("verify {}: {e}", path.display()))?
