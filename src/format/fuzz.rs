@@ -410,7 +410,9 @@ pub fn blob(data: &[u8]) {
             assert_eq!(keys.blob_id(&p), id);
         }
         // `rest` as the sealed plaintext. What it should open to, computed independently:
+        // (No blob is longer than `MAX_BLOB_RAW`: `open_blob` refuses before decompressing.)
         let expected: Option<Vec<u8>> = match rest.split_first() {
+            _ if raw_len > pack::MAX_BLOB_RAW => None,
             Some((&pack::BLOB_STORED, p)) => Some(p.to_vec()),
             Some((&pack::BLOB_ZSTD, z)) => crate::compress::decompress(z, raw_len as usize).ok(),
             _ => None,
