@@ -188,10 +188,12 @@ impl<R: Read> ChunkStream<'_, R> {
 
     fn fill(&mut self) -> io::Result<()> {
         while !self.eof && self.buf.len() < self.batch_size {
-            // Grow geometrically up to the batch size, so small files get small buffers.
+            // Read into the room already allocated (sized from the caller's size hint, so a small
+            // file is read into a buffer of its own size, and nothing larger is zeroed); grow
+            // geometrically up to the batch size when it is full.
             let len = self.buf.len();
-            let room = (self.buf.capacity() - len)
-                .max((len * 2).max(64 * 1024).min(self.batch_size - len));
+            let spare = self.buf.capacity() - len;
+            let room = if spare > 0 { spare } else { len.max(64 * 1024) };
             let room = room.min(self.batch_size - len);
             self.buf.resize(len + room, 0);
             match self.reader.read(&mut self.buf[len..]) {

@@ -38,7 +38,9 @@ use crate::repo::lease::LeaseGuard;
 use crate::repo::packer::{BlobSink, Uploader};
 use crate::repo::{Repository, hostname, username};
 use crate::source::exclude::{ExcludeOptions, Excluder};
-use crate::source::fs::{NameCache, data_regions, looks_sparse, node_from_meta, open_noatime};
+use crate::source::fs::{
+    NameCache, data_regions, looks_sparse, node_from_meta, node_from_meta_with, open_noatime,
+};
 
 /// Bytes read from one file before its chunks are processed as a parallel batch.
 const BATCH_BYTES: usize = 16 * 1024 * 1024;
@@ -46,6 +48,10 @@ const BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// flight (many small files keep both cores busy while their results wait to be assembled).
 const INFLIGHT_BYTES: u64 = 2 * BATCH_BYTES as u64;
 const INFLIGHT_FILES: u64 = 256;
+/// Walk events sent to the assembler at a time.
+const EVENT_BATCH: usize = 128;
+/// Threads reading files and metadata (see `Walker::io`).
+const IO_THREADS: usize = 8;
 
 #[derive(Debug, Clone, Default)]
 pub struct BackupOptions {
@@ -280,13 +286,22 @@ fn build_targets(paths: &[PathBuf]) -> Target {
 
 struct Walker {
     sink: Arc<BlobSink>,
+    /// Threads for file system work: reading files and their metadata is latency-bound (a cold
+    /// cache makes every inode and small file a disk read), so more threads than cores.
+    io: Arc<rayon::ThreadPool>,
     chunker: Arc<Chunker>,
     handle: Handle,
     excluder: Excluder,
     one_file_system: bool,
     force: bool,
     names: NameCache,
-    events: SyncSender<Event>,
+    events: SyncSender<Vec<Event>>,
+    /// Prefixes of the ids of every indexed blob (see `Catalog::blob_prefixes`), for checking
+    /// that an unchanged file's chunks are still stored.
+    known: Vec<u64>,
+    /// Events not yet sent: they go to the assembler in batches (one channel operation, and at
+    /// most one wake-up, per batch rather than per entry).
+    batch: Vec<Event>,
     budget: Arc<Budget>,
     errors: Arc<Mutex<Vec<String>>>,
     counters: Counters,
@@ -306,8 +321,20 @@ impl Walker {
             .push(msg);
     }
 
-    fn send(&self, e: Event) -> std::result::Result<(), Stop> {
-        self.events.send(e).map_err(|_| Stop)
+    fn send(&mut self, e: Event) -> std::result::Result<(), Stop> {
+        self.batch.push(e);
+        if self.batch.len() >= EVENT_BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::result::Result<(), Stop> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(EVENT_BATCH));
+        self.events.send(batch).map_err(|_| Stop)
     }
 
     fn load_parent(&self, node: Option<&Node>) -> Option<Tree> {
@@ -333,6 +360,7 @@ impl Walker {
             }
             Target::Inner(_, children) => self.walk_inner(children, parent.as_ref())?,
         }
+        self.flush()?;
         Ok(self.counters)
     }
 
@@ -392,7 +420,20 @@ impl Walker {
         pnode: Option<&Node>,
         root_dev: u64,
     ) -> std::result::Result<(), Stop> {
-        let mut node = match node_from_meta(path, name, &meta, &self.names) {
+        let node = node_from_meta(path, name, &meta, &self.names);
+        self.entry_node(path, node, meta, pnode, root_dev)
+    }
+
+    /// One directory entry, its node already built from `lstat` metadata.
+    fn entry_node(
+        &mut self,
+        path: &Path,
+        node: std::io::Result<Node>,
+        meta: std::fs::Metadata,
+        pnode: Option<&Node>,
+        root_dev: u64,
+    ) -> std::result::Result<(), Stop> {
+        let mut node = match node {
             Ok(n) => n,
             Err(e) => {
                 self.error(format!("{}: {e}", path.display()));
@@ -433,7 +474,7 @@ impl Walker {
                 let budget = self.budget.clone();
                 let progress = self.progress.clone();
                 let path = path.to_path_buf();
-                rayon::spawn(move || {
+                self.io.spawn(move || {
                     let r = read_file(&sink, &chunker, &path, &progress);
                     budget.release(cost);
                     let _ = tx.send(r);
@@ -462,15 +503,13 @@ impl Walker {
         if !same {
             return None;
         }
+        // Reuse only what the index still has (a damaged or pruned repository may not).
         for e in &p.content {
-            if let Extent::Data { id, .. } = e
-                && !self
-                    .sink
-                    .repo()
-                    .has_blob(id, BlobKind::Data)
-                    .unwrap_or(false)
-            {
-                return None;
+            if let Extent::Data { id, .. } = e {
+                let prefix = u64::from_be_bytes(id.0[..8].try_into().expect("8 bytes"));
+                if self.known.binary_search(&prefix).is_err() {
+                    return None;
+                }
             }
         }
         Some(p.content.clone())
@@ -501,21 +540,43 @@ impl Walker {
             Some(d) => d,
             None => std::fs::symlink_metadata(dir).map(|m| m.dev()).unwrap_or(0),
         };
-        for name in names {
-            let path = dir.join(&name);
+        // Metadata (lstat, xattrs, link targets) of all entries at once on the I/O pool: with a
+        // cold cache every inode is a disk read, and one thread at a time leaves the disk idle.
+        let excluder = &self.excluder;
+        let names_cache = &self.names;
+        type Looked = Option<(
+            PathBuf,
+            Vec<u8>,
+            std::io::Result<(std::fs::Metadata, std::io::Result<Node>)>,
+        )>;
+        let look = |name: &OsString| -> Looked {
+            let path = dir.join(name);
             let nb = name.as_bytes();
-            if self.excluder.excluded(&path, nb) {
-                continue;
+            if excluder.excluded(&path, nb) {
+                return None;
             }
-            let meta = match std::fs::symlink_metadata(&path) {
-                Ok(m) => m,
-                Err(e) => {
-                    self.error(format!("{}: {e}", path.display()));
-                    continue;
+            let previous = parent.and_then(|t| t.find(nb));
+            let r = std::fs::symlink_metadata(&path).map(|meta| {
+                let node = node_from_meta_with(&path, nb.to_vec(), &meta, names_cache, previous);
+                (meta, node)
+            });
+            Some((path, nb.to_vec(), r))
+        };
+        // Spreading a directory over the pool costs wake-ups; only worth it for larger ones
+        // (most directories hold a handful of entries, a few hold most of the files).
+        let looked: Vec<Looked> = if names.len() >= 16 {
+            self.io.install(|| names.par_iter().map(look).collect())
+        } else {
+            names.iter().map(look).collect()
+        };
+        for (path, nb, r) in looked.into_iter().flatten() {
+            match r {
+                Ok((meta, node)) => {
+                    let pnode = parent.and_then(|t| t.find(&nb));
+                    self.entry_node(&path, node, meta, pnode, root_dev)?;
                 }
-            };
-            let pnode = parent.and_then(|t| t.find(nb));
-            self.entry(&path, nb.to_vec(), meta, pnode, root_dev)?;
+                Err(e) => self.error(format!("{}: {e}", path.display())),
+            }
         }
         Ok(())
     }
@@ -550,13 +611,13 @@ struct Assembled {
 
 fn assemble(
     sink: &BlobSink,
-    events: Receiver<Event>,
+    events: Receiver<Vec<Event>>,
     errors: &Mutex<Vec<String>>,
 ) -> Result<Assembled> {
     let mut stack: Vec<(Option<Node>, Vec<Node>)> = vec![(None, Vec::new())];
     let mut total_files = 0u64;
     let mut total_bytes = 0u64;
-    for ev in events {
+    for ev in events.into_iter().flatten() {
         match ev {
             Event::Enter(node) => stack.push((Some(node), Vec::new())),
             Event::Leaf(Pending::Ready(node)) => {
@@ -783,10 +844,17 @@ pub async fn backup_paths(
     }
 
     let session = Session::start(repo, opts);
-    let (tx, rx) = sync_channel::<Event>(4096);
+    let (tx, rx) = sync_channel::<Vec<Event>>(32);
     let errors = Arc::new(Mutex::new(Vec::new()));
+    let io = rayon::ThreadPoolBuilder::new()
+        .num_threads(IO_THREADS)
+        .thread_name(|i| format!("cairn-io-{i}"))
+        .build()
+        .map_err(|e| Error::Other(format!("starting I/O threads: {e}")))?;
+    let io = Arc::new(io);
     let walker = Walker {
         sink: session.sink.clone(),
+        io: io.clone(),
         chunker: Arc::new(repo.file_chunker()),
         handle: Handle::current(),
         excluder,
@@ -794,6 +862,12 @@ pub async fn backup_paths(
         force: opts.force,
         names: NameCache::default(),
         events: tx,
+        known: if parent_tree.is_some() {
+            repo.catalog().blob_prefixes()?
+        } else {
+            Vec::new()
+        },
+        batch: Vec::with_capacity(EVENT_BATCH),
         budget: Budget::new(),
         errors: errors.clone(),
         counters: Counters::default(),

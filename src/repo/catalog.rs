@@ -211,6 +211,30 @@ impl Catalog {
         .map_err(|e| self.err(e))
     }
 
+    /// The first 8 bytes of every indexed blob id, sorted: a compact set for checking many ids
+    /// at once (a false match needs a 64-bit collision between keyed hashes).
+    pub fn blob_prefixes(&self) -> Result<Vec<u64>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT DISTINCT substr(id, 1, 8) FROM blobs")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| {
+                let b: Vec<u8> = r.get(0)?;
+                let mut a = [0u8; 8];
+                let n = b.len().min(8);
+                a[..n].copy_from_slice(&b[..n]);
+                Ok(u64::from_be_bytes(a))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut v = rows
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))?;
+        v.sort_unstable();
+        v.dedup();
+        Ok(v)
+    }
+
     pub fn has_blob(&self, id: &Id) -> Result<bool> {
         let mut st = self
             .conn
@@ -340,6 +364,7 @@ mod tests {
         assert_eq!(loc.pack, Id([9; 32]));
         assert_eq!(loc.kind, BlobKind::Tree);
         assert!(c.has_blob(&Id([1; 32])).unwrap());
+        assert_eq!(c.blob_prefixes().unwrap(), vec![u64::from_be_bytes([1; 8])]);
         assert!(!c.has_blob(&Id([2; 32])).unwrap());
         assert_eq!(c.pack_entries(&Id([9; 32])).unwrap(), vec![e]);
         drop(c);
