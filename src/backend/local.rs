@@ -91,14 +91,17 @@ fn put_blocking(path: &Path, parts: &[Bytes]) -> io::Result<()> {
     getrandom::fill(&mut rnd).map_err(|e| io::Error::other(e.to_string()))?;
     let tmp = dir.join(format!("{TMP_PREFIX}{}", hex::encode(rnd)));
     let result = (|| {
-        let mut f = OpenOptions::new()
+        let f = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
+        // A pack arrives as thousands of small parts: gather them into large writes.
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
         for p in parts {
-            f.write_all(p)?;
+            w.write_all(p)?;
         }
+        let f = w.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
         drop(f);
         match fs::hard_link(&tmp, path) {

@@ -141,7 +141,61 @@ impl Budget {
         let mut u = self.used.lock().unwrap_or_else(|p| p.into_inner());
         u.0 -= bytes;
         u.1 -= 1;
-        self.cv.notify_all();
+        // Only the walker ever waits.
+        self.cv.notify_one();
+    }
+}
+
+/// Plain threads that read files. Reading is latency-bound (a cold cache makes every small
+/// file a disk read), so there are more of them than cores; they block on a channel when idle
+/// rather than spinning as pool workers do, and the CPU-heavy part of a large file goes to the
+/// rayon pool (one thread per core).
+struct Readers {
+    tx: Option<SyncSender<Box<dyn FnOnce() + Send>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Readers {
+    fn start(n: usize) -> Result<Readers> {
+        let (tx, rx) = sync_channel::<Box<dyn FnOnce() + Send>>(INFLIGHT_FILES as usize);
+        let rx = Arc::new(Mutex::new(rx));
+        let mut threads = Vec::new();
+        for i in 0..n {
+            let rx = rx.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("cairn-read-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                })
+                .map_err(|e| Error::Other(format!("starting reader threads: {e}")))?;
+            threads.push(t);
+        }
+        Ok(Readers {
+            tx: Some(tx),
+            threads,
+        })
+    }
+
+    fn submit(&self, job: Box<dyn FnOnce() + Send>) {
+        if let Some(tx) = &self.tx {
+            // The readers only stop when this handle is dropped, so the send cannot fail.
+            let _ = tx.send(job);
+        }
+    }
+}
+
+impl Drop for Readers {
+    fn drop(&mut self) {
+        self.tx.take();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
     }
 }
 
@@ -163,17 +217,21 @@ fn store_stream<R: Read>(
             Ok(None) => break,
             Err(e) => return Err(JobError::Source(e.to_string())),
         };
-        let ids: Vec<Result<Extent>> = batch
-            .par_iter()
-            .map(|chunk| {
-                let id = keys.blob_id(chunk);
-                sink.save(BlobKind::Data, id, chunk)?;
-                Ok(Extent::Data {
-                    id,
-                    len: chunk.len() as u32,
-                })
+        let one = |chunk: &bytes::Bytes| -> Result<Extent> {
+            let id = keys.blob_id(chunk);
+            sink.save(BlobKind::Data, id, chunk)?;
+            Ok(Extent::Data {
+                id,
+                len: chunk.len() as u32,
             })
-            .collect();
+        };
+        // Several chunks: spread them over the CPU pool. One chunk (every small file): do it
+        // here, since handing it to another thread costs more than it saves.
+        let ids: Vec<Result<Extent>> = if batch.len() > 1 {
+            batch.par_iter().map(one).collect()
+        } else {
+            batch.iter().map(one).collect()
+        };
         let n: u64 = batch.iter().map(|c| c.len() as u64).sum();
         total += n;
         progress.bytes.fetch_add(n, Ordering::Relaxed);
@@ -202,7 +260,8 @@ fn read_file(
         )));
     }
     if !looks_sparse(&meta) {
-        let (extents, size) = store_stream(sink, chunker, &file, meta.len(), progress)?;
+        let reader = ReadAhead::new(&file, meta.len());
+        let (extents, size) = store_stream(sink, chunker, reader, meta.len(), progress)?;
         return Ok(FileResult { extents, size });
     }
     let mut extents = Vec::new();
@@ -225,6 +284,53 @@ fn read_file(
         pos = meta.len();
     }
     Ok(FileResult { extents, size: pos })
+}
+
+/// Asks the kernel to read a large file ahead of us (`POSIX_FADV_WILLNEED` on the next two
+/// batches), so the disk works while the cores chunk, hash and compress the current batch:
+/// otherwise each batch's read is a pause in which the job has nothing to compute.
+struct ReadAhead<'a> {
+    file: &'a std::fs::File,
+    len: u64,
+    pos: u64,
+    advised_to: u64,
+}
+
+impl<'a> ReadAhead<'a> {
+    fn new(file: &'a std::fs::File, len: u64) -> Self {
+        ReadAhead {
+            file,
+            len,
+            pos: 0,
+            advised_to: 0,
+        }
+    }
+}
+
+impl Read for ReadAhead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let window = 2 * BATCH_BYTES as u64;
+        if self.len > BATCH_BYTES as u64 && self.pos + window / 2 >= self.advised_to {
+            use std::os::unix::io::AsRawFd;
+            let start = self.advised_to.max(self.pos);
+            let end = (self.pos + window).min(self.len);
+            if end > start {
+                // SAFETY: posix_fadvise only gives the kernel a hint about an fd we own.
+                unsafe {
+                    libc::posix_fadvise(
+                        self.file.as_raw_fd(),
+                        start as libc::off_t,
+                        (end - start) as libc::off_t,
+                        libc::POSIX_FADV_WILLNEED,
+                    );
+                }
+            }
+            self.advised_to = end;
+        }
+        let n = (&*self.file).read(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
 }
 
 /// The paths to back up arranged as a tree of path components: inner components are
@@ -286,9 +392,11 @@ fn build_targets(paths: &[PathBuf]) -> Target {
 
 struct Walker {
     sink: Arc<BlobSink>,
-    /// Threads for file system work: reading files and their metadata is latency-bound (a cold
-    /// cache makes every inode and small file a disk read), so more threads than cores.
+    /// Threads for reading the metadata of large directories: latency-bound on a cold cache,
+    /// so more threads than cores.
     io: Arc<rayon::ThreadPool>,
+    /// Threads reading files.
+    readers: Readers,
     chunker: Arc<Chunker>,
     handle: Handle,
     excluder: Excluder,
@@ -296,9 +404,6 @@ struct Walker {
     force: bool,
     names: NameCache,
     events: SyncSender<Vec<Event>>,
-    /// Prefixes of the ids of every indexed blob (see `Catalog::blob_prefixes`), for checking
-    /// that an unchanged file's chunks are still stored.
-    known: Vec<u64>,
     /// Events not yet sent: they go to the assembler in batches (one channel operation, and at
     /// most one wake-up, per batch rather than per entry).
     batch: Vec<Event>,
@@ -474,11 +579,11 @@ impl Walker {
                 let budget = self.budget.clone();
                 let progress = self.progress.clone();
                 let path = path.to_path_buf();
-                self.io.spawn(move || {
+                self.readers.submit(Box::new(move || {
                     let r = read_file(&sink, &chunker, &path, &progress);
                     budget.release(cost);
                     let _ = tx.send(r);
-                });
+                }));
                 self.send(Event::Leaf(Pending::Reading(node, rx)))?;
             }
             _ => {
@@ -505,11 +610,10 @@ impl Walker {
         }
         // Reuse only what the index still has (a damaged or pruned repository may not).
         for e in &p.content {
-            if let Extent::Data { id, .. } = e {
-                let prefix = u64::from_be_bytes(id.0[..8].try_into().expect("8 bytes"));
-                if self.known.binary_search(&prefix).is_err() {
-                    return None;
-                }
+            if let Extent::Data { id, .. } = e
+                && !self.sink.maybe_indexed(id)
+            {
+                return None;
             }
         }
         Some(p.content.clone())
@@ -700,13 +804,13 @@ struct Session {
 }
 
 impl Session {
-    fn start(repo: &Arc<Repository>, opts: &BackupOptions) -> Session {
-        let (sink, uploader) = BlobSink::start(repo.clone(), opts.compression, opts.dry_run);
-        Session {
+    fn start(repo: &Arc<Repository>, opts: &BackupOptions) -> Result<Session> {
+        let (sink, uploader) = BlobSink::start(repo.clone(), opts.compression, opts.dry_run)?;
+        Ok(Session {
             sink,
             uploader,
             started: repo.now(),
-        }
+        })
     }
 
     /// Wait for uploads and write the snapshot (unless a dry run).
@@ -843,7 +947,7 @@ pub async fn backup_paths(
         });
     }
 
-    let session = Session::start(repo, opts);
+    let session = Session::start(repo, opts)?;
     let (tx, rx) = sync_channel::<Vec<Event>>(32);
     let errors = Arc::new(Mutex::new(Vec::new()));
     let io = rayon::ThreadPoolBuilder::new()
@@ -855,6 +959,7 @@ pub async fn backup_paths(
     let walker = Walker {
         sink: session.sink.clone(),
         io: io.clone(),
+        readers: Readers::start(IO_THREADS)?,
         chunker: Arc::new(repo.file_chunker()),
         handle: Handle::current(),
         excluder,
@@ -862,11 +967,6 @@ pub async fn backup_paths(
         force: opts.force,
         names: NameCache::default(),
         events: tx,
-        known: if parent_tree.is_some() {
-            repo.catalog().blob_prefixes()?
-        } else {
-            Vec::new()
-        },
         batch: Vec::with_capacity(EVENT_BATCH),
         budget: Budget::new(),
         errors: errors.clone(),
@@ -957,7 +1057,7 @@ where
         )
     };
     let snap = new_snapshot(repo, opts, vec![comps.join("/")], "stdin");
-    let session = Session::start(repo, opts);
+    let session = Session::start(repo, opts)?;
     let sink = session.sink.clone();
     let chunker = repo.file_chunker();
     let progress = opts.progress.clone().unwrap_or_default();

@@ -52,7 +52,17 @@ pub struct BlobSink {
     builders: Mutex<(PackBuilder, PackBuilder)>,
     tx: Mutex<Option<mpsc::Sender<FinishedPack>>>,
     claimed: Mutex<HashSet<Id>>,
+    /// Prefixes of every blob id the catalog held when the session started (see
+    /// `Catalog::blob_prefixes`): a blob whose prefix is absent is certainly new, which saves a
+    /// catalog query for nearly every chunk of new data.
+    known: Vec<u64>,
     pub stats: SinkStats,
+}
+
+fn prefix(id: &Id) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&id.0[..8]);
+    u64::from_be_bytes(b)
 }
 
 /// The running upload task; [`Uploader::finish`] waits for it.
@@ -73,7 +83,8 @@ impl BlobSink {
         repo: Arc<Repository>,
         compression: Compression,
         dry_run: bool,
-    ) -> (Arc<BlobSink>, Uploader) {
+    ) -> Result<(Arc<BlobSink>, Uploader)> {
+        let known = repo.catalog().blob_prefixes()?;
         let conns = repo.connections();
         // One finished pack waits while `conns` are stored: this bounds the packs held in memory.
         let (tx, rx) = mpsc::channel(1);
@@ -84,10 +95,17 @@ impl BlobSink {
             builders: Mutex::new((PackBuilder::new(), PackBuilder::new())),
             tx: Mutex::new(Some(tx)),
             claimed: Mutex::new(HashSet::new()),
+            known,
             stats: SinkStats::default(),
         });
         let task = tokio::spawn(upload_loop(repo, rx, conns));
-        (sink, Uploader { task })
+        Ok((sink, Uploader { task }))
+    }
+
+    /// Whether the catalog had a blob with this id's prefix when the session started: `false`
+    /// means the blob was certainly not indexed then.
+    pub fn maybe_indexed(&self, id: &Id) -> bool {
+        self.known.binary_search(&prefix(id)).is_ok()
     }
 
     pub fn repo(&self) -> &Arc<Repository> {
@@ -105,7 +123,7 @@ impl BlobSink {
         {
             return Ok(false);
         }
-        if self.repo.has_blob(id, kind)? {
+        if self.maybe_indexed(id) && self.repo.has_blob(id, kind)? {
             return Ok(false);
         }
         Ok(self
