@@ -19,29 +19,6 @@ fn repo_with_snapshot() -> (Env, PathBuf) {
     (env, src)
 }
 
-/// The packs of the repository, largest first.
-fn packs(env: &Env) -> Vec<PathBuf> {
-    let mut p = files_below(&env.repo.join("data"));
-    p.sort_by_key(|p| std::cmp::Reverse(fs::metadata(p).unwrap().len()));
-    assert!(!p.is_empty(), "no packs");
-    p
-}
-
-fn flip_bytes(path: &Path, at: u64, n: usize) {
-    use std::os::unix::fs::FileExt;
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut buf = vec![0u8; n];
-    f.read_exact_at(&mut buf, at).unwrap();
-    for b in &mut buf {
-        *b ^= 0x5a;
-    }
-    f.write_all_at(&buf, at).unwrap();
-}
-
 #[test]
 fn missing_repository_exits_10() {
     let env = Env::new();

@@ -63,6 +63,8 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Sizes: logical, stored, deduplication and compression ratios.
     Stats(StatsArgs),
+    /// Verify the repository: structure, and with --read-data every blob.
+    Check(super::maint::CheckArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

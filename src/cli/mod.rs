@@ -4,6 +4,7 @@
 
 mod args;
 mod commands;
+mod maint;
 mod output;
 
 use clap::Parser;

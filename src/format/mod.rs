@@ -9,6 +9,7 @@
 //! not know. Structured bodies are bincode 2 "standard" encoding (little-endian, varint
 //! integers), specified byte by byte in format-spec/encoding.md.
 
+pub mod condemned;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzz;
@@ -40,6 +41,7 @@ pub enum Kind {
     Pack,
     PackHeader,
     Tree,
+    Condemned,
 }
 
 impl Kind {
@@ -53,6 +55,7 @@ impl Kind {
             Kind::Pack => b"CRNP",
             Kind::PackHeader => b"CRNH",
             Kind::Tree => b"CRNT",
+            Kind::Condemned => b"CRND",
         }
     }
 
@@ -66,6 +69,7 @@ impl Kind {
             Kind::Pack => "pack",
             Kind::PackHeader => "pack header",
             Kind::Tree => "tree",
+            Kind::Condemned => "condemnation record",
         }
     }
 

@@ -45,7 +45,7 @@ impl BlobKind {
 }
 
 /// Where one blob sits in its pack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, bincode::Encode, bincode::Decode)]
 pub struct PackEntry {
     pub kind: BlobKind,
     pub id: Id,

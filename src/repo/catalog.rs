@@ -15,7 +15,7 @@ use crate::format::pack::{BlobKind, PackEntry};
 use crate::id::Id;
 
 /// Bump when the schema changes; an older catalog is then rebuilt.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB);
@@ -26,7 +26,15 @@ CREATE TABLE IF NOT EXISTS blobs(
     offset INTEGER NOT NULL, length INTEGER NOT NULL, raw_len INTEGER NOT NULL,
     PRIMARY KEY(id, pack)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS snapshots(id BLOB PRIMARY KEY, time INTEGER NOT NULL, sealed BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS blobs_by_pack ON blobs(pack);
+CREATE TABLE IF NOT EXISTS condemned_objects(id BLOB PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS condemned(pack BLOB PRIMARY KEY, since INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS verified(pack BLOB PRIMARY KEY, time INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TEMP TABLE IF NOT EXISTS mark(id BLOB PRIMARY KEY) WITHOUT ROWID;
 ";
+
+/// Blob locations in packs that are not condemned (the ones new backups may deduplicate against).
+const LIVE_PACK: &str = "pack NOT IN (SELECT pack FROM condemned)";
 
 /// Where a blob is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,15 +128,7 @@ impl Catalog {
     }
 
     pub fn index_ids(&self) -> Result<Vec<Id>> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT id FROM index_objects")
-            .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map([], |r| id_from(r.get(0)?))
-            .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(|e| self.err(e))
+        self.ids("SELECT id FROM index_objects")
     }
 
     /// Forget every index entry (before a rebuild).
@@ -195,7 +195,8 @@ impl Catalog {
         let mut st = self
             .conn
             .prepare_cached(
-                "SELECT pack, kind, offset, length, raw_len FROM blobs WHERE id = ?1 LIMIT 1",
+                "SELECT pack, kind, offset, length, raw_len FROM blobs WHERE id = ?1 \
+                 ORDER BY pack IN (SELECT pack FROM condemned) LIMIT 1",
             )
             .map_err(|e| self.err(e))?;
         st.query_row([&id.0[..]], |r| {
@@ -216,7 +217,9 @@ impl Catalog {
     pub fn blob_prefixes(&self) -> Result<Vec<u64>> {
         let mut st = self
             .conn
-            .prepare("SELECT DISTINCT substr(id, 1, 8) FROM blobs")
+            .prepare(&format!(
+                "SELECT DISTINCT substr(id, 1, 8) FROM blobs WHERE {LIVE_PACK}"
+            ))
             .map_err(|e| self.err(e))?;
         let rows = st
             .query_map([], |r| {
@@ -235,10 +238,14 @@ impl Catalog {
         Ok(v)
     }
 
+    /// Whether a blob is indexed in a pack that is not condemned: whether a new backup may
+    /// reuse it.
     pub fn has_blob(&self, id: &Id) -> Result<bool> {
         let mut st = self
             .conn
-            .prepare_cached("SELECT 1 FROM blobs WHERE id = ?1 LIMIT 1")
+            .prepare_cached(&format!(
+                "SELECT 1 FROM blobs WHERE id = ?1 AND {LIVE_PACK} LIMIT 1"
+            ))
             .map_err(|e| self.err(e))?;
         st.exists([&id.0[..]]).map_err(|e| self.err(e))
     }
@@ -295,15 +302,7 @@ impl Catalog {
     }
 
     pub fn snapshot_ids(&self) -> Result<Vec<Id>> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT id FROM snapshots")
-            .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map([], |r| id_from(r.get(0)?))
-            .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(|e| self.err(e))
+        self.ids("SELECT id FROM snapshots")
     }
 
     /// Sealed snapshot objects, oldest first.
@@ -334,6 +333,213 @@ impl Catalog {
             .execute("DELETE FROM snapshots WHERE id = ?1", [&id.0[..]])
             .map(|_| ())
             .map_err(|e| self.err(e))
+    }
+
+    fn ids(&self, sql: &str) -> Result<Vec<Id>> {
+        let mut st = self.conn.prepare_cached(sql).map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| id_from(r.get(0)?))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every location of a blob, non-condemned packs first.
+    pub fn locations(&self, id: &Id) -> Result<Vec<BlobLocation>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT pack, kind, offset, length, raw_len FROM blobs WHERE id = ?1 \
+                 ORDER BY pack IN (SELECT pack FROM condemned), pack",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([&id.0[..]], |r| {
+                Ok(BlobLocation {
+                    pack: id_from(r.get(0)?)?,
+                    kind: BlobKind::from_u8(r.get(1)?).unwrap_or(BlobKind::Data),
+                    offset: r.get(2)?,
+                    length: r.get(3)?,
+                    raw_len: r.get(4)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))
+    }
+
+    // ---- condemned packs (two-phase deletion) ----
+
+    /// Names of the condemnation records the catalog has loaded.
+    pub fn condemned_object_ids(&self) -> Result<Vec<Id>> {
+        self.ids("SELECT id FROM condemned_objects")
+    }
+
+    /// Replace what the catalog knows of condemned packs: `records` are the names of the
+    /// effective condemnation records, `packs` what they list (pack, nanoseconds since).
+    pub fn set_condemned(&mut self, records: &[Id], packs: &[(Id, i64)]) -> Result<()> {
+        let path = self.path.clone();
+        let err = |e: rusqlite::Error| Error::Catalog {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        tx.execute_batch("DELETE FROM condemned; DELETE FROM condemned_objects;")
+            .map_err(err)?;
+        {
+            let mut ins = tx
+                .prepare_cached("INSERT OR IGNORE INTO condemned_objects(id) VALUES(?1)")
+                .map_err(err)?;
+            for r in records {
+                ins.execute([&r.0[..]]).map_err(err)?;
+            }
+            // The earliest condemnation of a pack counts.
+            let mut ins = tx
+                .prepare_cached(
+                    "INSERT INTO condemned(pack, since) VALUES(?1, ?2) \
+                     ON CONFLICT(pack) DO UPDATE SET since = MIN(since, excluded.since)",
+                )
+                .map_err(err)?;
+            for (p, since) in packs {
+                ins.execute(params![&p.0[..], since]).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Condemned packs with the time (nanoseconds) they were first condemned.
+    pub fn condemned_packs(&self) -> Result<Vec<(Id, i64)>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT pack, since FROM condemned")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| Ok((id_from(r.get(0)?)?, r.get(1)?)))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))
+    }
+
+    // ---- verification history (check --read-data-subset) ----
+
+    /// When each pack was last read and verified in full (unix seconds).
+    pub fn verified_times(&self) -> Result<std::collections::HashMap<Id, i64>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT pack, time FROM verified")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| Ok((id_from(r.get(0)?)?, r.get(1)?)))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn set_verified(&self, pack: &Id, time_secs: i64) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO verified(pack, time) VALUES(?1, ?2)",
+                params![&pack.0[..], time_secs],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    // ---- marking (check and prune): a set of blob ids kept on disk, not in memory ----
+
+    pub fn mark_clear(&self) -> Result<()> {
+        self.conn
+            .execute_batch("DELETE FROM temp.mark")
+            .map_err(|e| self.err(e))
+    }
+
+    /// Add ids to the mark set; returns how many were not marked before.
+    pub fn mark(&mut self, ids: &[Id]) -> Result<usize> {
+        let path = self.path.clone();
+        let err = |e: rusqlite::Error| Error::Catalog {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        let mut n = 0;
+        {
+            let mut ins = tx
+                .prepare_cached("INSERT OR IGNORE INTO temp.mark(id) VALUES(?1)")
+                .map_err(err)?;
+            for id in ids {
+                n += ins.execute([&id.0[..]]).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)?;
+        Ok(n)
+    }
+
+    pub fn is_marked(&self, id: &Id) -> Result<bool> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT 1 FROM temp.mark WHERE id = ?1")
+            .map_err(|e| self.err(e))?;
+        st.exists([&id.0[..]]).map_err(|e| self.err(e))
+    }
+
+    /// Indexed blobs that are not marked: their count and stored bytes (one copy each).
+    pub fn unmarked_totals(&self) -> Result<(u64, u64)> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(length), 0) FROM \
+                 (SELECT id, MIN(length) AS length FROM blobs \
+                  WHERE id NOT IN (SELECT id FROM temp.mark) GROUP BY id)",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    /// Blobs stored in more than one pack: their count and the stored bytes of the extra copies.
+    pub fn duplicate_totals(&self) -> Result<(u64, u64)> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(extra), 0) FROM \
+                 (SELECT SUM(length) - MIN(length) AS extra FROM blobs GROUP BY id \
+                  HAVING COUNT(*) > 1)",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    /// For prune: per pack, the marked blobs it should keep. Each marked blob is kept in one
+    /// pack only: the first of its locations in a non-condemned pack, else the first condemned
+    /// one. Calls `f(pack, entry)` for every kept blob, grouped by pack.
+    pub fn kept_blobs(&self, mut f: impl FnMut(Id, PackEntry) -> Result<()>) -> Result<()> {
+        let mut st = self
+            .conn
+            .prepare(
+                "WITH keeper AS (SELECT m.id AS id, \
+                    (SELECT b.pack FROM blobs b WHERE b.id = m.id \
+                     ORDER BY b.pack IN (SELECT pack FROM condemned), b.pack LIMIT 1) AS pack \
+                  FROM temp.mark m) \
+                 SELECT b.pack, b.id, b.kind, b.offset, b.length, b.raw_len \
+                 FROM keeper k JOIN blobs b ON b.id = k.id AND b.pack = k.pack \
+                 ORDER BY b.pack, b.offset",
+            )
+            .map_err(|e| self.err(e))?;
+        let mut rows = st.query([]).map_err(|e| self.err(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let pack = id_from(r.get(0).map_err(|e| self.err(e))?).map_err(|e| self.err(e))?;
+            let entry = (|| {
+                Ok::<_, rusqlite::Error>(PackEntry {
+                    id: id_from(r.get(1)?)?,
+                    kind: BlobKind::from_u8(r.get(2)?).unwrap_or(BlobKind::Data),
+                    offset: r.get(3)?,
+                    length: r.get(4)?,
+                    raw_len: r.get(5)?,
+                })
+            })()
+            .map_err(|e| self.err(e))?;
+            f(pack, entry)?;
+        }
+        Ok(())
     }
 }
 

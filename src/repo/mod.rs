@@ -22,10 +22,11 @@ use crate::clock::{Clock, SystemClock};
 use crate::crypto::{Encryption, KdfParams, Keys, MasterKey, random_32};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::Timestamp;
+use crate::format::condemned::Condemned;
 use crate::format::config::Config;
 use crate::format::index::IndexObject;
 use crate::format::keyfile::KeyFile;
-use crate::format::pack::{BlobKind, open_blob};
+use crate::format::pack::{BlobKind, PackHeader, open_blob};
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::Tree;
 use crate::id::Id;
@@ -40,6 +41,7 @@ pub mod keys {
     pub const INDEX: &str = "index/";
     pub const DATA: &str = "data/";
     pub const LOCKS: &str = "locks/";
+    pub const CONDEMNED: &str = "condemned/";
 
     pub fn pack(id: &Id) -> String {
         let h = id.to_hex();
@@ -53,6 +55,9 @@ pub mod keys {
     }
     pub fn key(id: &Id) -> String {
         format!("keys/{id}")
+    }
+    pub fn condemned(id: &Id) -> String {
+        format!("condemned/{id}")
     }
     pub fn lock(id: &Id) -> String {
         format!("locks/{id}")
@@ -387,7 +392,135 @@ impl Repository {
     /// Bring the catalog in step with the repository's index objects and snapshots.
     pub async fn refresh(&self) -> Result<()> {
         self.refresh_index().await?;
+        self.refresh_condemned().await?;
         self.refresh_snapshots().await
+    }
+
+    /// Every index object in the repository, each decoded or with the reason it could not be.
+    /// Failures of the backend itself (unreachable, ...) stop the whole operation.
+    pub async fn load_index_objects(&self) -> Result<Vec<(Id, Result<IndexObject>)>> {
+        let ids: Vec<Id> = self
+            .backend
+            .list(keys::INDEX)
+            .await?
+            .iter()
+            .filter_map(|e| keys::id_of(&e.key))
+            .collect();
+        futures::stream::iter(ids)
+            .map(|id| async move {
+                let key = keys::index(&id);
+                let r = match self.get_verified(&key).await {
+                    Ok(data) => {
+                        let keys = self.keys.clone();
+                        tokio::task::spawn_blocking(move || {
+                            IndexObject::decode(keys.sealer(), &data, &key)
+                        })
+                        .await
+                        .map_err(|e| Error::Other(e.to_string()))?
+                    }
+                    Err(e) => Err(e),
+                };
+                match r {
+                    Err(e)
+                        if !matches!(
+                            e.kind(),
+                            ErrorKind::Corrupt | ErrorKind::UnsupportedVersion
+                        ) =>
+                    {
+                        Err(e)
+                    }
+                    r => Ok((id, r)),
+                }
+            })
+            .buffer_unordered(8)
+            .try_collect()
+            .await
+    }
+
+    /// Replace the catalog's index with the effective index of these objects.
+    pub fn install_index(&self, objects: &[(Id, IndexObject)]) -> Result<()> {
+        let superseded: HashSet<Id> = objects
+            .iter()
+            .flat_map(|(_, i)| i.supersedes.iter().copied())
+            .collect();
+        let mut cat = self.catalog();
+        cat.clear_index()?;
+        for (id, idx) in objects {
+            if !superseded.contains(id) {
+                cat.add_index(Some(id), &idx.packs)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every condemnation record, decoded (damaged ones are skipped with a warning).
+    pub async fn load_condemned(&self) -> Result<Vec<(Id, Condemned)>> {
+        let ids: Vec<Id> = self
+            .backend
+            .list(keys::CONDEMNED)
+            .await?
+            .iter()
+            .filter_map(|e| keys::id_of(&e.key))
+            .collect();
+        futures::stream::iter(ids)
+            .map(|id| async move {
+                let key = keys::condemned(&id);
+                let data = self.get_verified(&key).await?;
+                Ok::<_, Error>((id, Condemned::decode(self.keys.sealer(), &data, &key)?))
+            })
+            .buffer_unordered(8)
+            .filter_map(|r| async move { skip_damaged(r).transpose() })
+            .try_collect()
+            .await
+    }
+
+    async fn refresh_condemned(&self) -> Result<()> {
+        let in_repo: HashSet<Id> = self
+            .backend
+            .list(keys::CONDEMNED)
+            .await?
+            .iter()
+            .filter_map(|e| keys::id_of(&e.key))
+            .collect();
+        let known: HashSet<Id> = self.catalog().condemned_object_ids()?.into_iter().collect();
+        if in_repo == known {
+            return Ok(());
+        }
+        let records = self.load_condemned().await?;
+        let superseded: HashSet<Id> = records
+            .iter()
+            .flat_map(|(_, c)| c.supersedes.iter().copied())
+            .collect();
+        let effective: Vec<&(Id, Condemned)> = records
+            .iter()
+            .filter(|(id, _)| !superseded.contains(id))
+            .collect();
+        let packs: Vec<(Id, i64)> = effective
+            .iter()
+            .flat_map(|(_, c)| c.packs.iter().map(|p| (p.id, p.since.as_nanos())))
+            .collect();
+        // Superseded records count as known too: they are leftovers a prune will delete.
+        let names: Vec<Id> = records.iter().map(|(id, _)| *id).collect();
+        self.catalog().set_condemned(&names, &packs)
+    }
+
+    /// Read and open a pack's header with two ranged reads.
+    pub async fn read_pack_header(&self, pack: &Id, size: u64) -> Result<PackHeader> {
+        use crate::format::pack::{PACK_TRAILER, decode_header, header_range};
+        let key = keys::pack(pack);
+        if size < PACK_TRAILER as u64 {
+            return Err(Error::corrupt(&key, "too short"));
+        }
+        let trailer = self
+            .backend
+            .get_range(&key, size - PACK_TRAILER as u64, PACK_TRAILER as u64)
+            .await?;
+        let (off, len) = header_range(size, &trailer, &key)?;
+        let data = self.backend.get_range(&key, off, len).await?;
+        if data.len() as u64 != len {
+            return Err(Error::corrupt(&key, "shorter than its listed size"));
+        }
+        decode_header(self.keys.sealer(), &data, off, &key)
     }
 
     async fn fetch_indexes(&self, ids: Vec<Id>) -> Result<Vec<(Id, IndexObject)>> {
@@ -451,26 +584,14 @@ impl Repository {
 
     /// Forget the catalog's index and load every index object again.
     pub async fn rebuild_index(&self) -> Result<()> {
-        let ids: Vec<Id> = self
-            .backend
-            .list(keys::INDEX)
-            .await?
-            .iter()
-            .filter_map(|e| keys::id_of(&e.key))
-            .collect();
-        let fetched = self.fetch_indexes(ids).await?;
-        let superseded: HashSet<Id> = fetched
-            .iter()
-            .flat_map(|(_, i)| i.supersedes.iter().copied())
-            .collect();
-        let mut cat = self.catalog();
-        cat.clear_index()?;
-        for (id, idx) in &fetched {
-            if !superseded.contains(id) {
-                cat.add_index(Some(id), &idx.packs)?;
+        let mut objects = Vec::new();
+        for (id, r) in self.load_index_objects().await? {
+            match r {
+                Ok(idx) => objects.push((id, idx)),
+                Err(e) => tracing::warn!("{e}; ignoring it (run `cairn check`)"),
             }
         }
-        Ok(())
+        self.install_index(&objects)
     }
 
     async fn refresh_snapshots(&self) -> Result<()> {

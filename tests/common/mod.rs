@@ -1069,3 +1069,27 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> usize {
     }
     n
 }
+
+/// The packs of a local repository, largest first.
+pub fn packs(env: &Env) -> Vec<PathBuf> {
+    let mut p = files_below(&env.repo.join("data"));
+    p.sort_by_key(|p| std::cmp::Reverse(fs::metadata(p).unwrap().len()));
+    assert!(!p.is_empty(), "no packs");
+    p
+}
+
+/// Invert `n` bytes of a file at offset `at`.
+pub fn flip_bytes(path: &Path, at: u64, n: usize) {
+    use std::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut buf = vec![0u8; n];
+    f.read_exact_at(&mut buf, at).unwrap();
+    for b in &mut buf {
+        *b ^= 0x5a;
+    }
+    f.write_all_at(&buf, at).unwrap();
+}

@@ -1,0 +1,271 @@
+//! `cairn check`: a clean repository passes; damage anywhere is found and attributed to the
+//! snapshots and paths it affects; wasted space is a warning, not an error; subset reads
+//! rotate through the repository.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use common::*;
+
+/// A repository with one snapshot of a tree holding a multi-chunk file and small files.
+fn repo_with_snapshot() -> (Env, PathBuf, String) {
+    let env = Env::with_repo();
+    let src = env.path("src");
+    write(&src.join("big.bin"), &random_bytes(11, 3 << 20));
+    for i in 0..20 {
+        write(
+            &src.join(format!("dir/f{i}.txt")),
+            format!("small file {i}\n").repeat(i + 1).as_bytes(),
+        );
+    }
+    let v = env.backup(&[&src], &[]);
+    let id = v["snapshot_id"].as_str().unwrap().to_string();
+    (env, src, id)
+}
+
+fn check(env: &Env, extra: &[&str]) -> (i32, Value) {
+    let out = env.cmd().args(["check", "--json"]).args(extra).run();
+    let code = out.code;
+    assert!(code == 0 || code == 1, "unexpected exit code: {out}");
+    (code, out.json())
+}
+
+fn strings(v: &Value, field: &str) -> Vec<String> {
+    v[field]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| format!("{}: {}", e["object"], e["message"]))
+        .collect()
+}
+
+/// The damaged paths the report gives for a snapshot.
+fn damaged_paths(report: &Value, snap: &str) -> Vec<String> {
+    report["damaged_snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["id"] == snap)
+        .flat_map(|d| d["paths"].as_array().unwrap().iter())
+        .map(|p| p["path"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_clean_repository_passes() {
+    let (env, _src, _) = repo_with_snapshot();
+    for extra in [&[][..], &["--read-data"][..]] {
+        let (code, v) = check(&env, extra);
+        assert_eq!(code, 0, "{v}");
+        assert!(strings(&v, "errors").is_empty(), "{v}");
+        assert!(strings(&v, "warnings").is_empty(), "{v}");
+        assert_eq!(v["stats"]["snapshots"], 1);
+        assert!(v["stats"]["trees"].as_u64().unwrap() >= 2, "{v}");
+    }
+    let (_, v) = check(&env, &["--read-data"]);
+    let packs = packs(&env).len() as u64;
+    assert_eq!(v["stats"]["packs_read"], packs, "{v}");
+    assert!(v["stats"]["blobs_verified"].as_u64().unwrap() >= 23, "{v}");
+    // Text output.
+    assert!(env.run(["check"]).ok().stdout_str().contains("no errors"));
+}
+
+/// One flipped byte anywhere in any pack is found by `check --read-data`; where it hits a
+/// blob, the report names the snapshot and the file.
+#[test]
+fn a_flipped_byte_in_any_pack_is_found() {
+    let (env, src, snap) = repo_with_snapshot();
+    for pack in packs(&env) {
+        let len = fs::metadata(&pack).unwrap().len();
+        let original = fs::read(&pack).unwrap();
+        let name = pack.file_name().unwrap().to_str().unwrap().to_string();
+        // The prefix, blobs at several places, the header and the trailer.
+        let mut at: Vec<u64> = vec![0, 4, 5, 40, len / 3, len / 2, len - 40, len - 1];
+        at.sort();
+        at.dedup();
+        for pos in at {
+            flip_bytes(&pack, pos, 1);
+            let (code, v) = check(&env, &["--read-data"]);
+            assert_eq!(
+                code, 1,
+                "byte {pos} of {name} flipped, but check passes: {v}"
+            );
+            let errors = strings(&v, "errors").join("\n");
+            assert!(errors.contains(&name), "pack not named (byte {pos}): {v}");
+            let paths = damaged_paths(&v, &snap);
+            for p in &paths {
+                assert!(
+                    p.starts_with(&format!("{}/", src.display())),
+                    "odd damaged path {p}: {v}"
+                );
+            }
+            fs::write(&pack, &original).unwrap();
+        }
+        // A flip in the middle of the data pack hits a blob of big.bin.
+        if len > 1 << 20 {
+            flip_bytes(&pack, len / 2, 1);
+            let (_, v) = check(&env, &["--read-data"]);
+            let paths = damaged_paths(&v, &snap);
+            assert_eq!(paths, vec![format!("{}/big.bin", src.display())], "{v}");
+            fs::write(&pack, &original).unwrap();
+        }
+    }
+    let (code, v) = check(&env, &["--read-data"]);
+    assert_eq!(code, 0, "{v}");
+}
+
+/// Without --read-data, a damaged header, a truncated pack and a missing pack are found.
+#[test]
+fn structural_check_finds_missing_and_truncated_packs() {
+    let (env, src, snap) = repo_with_snapshot();
+    let data_pack = packs(&env)[0].clone();
+    let original = fs::read(&data_pack).unwrap();
+    let len = original.len() as u64;
+    let name = data_pack.file_name().unwrap().to_str().unwrap().to_string();
+
+    flip_bytes(&data_pack, len - 30, 1);
+    let (code, v) = check(&env, &[]);
+    assert_eq!(code, 1, "{v}");
+    assert!(strings(&v, "errors").join("\n").contains(&name), "{v}");
+    fs::write(&data_pack, &original).unwrap();
+
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&data_pack)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let (code, v) = check(&env, &[]);
+    assert_eq!(code, 1, "{v}");
+    assert!(strings(&v, "errors").join("\n").contains(&name), "{v}");
+    assert!(
+        damaged_paths(&v, &snap).contains(&format!("{}/big.bin", src.display())),
+        "{v}"
+    );
+
+    fs::remove_file(&data_pack).unwrap();
+    let out = env.run(["check"]).code(1);
+    out.stderr_has(&name)
+        .stderr_has("missing")
+        .stderr_has("big.bin");
+}
+
+/// A flipped byte in an index object or a snapshot object is an error naming the object and
+/// the snapshots it affects; a damaged key file beside a good one is a warning.
+#[test]
+fn damaged_metadata_is_attributed() {
+    let (env, src, snap) = repo_with_snapshot();
+    let index = files_below(&env.repo.join("index"));
+    assert_eq!(index.len(), 1);
+    let original = fs::read(&index[0]).unwrap();
+    flip_bytes(&index[0], original.len() as u64 / 2, 1);
+    let (code, v) = check(&env, &[]);
+    assert_eq!(code, 1, "{v}");
+    let idx_name = index[0].file_name().unwrap().to_str().unwrap();
+    assert!(strings(&v, "errors").join("\n").contains(idx_name), "{v}");
+    // Every blob is now missing from the index: the whole snapshot is damaged.
+    assert!(!damaged_paths(&v, &snap).is_empty(), "{v}");
+    fs::write(&index[0], &original).unwrap();
+
+    let snaps = files_below(&env.repo.join("snapshots"));
+    let original = fs::read(&snaps[0]).unwrap();
+    flip_bytes(&snaps[0], original.len() as u64 - 3, 1);
+    let (code, v) = check(&env, &[]);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(damaged_paths(&v, &snap), vec!["/".to_string()], "{v}");
+    fs::write(&snaps[0], &original).unwrap();
+
+    // A stray copy of the key file under a name it does not hash to.
+    let key = files_below(&env.repo.join("keys"))[0].clone();
+    let mut bytes = fs::read(&key).unwrap();
+    bytes[10] ^= 1;
+    let stray = key.with_file_name(format!("{:064x}", 7));
+    fs::write(&stray, &bytes).unwrap();
+    let (code, v) = check(&env, &[]);
+    assert_eq!(code, 0, "{v}");
+    assert!(strings(&v, "warnings").join("\n").contains("keys/"), "{v}");
+    fs::remove_file(&stray).unwrap();
+
+    let (code, v) = check(&env, &["--read-data"]);
+    assert_eq!(code, 0, "{v}");
+    let t = env.path("t");
+    env.restore("latest", &t, &[]);
+    assert_eq!(
+        fs::read(t.join(src.strip_prefix("/").unwrap()).join("big.bin")).unwrap(),
+        random_bytes(11, 3 << 20)
+    );
+}
+
+/// Wasted space (a pack no index names) is a warning: exit 0.
+#[test]
+fn unreferenced_data_is_a_warning() {
+    let (env, _src, _) = repo_with_snapshot();
+    let p = packs(&env)[0].clone();
+    let bytes = fs::read(&p).unwrap();
+    let stray_id = format!("{}", blake3::hash(b"stray"));
+    let dir = env.repo.join("data").join(&stray_id[..2]);
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join(&stray_id), &bytes).unwrap();
+    let (code, v) = check(&env, &[]);
+    assert_eq!(code, 0, "{v}");
+    let w = strings(&v, "warnings").join("\n");
+    assert!(
+        w.contains("not in the index") && w.contains(&stray_id),
+        "{v}"
+    );
+}
+
+/// `--read-data-subset N/M` partitions the packs; `P%` reads the packs verified longest ago
+/// first, so repeated runs cover everything.
+#[test]
+fn subsets_partition_and_rotate() {
+    let env = Env::with_repo();
+    for i in 0..4u64 {
+        let src = env.path(&format!("src{i}"));
+        write(&src.join("f.bin"), &random_bytes(100 + i, 200_000));
+        env.backup(&[&src], &[]);
+    }
+    let all: BTreeSet<String> = packs(&env)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_str().unwrap().to_string())
+        .collect();
+    assert!(all.len() >= 8, "{all:?}");
+    let read = |extra: &[&str]| -> BTreeSet<String> {
+        let (code, v) = check(&env, extra);
+        assert_eq!(code, 0, "{v}");
+        v["stats"]["read_packs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
+    let a = read(&["--read-data-subset", "1/3"]);
+    let b = read(&["--read-data-subset", "2/3"]);
+    let c = read(&["--read-data-subset", "3/3"]);
+    assert!(a.is_disjoint(&b) && a.is_disjoint(&c) && b.is_disjoint(&c));
+    let union: BTreeSet<String> = a.iter().chain(&b).chain(&c).cloned().collect();
+    assert_eq!(union, all);
+
+    // Forget what the N/M runs verified: a fresh cache.
+    fs::remove_dir_all(&env.cache).unwrap();
+    let n = all.len().div_ceil(4);
+    let mut seen = BTreeSet::new();
+    for round in 0..4 {
+        let r = read(&["--read-data-subset", "25%"]);
+        assert_eq!(r.len(), n, "round {round}");
+        if round < 3 {
+            assert!(r.is_disjoint(&seen), "round {round} re-read packs: {r:?}");
+        }
+        seen.extend(r);
+    }
+    assert_eq!(seen, all);
+    env.run(["check", "--read-data-subset", "0/3"])
+        .code(1)
+        .stderr_has("read-data-subset");
+}
