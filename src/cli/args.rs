@@ -65,6 +65,10 @@ pub enum Command {
     Stats(StatsArgs),
     /// Verify the repository: structure, and with --read-data every blob.
     Check(super::maint::CheckArgs),
+    /// Delete data no snapshot needs (two-phase: condemn, then delete after --grace).
+    Prune(super::maint::PruneArgs),
+    /// Rebuild repository metadata from what survives.
+    Repair(super::maint::RepairArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -36,6 +36,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Restore(a) => restore_cmd(g, a).await,
         Command::Stats(a) => stats(g, a).await,
         Command::Check(a) => super::maint::check(g, a).await,
+        Command::Prune(a) => super::maint::prune(g, a).await,
+        Command::Repair(a) => super::maint::repair(g, a).await,
     }
 }
 

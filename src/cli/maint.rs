@@ -1,12 +1,13 @@
-//! Maintenance commands: check (and, as they land, prune and repair).
+//! Maintenance commands: check, prune, repair.
 
 use anyhow::Result;
 use clap::Args;
 
 use cairn::ops::check::{self, CheckOptions, CheckReport, ReadData};
+use cairn::ops::prune::{PruneOptions, PruneReport};
 
 use super::args::GlobalArgs;
-use super::commands::{open_repo, print_json};
+use super::commands::{open_repo, parse_duration, print_json};
 use super::output::{self, ProgressBar};
 use super::{EXIT_FAILURE, EXIT_OK};
 
@@ -105,5 +106,125 @@ fn print_report(r: &CheckReport, quiet: bool) {
             r.errors.len(),
             r.damaged_snapshots.len()
         );
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Repack packs with more than this share of unneeded data, e.g. 5% (or 0.05).
+    #[arg(long, default_value = "5%")]
+    pub max_unused: String,
+    /// How long obsolete packs stay condemned before a prune deletes them (0s: at once).
+    #[arg(long, default_value = "1h")]
+    pub grace: String,
+    /// Print what would be done; change nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+}
+
+fn parse_share(s: &str) -> Result<f64> {
+    let v = match s.trim().strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|p| p / 100.0),
+        None => s.trim().parse::<f64>(),
+    };
+    match v {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => anyhow::bail!("--max-unused {s:?}: use a percentage such as 5% (0% to 100%)"),
+    }
+}
+
+pub fn prune_options(g: &GlobalArgs, a: &PruneArgs) -> Result<PruneOptions> {
+    Ok(PruneOptions {
+        max_unused: parse_share(&a.max_unused)?,
+        grace: parse_duration(&a.grace)?,
+        dry_run: a.dry_run,
+        lease_wait: parse_duration(&g.lease_wait)?,
+    })
+}
+
+pub async fn prune(g: &GlobalArgs, a: PruneArgs) -> Result<i32> {
+    let opts = prune_options(g, &a)?;
+    let repo = open_repo(g).await?;
+    let r = cairn::ops::prune::prune(&repo, &opts).await?;
+    print_prune(g, &r)?;
+    Ok(EXIT_OK)
+}
+
+pub fn print_prune(g: &GlobalArgs, r: &PruneReport) -> Result<()> {
+    if g.json {
+        return print_json(&serde_json::to_value(r)?);
+    }
+    if g.quiet {
+        return Ok(());
+    }
+    let would = if r.dry_run { "would be " } else { "" };
+    println!(
+        "{} snapshots use {} blobs; {} packs ({}) before",
+        r.snapshots,
+        r.blobs_used,
+        r.packs_before,
+        output::bytes(r.bytes_before)
+    );
+    println!(
+        "repacked: {} packs ({} of needed data {would}copied into {} new packs)",
+        r.packs_repacked,
+        output::bytes(r.bytes_repacked),
+        r.packs_written
+    );
+    println!(
+        "deleted: {} packs, {} freed",
+        r.packs_deleted,
+        output::bytes(r.bytes_deleted)
+    );
+    println!(
+        "condemned: {} packs ({}) {would}deleted by a prune after the grace period; {} packs ({}) still waiting",
+        r.packs_condemned,
+        output::bytes(r.bytes_condemned),
+        r.packs_waiting,
+        output::bytes(r.bytes_waiting)
+    );
+    if r.packs_rescued > 0 {
+        println!(
+            "{} condemned packs are needed again and were kept",
+            r.packs_rescued
+        );
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct RepairArgs {
+    #[command(subcommand)]
+    pub what: RepairWhat,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum RepairWhat {
+    /// Rebuild the index from the pack headers alone.
+    Index,
+}
+
+pub async fn repair(g: &GlobalArgs, a: RepairArgs) -> Result<i32> {
+    let repo = open_repo(g).await?;
+    match a.what {
+        RepairWhat::Index => {
+            let r = cairn::ops::repair::repair_index(&repo, parse_duration(&g.lease_wait)?).await?;
+            if g.json {
+                print_json(&serde_json::to_value(&r)?)?;
+            } else if !g.quiet {
+                println!(
+                    "indexed {} blobs in {} packs; wrote {} index objects, removed {}",
+                    r.blobs, r.packs, r.index_objects_written, r.index_objects_removed
+                );
+                for p in &r.unreadable_packs {
+                    eprintln!("error: {p}: header unreadable; its blobs are lost to the index");
+                }
+            }
+            Ok(if r.unreadable_packs.is_empty() {
+                EXIT_OK
+            } else {
+                EXIT_FAILURE
+            })
+        }
     }
 }

@@ -3,5 +3,7 @@
 pub mod backup;
 pub mod check;
 pub mod progress;
+pub mod prune;
 pub mod read;
+pub mod repair;
 pub mod restore;

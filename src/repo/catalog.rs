@@ -482,26 +482,32 @@ impl Catalog {
         st.exists([&id.0[..]]).map_err(|e| self.err(e))
     }
 
-    /// Indexed blobs that are not marked: their count and stored bytes (one copy each).
+    /// Indexed blobs that are not marked: their count and stored bytes (one copy each);
+    /// condemned packs are not counted (prune has dealt with them).
     pub fn unmarked_totals(&self) -> Result<(u64, u64)> {
         self.conn
             .query_row(
-                "SELECT COUNT(*), COALESCE(SUM(length), 0) FROM \
+                &format!(
+                    "SELECT COUNT(*), COALESCE(SUM(length), 0) FROM \
                  (SELECT id, MIN(length) AS length FROM blobs \
-                  WHERE id NOT IN (SELECT id FROM temp.mark) GROUP BY id)",
+                  WHERE id NOT IN (SELECT id FROM temp.mark) AND {LIVE_PACK} GROUP BY id)"
+                ),
                 [],
                 |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
             )
             .map_err(|e| self.err(e))
     }
 
-    /// Blobs stored in more than one pack: their count and the stored bytes of the extra copies.
+    /// Blobs stored in more than one pack that is not condemned: their count and the stored
+    /// bytes of the extra copies.
     pub fn duplicate_totals(&self) -> Result<(u64, u64)> {
         self.conn
             .query_row(
-                "SELECT COUNT(*), COALESCE(SUM(extra), 0) FROM \
-                 (SELECT SUM(length) - MIN(length) AS extra FROM blobs GROUP BY id \
-                  HAVING COUNT(*) > 1)",
+                &format!(
+                    "SELECT COUNT(*), COALESCE(SUM(extra), 0) FROM \
+                 (SELECT SUM(length) - MIN(length) AS extra FROM blobs WHERE {LIVE_PACK} \
+                  GROUP BY id HAVING COUNT(*) > 1)"
+                ),
                 [],
                 |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
             )

@@ -1,0 +1,144 @@
+//! Repair (DESIGN.md §5): rebuild the index from the packs alone.
+//!
+//! `repair index` reads every pack's header (two ranged reads each), writes index objects that
+//! describe every pack whose header opens, the last of them superseding every index object
+//! that existed before, then deletes those. It needs neither the catalog nor any old index
+//! object, so it recovers from lost or damaged index objects and adopts the packs an
+//! interrupted backup left unindexed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use crate::error::{Error, Result};
+use crate::format::index::{IndexObject, IndexPack};
+use crate::format::lease::LeaseKind;
+use crate::id::Id;
+use crate::repo::{Repository, keys};
+
+/// Index objects are cut at about this many entries, to bound their size.
+pub const ENTRIES_PER_INDEX_OBJECT: usize = 200_000;
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct RepairIndexReport {
+    pub packs: u64,
+    pub blobs: u64,
+    /// Packs whose header could not be read: their blobs are lost to the index.
+    pub unreadable_packs: Vec<String>,
+    pub index_objects_written: u64,
+    pub index_objects_removed: u64,
+}
+
+/// Write `packs` as new index objects, the last one superseding `old`; returns the new names.
+/// Nothing superseded disappears before every new object is stored.
+pub async fn write_index(
+    repo: &Repository,
+    packs: Vec<IndexPack>,
+    old: Vec<Id>,
+) -> Result<Vec<Id>> {
+    let mut chunks: Vec<Vec<IndexPack>> = vec![Vec::new()];
+    let mut entries = 0;
+    for p in packs {
+        if entries + p.entries.len() > ENTRIES_PER_INDEX_OBJECT
+            && !chunks.last().is_some_and(|c| c.is_empty())
+        {
+            chunks.push(Vec::new());
+            entries = 0;
+        }
+        entries += p.entries.len();
+        chunks.last_mut().expect("one chunk").push(p);
+    }
+    let last = chunks.pop().expect("one chunk");
+    let mut written = Vec::new();
+    for c in chunks {
+        written.push(
+            repo.save_index(&IndexObject {
+                supersedes: vec![],
+                packs: c,
+            })
+            .await?,
+        );
+    }
+    // An earlier chunk may be byte-identical to an old object (same packs): keep it.
+    let old: Vec<Id> = old.into_iter().filter(|id| !written.contains(id)).collect();
+    written.push(
+        repo.save_index(&IndexObject {
+            supersedes: old,
+            packs: last,
+        })
+        .await?,
+    );
+    Ok(written)
+}
+
+pub async fn repair_index(
+    repo: &Arc<Repository>,
+    lease_wait: Duration,
+) -> Result<RepairIndexReport> {
+    let lease = repo
+        .acquire_lease(LeaseKind::Exclusive, "repair index", lease_wait)
+        .await?;
+    let r = rebuild(repo, &lease).await;
+    lease.release().await?;
+    r
+}
+
+async fn rebuild(
+    repo: &Arc<Repository>,
+    lease: &crate::repo::lease::LeaseGuard,
+) -> Result<RepairIndexReport> {
+    let mut report = RepairIndexReport::default();
+    let old: Vec<Id> = repo
+        .backend()
+        .list(keys::INDEX)
+        .await?
+        .iter()
+        .filter_map(|e| keys::id_of(&e.key))
+        .collect();
+    let stored: Vec<(Id, u64)> = repo
+        .backend()
+        .list(keys::DATA)
+        .await?
+        .into_iter()
+        .filter_map(|e| keys::id_of(&e.key).map(|id| (id, e.size)))
+        .collect();
+    let conns = repo.connections().max(2) * 4;
+    let headers: Vec<(Id, u64, Result<Vec<crate::format::pack::PackEntry>>)> =
+        futures::stream::iter(stored)
+            .map(|(id, size)| async move {
+                let r = repo.read_pack_header(&id, size).await.map(|h| h.entries);
+                (id, size, r)
+            })
+            .buffer_unordered(conns)
+            .collect()
+            .await;
+    let mut packs = Vec::new();
+    for (id, size, r) in headers {
+        match r {
+            Ok(entries) => {
+                report.packs += 1;
+                report.blobs += entries.len() as u64;
+                packs.push(IndexPack { id, size, entries });
+            }
+            Err(e) if e.kind() == crate::ErrorKind::Corrupt => {
+                tracing::warn!("{e}; its blobs cannot be indexed");
+                report.unreadable_packs.push(keys::pack(&id));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    packs.sort_by_key(|p| p.id);
+    lease.check()?;
+    let written = write_index(repo, packs, old.clone()).await?;
+    report.index_objects_written = written.len() as u64;
+    for id in old.iter().filter(|id| !written.contains(id)) {
+        repo.backend()
+            .delete(&keys::index(id))
+            .await
+            .map_err(Error::from)?;
+        report.index_objects_removed += 1;
+    }
+    repo.rebuild_index().await?;
+    Ok(report)
+}
