@@ -16,6 +16,7 @@ use cairn::ErrorKind;
 use cairn::chunker::{Chunker, ChunkerParams};
 use cairn::compress::{self, Compression};
 use cairn::crypto::{Encryption, KdfParams, Keys, MasterKey, NONCE_LEN, Sealer, TAG_LEN};
+use cairn::format::condemned::{Condemned, CondemnedPack};
 use cairn::format::config::Config;
 use cairn::format::index::{IndexObject, IndexPack};
 use cairn::format::keyfile::KeyFile;
@@ -57,6 +58,7 @@ const N_CONFIG: u8 = b'C';
 const N_SNAPSHOT: u8 = b'S';
 const N_INDEX: u8 = b'I';
 const N_LEASE: u8 = b'L';
+const N_CONDEMNED: u8 = b'D';
 const N_PACK_HEADER: u8 = b'H';
 const N_BLOB_ZSTD: u8 = b'1';
 const N_BLOB_STORED: u8 = b'2';
@@ -336,6 +338,22 @@ fn superseded_index() -> Id {
     Id([0x5e; 32])
 }
 
+fn expected_condemned() -> Condemned {
+    Condemned {
+        supersedes: vec![superseded_index()],
+        packs: vec![
+            CondemnedPack {
+                id: Id([0xc1; 32]),
+                since: T0,
+            },
+            CondemnedPack {
+                id: Id([0xc2; 32]),
+                since: t(3600, 0),
+            },
+        ],
+    }
+}
+
 fn expected_lease() -> Lease {
     Lease {
         kind: LeaseKind::Exclusive,
@@ -517,6 +535,19 @@ fn build_all() -> Vec<(String, Vec<u8>)> {
             k.sealer(),
             &fmt::encode(&lease),
             nonce(N_LEASE),
+        ),
+    );
+
+    // Condemnation record.
+    let cond = expected_condemned();
+    put("condemned.plain.bin", fmt::encode(&cond));
+    put(
+        "condemned.bin",
+        seal_body(
+            Kind::Condemned,
+            k.sealer(),
+            &fmt::encode(&cond),
+            nonce(N_CONDEMNED),
         ),
     );
 
@@ -979,6 +1010,28 @@ fn lease() {
         data
     );
     assert_rejects_version_2(&data, |d| Lease::decode(k.sealer(), d, "l").map(|_| ()));
+}
+
+#[test]
+fn condemned() {
+    let k = keys(Encryption::Repokey);
+    let data = read("condemned.bin");
+    assert_eq!(&data[..5], b"CRND\x01");
+    let c = Condemned::decode(k.sealer(), &data, "condemned/v").unwrap();
+    assert_eq!(c, expected_condemned());
+    let plain = read("condemned.plain.bin");
+    assert_eq!(fmt::encode(&c), plain);
+    // supersedes: one id; packs: two (id, since).
+    assert_eq!(plain[0], 1);
+    assert_eq!(&plain[1..33], &[0x5e; 32]);
+    assert_eq!(plain[33], 2);
+    assert_eq!(&plain[34..66], &[0xc1; 32]);
+    assert_eq!(nonce_at(&data, 5), nonce(N_CONDEMNED));
+    assert_eq!(
+        seal_body(Kind::Condemned, k.sealer(), &plain, nonce_at(&data, 5)),
+        data
+    );
+    assert_rejects_version_2(&data, |d| Condemned::decode(k.sealer(), d, "c").map(|_| ()));
 }
 
 #[test]

@@ -12,6 +12,7 @@ use cairn::Id;
 use cairn::chunker::ChunkerParams;
 use cairn::compress::{self, Compression};
 use cairn::crypto::{Encryption, KdfParams};
+use cairn::format::condemned::{Condemned, CondemnedPack};
 use cairn::format::config::Config;
 use cairn::format::fuzz::{self, MASTER, TARGETS, keys, seal_fixed, seal_object_fixed};
 use cairn::format::index::{IndexObject, IndexPack};
@@ -105,6 +106,8 @@ fn generated_seeds_decode_and_run() {
     Tree::decode(&get("tree", "valid"), "t").unwrap();
     Lease::decode(rk.sealer(), &get("lease", "valid-repokey"), "l").unwrap();
     Lease::decode(none.sealer(), &get("lease", "valid-none"), "l").unwrap();
+    Condemned::decode(rk.sealer(), &get("condemned", "valid-repokey"), "c").unwrap();
+    Condemned::decode(none.sealer(), &get("condemned", "valid-none"), "c").unwrap();
     for (name, keys) in [("valid-repokey", rk), ("valid-none", none)] {
         let p = get("pack", name);
         let h = pack::decode_pack(keys.sealer(), &p, "p").unwrap();
@@ -355,6 +358,22 @@ fn seeds() -> Seeds {
         nonce: [3; 16],
     };
     sealed_seeds(&mut s, "lease", Kind::Lease, encode(&lease));
+
+    // condemnation record
+    let cond = Condemned {
+        supersedes: vec![id(0x5e)],
+        packs: vec![
+            CondemnedPack {
+                id: id(0xc1),
+                since: ts(1_800_000_000),
+            },
+            CondemnedPack {
+                id: id(0xc2),
+                since: ts(1_800_003_600),
+            },
+        ],
+    };
+    sealed_seeds(&mut s, "condemned", Kind::Condemned, encode(&cond));
 
     // pack, and blob seeds from its blobs
     let text: Vec<u8> = b"INSERT INTO t VALUES (1,'cairn');\n".repeat(40);

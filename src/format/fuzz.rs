@@ -14,6 +14,7 @@
 use std::io::{self, Read};
 use std::sync::OnceLock;
 
+use super::condemned::Condemned;
 use super::config::Config;
 use super::index::IndexObject;
 use super::keyfile::KeyFile;
@@ -293,6 +294,22 @@ pub fn tree(data: &[u8]) {
     }
 }
 
+/// Condemnation records: `Condemned::decode`.
+pub fn condemned(data: &[u8]) {
+    let dec = |s: &Sealer, d: &[u8]| Condemned::decode(s, d, "condemned");
+    sealed_object(Kind::Condemned, data, dec, |sealer, c| {
+        let again = dec(
+            sealer,
+            &seal_object_fixed(Kind::Condemned, sealer, &encode(c)),
+        )
+        .expect("condemnation record round trip");
+        assert_eq!(&again, c);
+        for p in &c.packs {
+            check_timestamp(p.since);
+        }
+    });
+}
+
 /// Leases: `Lease::decode`.
 pub fn lease(data: &[u8]) {
     let dec = |s: &Sealer, d: &[u8]| Lease::decode(s, d, "lease");
@@ -538,6 +555,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("index", index),
     ("tree", tree),
     ("lease", lease),
+    ("condemned", condemned),
     ("pack", pack),
     ("blob", blob),
     ("chunker", chunker),
