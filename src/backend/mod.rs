@@ -11,9 +11,11 @@
 //!   no completed `delete` removed, with sizes, in no particular order.
 //! - `delete` of a missing key succeeds.
 
+mod fault;
 mod local;
 mod memory;
 
+pub use fault::{Fault, FaultBackend, FaultKind};
 pub use local::LocalBackend;
 pub use memory::MemoryBackend;
 

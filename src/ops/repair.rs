@@ -24,8 +24,11 @@ pub const ENTRIES_PER_INDEX_OBJECT: usize = 200_000;
 pub struct RepairIndexReport {
     pub packs: u64,
     pub blobs: u64,
-    /// Packs whose header could not be read: their blobs are lost to the index.
+    /// Packs whose header could not be read and that no old index object describes: their
+    /// blobs are lost to the index.
     pub unreadable_packs: Vec<String>,
+    /// Packs whose header could not be read, indexed from an old index object instead.
+    pub headers_unreadable: Vec<String>,
     pub index_objects_written: u64,
     pub index_objects_removed: u64,
 }
@@ -114,6 +117,7 @@ async fn rebuild(
             .collect()
             .await;
     let mut packs = Vec::new();
+    let mut old_entries: Option<std::collections::HashMap<Id, IndexPack>> = None;
     for (id, size, r) in headers {
         match r {
             Ok(entries) => {
@@ -122,8 +126,30 @@ async fn rebuild(
                 packs.push(IndexPack { id, size, entries });
             }
             Err(e) if e.kind() == crate::ErrorKind::Corrupt => {
-                tracing::warn!("{e}; its blobs cannot be indexed");
-                report.unreadable_packs.push(keys::pack(&id));
+                // Keep what a readable old index object says of the pack, if one does: the
+                // blobs may well be intact (`check --read-data` tells).
+                if old_entries.is_none() {
+                    let mut m = std::collections::HashMap::new();
+                    for (_, o) in repo.load_index_objects().await? {
+                        for p in o.map(|o| o.packs).unwrap_or_default() {
+                            m.insert(p.id, p);
+                        }
+                    }
+                    old_entries = Some(m);
+                }
+                match old_entries.as_ref().and_then(|m| m.get(&id)) {
+                    Some(p) if p.size == size => {
+                        tracing::warn!("{e}; keeping the old index's entries for it");
+                        report.packs += 1;
+                        report.blobs += p.entries.len() as u64;
+                        report.headers_unreadable.push(keys::pack(&id));
+                        packs.push(p.clone());
+                    }
+                    _ => {
+                        tracing::warn!("{e}; its blobs cannot be indexed");
+                        report.unreadable_packs.push(keys::pack(&id));
+                    }
+                }
             }
             Err(e) => return Err(e),
         }
