@@ -1,6 +1,7 @@
 //! Operations: where the repository, the sources, tokio and rayon meet.
 
 pub mod backup;
+pub mod forget;
 pub mod progress;
 pub mod read;
 pub mod restore;
