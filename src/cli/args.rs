@@ -63,6 +63,8 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Sizes: logical, stored, deduplication and compression ratios.
     Stats(StatsArgs),
+    /// Remove snapshots: the ones named, or those a --keep-* policy does not keep.
+    Forget(super::forget::ForgetArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

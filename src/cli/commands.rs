@@ -35,6 +35,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Dump(a) => dump(g, a).await,
         Command::Restore(a) => restore_cmd(g, a).await,
         Command::Stats(a) => stats(g, a).await,
+        Command::Forget(a) => super::forget::forget(g, a).await,
     }
 }
 
@@ -122,7 +123,7 @@ fn kdf_params() -> KdfParams {
     }
 }
 
-async fn open_repo(g: &GlobalArgs) -> Result<Arc<Repository>> {
+pub(super) async fn open_repo(g: &GlobalArgs) -> Result<Arc<Repository>> {
     let b = backend(g)?;
     let location = b.location();
     let repo = Repository::open(b, || password(g, false), &open_options(g))
@@ -131,7 +132,7 @@ async fn open_repo(g: &GlobalArgs) -> Result<Arc<Repository>> {
     Ok(Arc::new(repo))
 }
 
-fn parse_duration(s: &str) -> Result<Duration> {
+pub(super) fn parse_duration(s: &str) -> Result<Duration> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num.parse().with_context(|| format!("duration {s:?}"))?;
@@ -165,7 +166,7 @@ fn split_snap(spec: &str) -> (&str, Option<&str>) {
     }
 }
 
-fn print_json(v: &serde_json::Value) -> Result<()> {
+pub(super) fn print_json(v: &serde_json::Value) -> Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, v)?;
     writeln!(out)?;
@@ -324,7 +325,7 @@ fn report_backup(g: &GlobalArgs, o: &BackupOutcome, took: Duration) -> Result<()
     Ok(())
 }
 
-fn snapshot_json(id: &Id, s: &Snapshot) -> serde_json::Value {
+pub(super) fn snapshot_json(id: &Id, s: &Snapshot) -> serde_json::Value {
     serde_json::json!({
         "id": id,
         "short_id": id.short(),

@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod forget;
+pub mod forget_run;
 pub mod progress;
 pub mod read;
 pub mod restore;
