@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::format::lease::LeaseKind;
 use crate::format::snapshot::Snapshot;
 use crate::id::Id;
+use crate::repo::lease::LeaseGuard;
 use crate::repo::{Repository, keys};
 
 /// What to forget.
@@ -92,41 +93,38 @@ fn validate(opts: &ForgetOptions) -> Result<()> {
 /// Decide what to forget, and (unless a dry run) delete it.
 pub async fn run(repo: &Arc<Repository>, opts: &ForgetOptions) -> Result<ForgetOutcome> {
     validate(opts)?;
-    let lease = if opts.dry_run {
-        None
-    } else {
-        let l = repo
-            .acquire_lease(LeaseKind::Exclusive, "forget", opts.lease_wait)
-            .await?;
+    if opts.dry_run {
+        return decide(repo, opts);
+    }
+    let lease = repo
+        .acquire_lease(LeaseKind::Exclusive, "forget", opts.lease_wait)
+        .await?;
+    let result = async {
         // Snapshots committed before we held the lease are then visible to the decision.
         repo.refresh().await?;
-        Some(l)
-    };
-    let result = decide_and_delete(repo, opts, lease.as_ref()).await;
-    if let Some(l) = lease {
-        let released = l.release().await;
-        let outcome = result?;
-        released?;
-        return Ok(outcome);
+        decide_and_delete(repo, opts, &lease).await
     }
-    result
+    .await;
+    // Release the lease whatever happened, but report the operation's error first.
+    let released = lease.release().await;
+    let outcome = result?;
+    released?;
+    Ok(outcome)
 }
 
 async fn decide_and_delete(
     repo: &Arc<Repository>,
     opts: &ForgetOptions,
-    lease: Option<&crate::repo::lease::LeaseGuard>,
+    lease: &LeaseGuard,
 ) -> Result<ForgetOutcome> {
     let mut out = decide(repo, opts)?;
-    if let Some(lease) = lease {
-        for (id, _) in &out.remove {
-            // Never delete on a lease others may already consider gone.
-            lease.check()?;
-            repo.backend().delete(&keys::snapshot(id)).await?;
-            repo.catalog().remove_snapshot(id)?;
-            tracing::info!("removed snapshot {id}");
-            out.removed.push(*id);
-        }
+    for (id, _) in &out.remove {
+        // Never delete on a lease others may already consider gone.
+        lease.check()?;
+        repo.backend().delete(&keys::snapshot(id)).await?;
+        repo.catalog().remove_snapshot(id)?;
+        tracing::info!("removed snapshot {id}");
+        out.removed.push(*id);
     }
     Ok(out)
 }
@@ -199,5 +197,134 @@ fn info((id, s): &(Id, Snapshot)) -> SnapshotInfo {
         host: s.host.clone(),
         paths: s.paths.clone(),
         tags: s.tags.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Backend;
+    use crate::backend::MemoryBackend;
+    use crate::clock::FakeClock;
+    use crate::crypto::KdfParams;
+    use crate::format::Timestamp;
+    use crate::format::snapshot::Summary;
+    use crate::ops::forget::Count;
+    use crate::repo::{InitOptions, OpenOptions};
+
+    const DAY: i64 = 86_400;
+    /// 2026-01-01T00:00:00Z
+    const T0: i64 = 1_767_225_600;
+
+    async fn repo_with_days(
+        days: &[i64],
+    ) -> (tempfile::TempDir, Arc<MemoryBackend>, Arc<Repository>) {
+        let cache = tempfile::tempdir().unwrap();
+        let backend = Arc::new(MemoryBackend::new());
+        let mut open = OpenOptions::new(cache.path());
+        open.clock = FakeClock::new(T0 + 365 * DAY);
+        let init = InitOptions {
+            kdf: KdfParams::INSECURE_FOR_TESTS,
+            ..Default::default()
+        };
+        let repo = Repository::init(backend.clone(), b"pw", &init, &open)
+            .await
+            .unwrap();
+        for d in days {
+            let snap = Snapshot {
+                time: Timestamp::new(T0 + d * DAY, 0),
+                tree: Id([0; 32]),
+                paths: vec!["/p".into()],
+                host: "h".into(),
+                username: "u".into(),
+                uid: 0,
+                gid: 0,
+                tags: vec![],
+                parent: None,
+                source: "files".into(),
+                program: "test".into(),
+                summary: Summary::default(),
+                meta: vec![],
+            };
+            repo.save_snapshot(&snap).await.unwrap();
+        }
+        (cache, backend, Arc::new(repo))
+    }
+
+    fn opts(selection: Selection, dry_run: bool) -> ForgetOptions {
+        ForgetOptions {
+            selection,
+            filter: Filter::default(),
+            dry_run,
+            lease_wait: std::time::Duration::ZERO,
+            tz: TimeZone::UTC,
+        }
+    }
+
+    fn last(n: u32) -> Selection {
+        Selection::Policy {
+            policy: Policy {
+                last: Count::N(n),
+                ..Policy::default()
+            },
+            group_by: GroupBy::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn deletes_snapshot_objects_and_catalog_rows_under_the_lease() {
+        let (_c, backend, repo) = repo_with_days(&[0, 1, 2, 3]).await;
+        let dry = run(&repo, &opts(last(2), true)).await.unwrap();
+        assert_eq!(dry.remove.len(), 2);
+        assert!(dry.removed.is_empty());
+        assert_eq!(backend.list("snapshots/").await.unwrap().len(), 4);
+        assert!(backend.list("locks/").await.unwrap().is_empty());
+
+        let done = run(&repo, &opts(last(2), false)).await.unwrap();
+        let want: Vec<Id> = dry.remove.iter().map(|(id, _)| *id).collect();
+        assert_eq!(done.removed, want);
+        assert_eq!(backend.list("snapshots/").await.unwrap().len(), 2);
+        assert_eq!(repo.snapshots().unwrap().len(), 2);
+        for id in &want {
+            assert!(repo.find_snapshot(&id.to_hex(), None, &[]).is_err());
+        }
+        // The oldest two went; the lease was released.
+        assert!(
+            repo.snapshots()
+                .unwrap()
+                .iter()
+                .all(|(_, s)| s.time.secs >= T0 + 2 * DAY)
+        );
+        assert!(backend.list("locks/").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn refuses_empty_selections_and_conflicting_leases() {
+        let (_c, backend, repo) = repo_with_days(&[0, 1]).await;
+        let empty = Selection::Policy {
+            policy: Policy::default(),
+            group_by: GroupBy::default(),
+        };
+        let e = run(&repo, &opts(empty, false)).await.unwrap_err();
+        assert_eq!(e.kind(), crate::error::ErrorKind::InvalidInput);
+        let e = run(&repo, &opts(Selection::AllMatching, false))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), crate::error::ErrorKind::InvalidInput);
+        let e = run(&repo, &opts(Selection::Ids(vec![]), false))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), crate::error::ErrorKind::InvalidInput);
+
+        let held = repo
+            .acquire_lease(LeaseKind::Shared, "backup", std::time::Duration::ZERO)
+            .await
+            .unwrap();
+        let e = run(&repo, &opts(last(1), false)).await.unwrap_err();
+        assert_eq!(e.kind(), crate::error::ErrorKind::Locked);
+        assert_eq!(backend.list("snapshots/").await.unwrap().len(), 2);
+        held.release().await.unwrap();
+        let done = run(&repo, &opts(last(1), false)).await.unwrap();
+        assert_eq!(done.removed.len(), 1);
     }
 }
