@@ -888,3 +888,34 @@ fn a_live_lease_makes_forget_exit_11_and_delete_nothing() {
     env.run(["forget", "--keep-last", "1"]).ok();
     assert_eq!(snapshot_ids(&env), [ids[2].clone()]);
 }
+
+/// Days, weeks, ... are those of the local time zone (`TZ`), as in restic.
+#[test]
+fn periods_follow_the_local_time_zone() {
+    let env = Env::with_repo();
+    let src = env.path("src");
+    write(&src.join("f"), b"f");
+    for t in ["2026-01-01 21:30:00", "2026-01-01 22:30:00"] {
+        env.cmd()
+            .env("TZ", "UTC")
+            .args(["backup", "-q", "--time", t])
+            .arg(&src)
+            .run()
+            .ok();
+    }
+    let removed = |tz: &str| -> usize {
+        env.cmd()
+            .env("TZ", tz)
+            .args(["forget", "--dry-run", "--json", "--keep-daily", "10"])
+            .run()
+            .ok()
+            .json()["remove"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    // One day in UTC; 23:30 and 00:30 of two days at UTC+2 (a POSIX TZ string, so the test
+    // needs no time zone database).
+    assert_eq!(removed("UTC"), 1);
+    assert_eq!(removed("XST-2"), 0);
+}

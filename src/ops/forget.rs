@@ -847,6 +847,22 @@ mod tests {
     }
 
     #[test]
+    fn periods_are_those_of_the_given_time_zone() {
+        let s = vec![
+            snap(1, "2026-01-01 21:30:00"),
+            snap(2, "2026-01-01 22:30:00"),
+        ];
+        let all = [0, 1];
+        let p = policy(|p| p.daily = Count::N(10));
+        let (keep, _) = apply_policy(&s, &all, &p, &utc(), far_future());
+        assert_eq!(keep.len(), 1, "one UTC day");
+        // At +02:00 they are 23:30 on 1 January and 00:30 on 2 January: two days.
+        let east = TimeZone::fixed(jiff::tz::offset(2));
+        let (keep, _) = apply_policy(&s, &all, &p, &east, far_future());
+        assert_eq!(keep.len(), 2, "two days at +02:00");
+    }
+
+    #[test]
     fn empty_policy_keeps_everything() {
         let s = series();
         let p = Policy::default();
