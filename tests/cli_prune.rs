@@ -52,13 +52,13 @@ fn two_snapshots() -> Two {
     }
 }
 
-/// Forget a snapshot the way `forget` does: delete its object.
+/// `cairn forget ID`; returns a copy of the forgotten snapshot object.
 fn forget(env: &Env, id: &str) -> PathBuf {
     let p = env.repo.join("snapshots").join(id);
-    assert!(p.exists());
     let keep = env.path(&format!("forgotten-{id}"));
     fs::copy(&p, &keep).unwrap();
-    fs::remove_file(&p).unwrap();
+    env.run(["forget", id]).ok();
+    assert!(!p.exists());
     keep
 }
 
@@ -134,6 +134,25 @@ fn prune_frees_forgotten_data_in_two_phases() {
             .unwrap()
             .is_empty()
     );
+}
+
+/// `forget --prune` with a grace of zero frees the space in one command.
+#[test]
+fn forget_with_prune() {
+    let t = two_snapshots();
+    let env = &t.env;
+    let before = env.repo_bytes();
+    let v = env
+        .run(["forget", "--json", "--prune", "--grace", "0s", &t.snap_a])
+        .ok()
+        .json();
+    assert!(
+        v["prune"]["bytes_deleted"].as_u64().unwrap() >= 30 * MIB,
+        "{v}"
+    );
+    assert!(before - env.repo_bytes() >= 30 * MIB);
+    check_read_data(env);
+    assert_restores(env, "latest", &t.b, &t.mb, "rb");
 }
 
 /// A snapshot that comes to need a condemned pack (a backup that deduplicated against it

@@ -69,6 +69,8 @@ pub enum Command {
     Prune(super::maint::PruneArgs),
     /// Rebuild repository metadata from what survives.
     Repair(super::maint::RepairArgs),
+    /// Remove snapshots: the ones named, or those a --keep-* policy does not keep.
+    Forget(super::forget::ForgetArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

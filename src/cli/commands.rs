@@ -38,6 +38,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Check(a) => super::maint::check(g, a).await,
         Command::Prune(a) => super::maint::prune(g, a).await,
         Command::Repair(a) => super::maint::repair(g, a).await,
+        Command::Forget(a) => super::forget::forget(g, a).await,
     }
 }
 
@@ -327,7 +328,7 @@ fn report_backup(g: &GlobalArgs, o: &BackupOutcome, took: Duration) -> Result<()
     Ok(())
 }
 
-fn snapshot_json(id: &Id, s: &Snapshot) -> serde_json::Value {
+pub(super) fn snapshot_json(id: &Id, s: &Snapshot) -> serde_json::Value {
     serde_json::json!({
         "id": id,
         "short_id": id.short(),

@@ -2,6 +2,8 @@
 
 pub mod backup;
 pub mod check;
+pub mod forget;
+pub mod forget_run;
 pub mod progress;
 pub mod prune;
 pub mod read;
