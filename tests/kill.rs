@@ -1,0 +1,231 @@
+//! `kill -9` of the real binary at many moments of a backup and of a prune, and a backup racing
+//! a prune: afterwards `check` passes (leftovers are warnings, never errors), the next run
+//! finishes, and every snapshot restores exactly.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A source tree big enough that a backup takes a while: large random files and many small.
+fn source(env: &Env, seed: u64) -> std::path::PathBuf {
+    let src = env.path(&format!("src{seed}"));
+    for i in 0..6 {
+        write(
+            &src.join(format!("big{i}.bin")),
+            &random_bytes(seed * 100 + i, 6 << 20),
+        );
+    }
+    for i in 0..300u64 {
+        write(
+            &src.join(format!("small/{}/f{i}.txt", i % 10)),
+            format!("small file {i} seed {seed}\n")
+                .repeat(i as usize % 50 + 1)
+                .as_bytes(),
+        );
+    }
+    src
+}
+
+/// Run cairn with `args`, SIGKILL it after `after`; returns whether it had already finished.
+fn run_and_kill(env: &Env, args: &[&str], after: Duration) -> bool {
+    let mut child = env
+        .cmd()
+        .args(args)
+        .command()
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while start.elapsed() < after {
+        if child.try_wait().unwrap().is_some() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    false
+}
+
+fn time_of(env: &Env, args: &[&str]) -> Duration {
+    let t = Instant::now();
+    env.run(args).ok();
+    t.elapsed()
+}
+
+/// Deterministic pseudo-random fractions in [0, 1).
+fn fractions(n: usize) -> Vec<f64> {
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as f64 / (1u64 << 53) as f64
+        })
+        .collect()
+}
+
+fn check_passes(env: &Env, what: &str) {
+    let out = env.run(["check", "--json"]);
+    assert_eq!(out.code, 0, "check fails after {what}: {out}");
+}
+
+fn restores(env: &Env, snap: &str, src: &Path, m: &Manifest, name: &str) {
+    let t = env.path(name);
+    let r = env.restore(&format!("{snap}:{}", src.display()), &t, &[]);
+    assert_eq!(r["errors"], serde_json::json!([]), "{r}");
+    assert_same_tree(m, &t, Compare::default());
+    std::fs::remove_dir_all(&t).unwrap();
+}
+
+#[test]
+fn kill_9_during_backup_loses_nothing() {
+    let env = Env::with_repo();
+    let src1 = source(&env, 1);
+    let m1 = Manifest::capture(&src1);
+    let first = env.backup(&[&src1], &[]);
+    let snap1 = first["snapshot_id"].as_str().unwrap().to_string();
+    let src2 = source(&env, 2);
+
+    // How long a full backup of the second tree takes, on a copy of the repository.
+    let probe = Env::new();
+    copy_tree(&env.repo, &probe.repo);
+    let full = time_of(&probe, &["backup", src2.to_str().unwrap()]);
+    drop(probe);
+
+    let rounds = 24;
+    let mut killed = 0;
+    for (round, f) in fractions(rounds).into_iter().enumerate() {
+        // New contents every round, so every round has as much to do as the probe had.
+        for i in 0..6 {
+            write(
+                &src2.join(format!("big{i}.bin")),
+                &random_bytes(1000 * round as u64 + i, 6 << 20),
+            );
+        }
+        let after = full.mul_f64(0.02 + 0.9 * f);
+        let finished = run_and_kill(&env, &["backup", src2.to_str().unwrap()], after);
+        if !finished {
+            killed += 1;
+        }
+        check_passes(&env, &format!("kill round {round} at {after:?}"));
+    }
+    assert!(
+        killed >= 20,
+        "only {killed} of {rounds} rounds were killed mid-backup"
+    );
+    // The next backup finishes; everything restores.
+    let src2 = source(&env, 2);
+    let m2 = Manifest::capture(&src2);
+    env.backup(&[&src2], &[]);
+    let out = env.run(["check", "--read-data"]);
+    assert_eq!(out.code, 0, "{out}");
+    restores(&env, &snap1[..8], &src1, &m1, "r1");
+    restores(&env, "latest", &src2, &m2, "r2");
+}
+
+#[test]
+fn kill_9_during_prune_loses_nothing() {
+    let env = Env::with_repo();
+    let mut keep = Vec::new();
+    let mut forget = Vec::new();
+    for seed in 1..=4u64 {
+        let src = source(&env, seed);
+        let m = Manifest::capture(&src);
+        let id = env.backup(&[&src], &[])["snapshot_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        if seed % 2 == 0 {
+            keep.push((id, src, m));
+        } else {
+            forget.push(id);
+        }
+    }
+    let mut args = vec!["forget"];
+    args.extend(forget.iter().map(|s| s.as_str()));
+    env.run(&args).ok();
+
+    let probe = Env::new();
+    copy_tree(&env.repo, &probe.repo);
+    let full = time_of(&probe, &["prune", "--grace", "0s"]);
+    drop(probe);
+
+    let rounds = 12;
+    for (round, f) in fractions(rounds).into_iter().enumerate() {
+        let after = full.mul_f64(0.05 + f);
+        run_and_kill(&env, &["prune", "--grace", "0s"], after);
+        check_passes(&env, &format!("prune kill round {round} at {after:?}"));
+        for (id, src, m) in &keep {
+            restores(&env, &id[..8], src, m, &format!("r{round}"));
+        }
+    }
+    // The next prune finishes and leaves nothing behind.
+    env.run(["prune", "--grace", "0s"]).ok();
+    let v = env.run(["check", "--read-data", "--json"]).ok().json();
+    assert_eq!(v["warnings"], serde_json::json!([]), "{v}");
+}
+
+/// A backup started while a prune runs waits for the prune's lease (or runs first and makes
+/// the prune wait); either way nothing is lost.
+#[test]
+fn backup_racing_prune() {
+    let env = Env::with_repo();
+    let src1 = source(&env, 1);
+    let id1 = env.backup(&[&src1], &[])["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let src2 = source(&env, 2);
+    let m2 = Manifest::capture(&src2);
+    env.backup(&[&src2], &[]);
+    env.run(["forget", &id1]).ok();
+    // The second source changes a little for each racing backup.
+    for round in 0..3u64 {
+        write(
+            &src2.join(format!("new{round}.bin")),
+            &random_bytes(500 + round, 3 << 20),
+        );
+        let m = Manifest::capture(&src2);
+        let prune = env
+            .cmd()
+            .args(["--lease-wait", "120s", "prune", "--grace", "0s"])
+            .command()
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100 * round));
+        let b = env
+            .cmd()
+            .args(["--lease-wait", "120s", "backup", "--json"])
+            .arg(&src2)
+            .run()
+            .ok()
+            .json();
+        let out = prune.wait_with_output().unwrap();
+        assert!(out.status.success(), "prune: {out:?}");
+        let id = b["snapshot_id"].as_str().unwrap().to_string();
+        let v = env.run(["check", "--read-data", "--json"]);
+        assert_eq!(v.code, 0, "{v}");
+        restores(&env, &id[..8], &src2, &m, &format!("race{round}"));
+    }
+    let _ = m2;
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let t = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &t);
+        } else {
+            std::fs::copy(e.path(), &t).unwrap();
+        }
+    }
+}
