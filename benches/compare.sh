@@ -10,7 +10,7 @@
 #
 # Phases, each timed with /usr/bin/time (wall seconds, peak RSS): first backup, unchanged
 # re-backup, changed re-backup (after a deterministic churn of the data), full restore of the
-# latest snapshot. Page cache is dropped before each phase when permitted, so every tool starts
+# latest snapshot, and `check --read-data` (MiB/s of repository read). Page cache is dropped before each phase when permitted, so every tool starts
 # cold. Prints a Markdown table; the repository sizes are `du -sb`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -119,6 +119,12 @@ if [ "${WITH_BORG:-0}" = 1 ]; then
     mkdir -p "$WORK/restore-borg"
     run borg restore "$RESTORE_BYTES" sh -c "cd '$WORK/restore-borg' && borg extract '$WORK/borg-repo::changed'"
 fi
+# Verification of everything stored: read and verify every blob.
+run cairn check-read-data "$(du -sb "$WORK/cairn-repo" | cut -f1)" "$CAIRN" -q -r "$WORK/cairn-repo" check --read-data
+run restic check-read-data "$(du -sb "$WORK/restic-repo" | cut -f1)" restic -q -r "$WORK/restic-repo" check --read-data
+if [ "${WITH_BORG:-0}" = 1 ]; then
+    run borg check-read-data "$(du -sb "$WORK/borg-repo" | cut -f1)" borg check --verify-data "$WORK/borg-repo"
+fi
 # Sanity: cairn's restore must equal the data.
 diff -r "$DATA" "$WORK/restore-cairn$DATA" >/dev/null || { echo "cairn restore differs from the data!" >&2; exit 1; }
 
@@ -136,7 +142,7 @@ tools = [x for x in ("cairn", "restic", "borg") if x in t]
 print(f"Data: {data_bytes/2**30:.2f} GiB in {data_files} files\n")
 print("| phase | " + " | ".join(f"{x} time | {x} MiB/s | {x} peak RSS" for x in tools) + " | cairn vs restic |")
 print("|---|" + "---|---|---|" * len(tools) + "---|")
-for ph in ("first", "unchanged", "changed", "restore"):
+for ph in ("first", "unchanged", "changed", "restore", "check-read-data"):
     cells = []
     for x in tools:
         s, rss, b = t[x][ph]

@@ -21,19 +21,29 @@ fn write_sources(root: &Path, version: u32) {
     write(&root.join("data/big.bin"), &random_bytes(7, 700_000));
     write(
         &root.join("data/table.sql"),
-        "INSERT INTO t VALUES (1,'a'),(2,'b');\n".repeat(2000).as_bytes(),
+        "INSERT INTO t VALUES (1,'a'),(2,'b');\n"
+            .repeat(2000)
+            .as_bytes(),
     );
     write(&root.join("empty"), b"");
     if version >= 2 {
         write(&root.join("data/added-in-v2.txt"), "é ü ✓\n".as_bytes());
-        write(&root.join("README.txt"), b"cairn fixture repository, version 2\n");
+        write(
+            &root.join("README.txt"),
+            b"cairn fixture repository, version 2\n",
+        );
     }
 }
 
 fn files(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out: Vec<(PathBuf, Vec<u8>)> = files_below(root)
         .into_iter()
-        .map(|p| (p.strip_prefix(root).unwrap().to_path_buf(), fs::read(&p).unwrap()))
+        .map(|p| {
+            (
+                p.strip_prefix(root).unwrap().to_path_buf(),
+                fs::read(&p).unwrap(),
+            )
+        })
         .collect();
     out.sort();
     out
@@ -55,7 +65,10 @@ fn the_v1_fixture_reads_checks_and_restores() {
     let readme = fs::read_to_string(fixture().join("README.md")).unwrap();
     for s in snaps {
         let id = s["id"].as_str().unwrap();
-        assert!(readme.contains(id), "snapshot {id} is not in the fixture's README");
+        assert!(
+            readme.contains(id),
+            "snapshot {id} is not in the fixture's README"
+        );
     }
     run(&["check", "--read-data"]).ok();
     for (i, s) in snaps.iter().enumerate() {

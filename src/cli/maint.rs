@@ -202,6 +202,17 @@ pub struct RepairArgs {
 pub enum RepairWhat {
     /// Rebuild the index from the pack headers alone.
     Index,
+    /// Rewrite damaged snapshots without their damaged files (originals kept unless --forget).
+    Snapshots {
+        /// Verify every blob to find damage (otherwise only missing data is found).
+        #[arg(long)]
+        read_data: bool,
+        /// Delete the damaged originals once their repaired versions are stored.
+        #[arg(long)]
+        forget: bool,
+        #[arg(short = 'n', long)]
+        dry_run: bool,
+    },
 }
 
 pub async fn repair(g: &GlobalArgs, a: RepairArgs) -> Result<i32> {
@@ -224,6 +235,61 @@ pub async fn repair(g: &GlobalArgs, a: RepairArgs) -> Result<i32> {
                 EXIT_OK
             } else {
                 EXIT_FAILURE
+            })
+        }
+        RepairWhat::Snapshots {
+            read_data,
+            forget,
+            dry_run,
+        } => {
+            let opts = cairn::ops::repair::RepairSnapshotsOptions {
+                read_data: if read_data {
+                    ReadData::All
+                } else {
+                    ReadData::None
+                },
+                forget,
+                dry_run,
+                lease_wait: parse_duration(&g.lease_wait)?,
+            };
+            let r = cairn::ops::repair::repair_snapshots(&repo, &opts).await?;
+            if g.json {
+                print_json(&serde_json::to_value(&r)?)?;
+            } else if !g.quiet {
+                if r.snapshots.is_empty() {
+                    println!("no damaged snapshots");
+                }
+                for s in &r.snapshots {
+                    match (&s.repaired, &s.unrepairable) {
+                        (_, Some(why)) => {
+                            eprintln!("snapshot {}: cannot be repaired: {why}", &s.original[..8])
+                        }
+                        (Some(new), _) => println!(
+                            "snapshot {} -> {}{}: {} paths left out",
+                            &s.original[..8],
+                            &new[..8],
+                            if s.forgotten {
+                                " (original forgotten)"
+                            } else {
+                                ""
+                            },
+                            s.removed.len()
+                        ),
+                        (None, None) => println!(
+                            "snapshot {}: would leave out {} paths",
+                            &s.original[..8],
+                            s.removed.len()
+                        ),
+                    }
+                    for p in &s.removed {
+                        println!("  {}: {}", p.path, p.reason);
+                    }
+                }
+            }
+            Ok(if r.snapshots.iter().any(|s| s.unrepairable.is_some()) {
+                EXIT_FAILURE
+            } else {
+                EXIT_OK
             })
         }
     }

@@ -587,8 +587,14 @@ async fn read_pack(repo: &Repository, id: &Id, size: u64) -> Result<PackOutcome>
             });
             out.bad.extend(bad);
         }
-        // A damaged pack is reported but its readable blobs are usable; a pack with damage
-        // we cannot attribute to a blob names its blobs so it counts as an error if needed.
+        // A damaged pack is reported but its readable blobs are usable. Damage found in blobs
+        // is attributed to them; damage we cannot attribute names every blob of the pack, so
+        // it counts as an error if any is needed.
+        let bad_ids: Vec<Id> = out.bad.iter().map(|b| b.0).collect();
+        if !bad_ids.is_empty() && out.problems.len() == 2 {
+            // Only the name mismatch and the failing blobs: the blobs explain the mismatch.
+            out.problems[0].blobs = bad_ids;
+        }
         let all: Vec<Id> = indexed.iter().map(|e| e.id).collect();
         for p in &mut out.problems {
             if p.blobs.is_empty() {

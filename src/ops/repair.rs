@@ -168,3 +168,195 @@ async fn rebuild(
     repo.rebuild_index().await?;
     Ok(report)
 }
+
+/// What `repair snapshots` did to one damaged snapshot.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RepairedSnapshot {
+    pub original: String,
+    /// The snapshot written without the damaged paths (`None` in a dry run or when the
+    /// snapshot cannot be repaired).
+    pub repaired: Option<String>,
+    /// Paths left out of the repaired snapshot, with why.
+    pub removed: Vec<super::check::DamagedPath>,
+    /// Why the snapshot could not be repaired at all (its object or root is unreadable).
+    pub unrepairable: Option<String>,
+    pub forgotten: bool,
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct RepairSnapshotsReport {
+    pub dry_run: bool,
+    pub snapshots: Vec<RepairedSnapshot>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RepairSnapshotsOptions {
+    /// How much data `check` reads to find damage (structure only finds missing data).
+    pub read_data: super::check::ReadData,
+    /// Delete the damaged originals once their repaired versions are stored.
+    pub forget: bool,
+    pub dry_run: bool,
+    pub lease_wait: Duration,
+}
+
+/// Rewrite every snapshot that needs missing or corrupt data into a new snapshot without the
+/// damaged files and directories (tagged `repaired`, `meta.repaired_from` naming the original).
+/// The originals stay unless `forget` is set.
+pub async fn repair_snapshots(
+    repo: &Arc<Repository>,
+    opts: &RepairSnapshotsOptions,
+) -> Result<RepairSnapshotsReport> {
+    let lease = repo
+        .acquire_lease(LeaseKind::Exclusive, "repair snapshots", opts.lease_wait)
+        .await?;
+    let r = rewrite_damaged(repo, opts, &lease).await;
+    lease.release().await?;
+    r
+}
+
+async fn rewrite_damaged(
+    repo: &Arc<Repository>,
+    opts: &RepairSnapshotsOptions,
+    lease: &crate::repo::lease::LeaseGuard,
+) -> Result<RepairSnapshotsReport> {
+    use crate::ops::check::{CheckOptions, check};
+    let report = check(
+        repo,
+        &CheckOptions {
+            read_data: opts.read_data,
+            progress: None,
+        },
+    )
+    .await?;
+    let mut out = RepairSnapshotsReport {
+        dry_run: opts.dry_run,
+        ..Default::default()
+    };
+    if report.damaged_snapshots.is_empty() {
+        return Ok(out);
+    }
+    let snaps: std::collections::HashMap<String, crate::format::snapshot::Snapshot> = repo
+        .snapshots()?
+        .into_iter()
+        .map(|(id, s)| (id.to_hex(), s))
+        .collect();
+    let (sink, uploader) = crate::repo::packer::BlobSink::start(
+        repo.clone(),
+        crate::compress::Compression::Auto,
+        opts.dry_run,
+    )?;
+    // Repaired versions already stored (by an earlier run), by original.
+    let earlier: std::collections::HashMap<String, String> = snaps
+        .iter()
+        .filter_map(|(id, s)| {
+            s.meta
+                .iter()
+                .find(|(k, _)| k == "repaired_from")
+                .map(|(_, orig)| (orig.clone(), id.clone()))
+        })
+        .collect();
+    let mut pending = Vec::new();
+    for d in &report.damaged_snapshots {
+        let mut r = RepairedSnapshot {
+            original: d.id.clone(),
+            repaired: None,
+            removed: d.paths.clone(),
+            unrepairable: None,
+            forgotten: false,
+        };
+        let snap = match snaps.get(&d.id) {
+            Some(s) if !d.paths.iter().any(|p| p.path == "/") => s,
+            _ => {
+                r.unrepairable = Some(
+                    d.paths
+                        .first()
+                        .map(|p| p.reason.clone())
+                        .unwrap_or_else(|| "the snapshot object is unreadable".into()),
+                );
+                out.snapshots.push(r);
+                continue;
+            }
+        };
+        if let Some(done) = earlier.get(&d.id) {
+            r.repaired = Some(done.clone());
+            out.snapshots.push(r);
+            continue;
+        }
+        let remove: std::collections::BTreeSet<String> =
+            d.paths.iter().map(|p| p.path.clone()).collect();
+        let root = rewrite_tree(repo, &sink, snap.tree, String::new(), &remove).await?;
+        let mut new = snap.clone();
+        new.tree = root;
+        if !new.tags.iter().any(|t| t == "repaired") {
+            new.tags.push("repaired".into());
+        }
+        new.meta.push(("repaired_from".into(), d.id.clone()));
+        new.program = format!("cairn {}", env!("CARGO_PKG_VERSION"));
+        pending.push((out.snapshots.len(), new));
+        out.snapshots.push(r);
+    }
+    sink.flush().await?;
+    uploader.finish().await?;
+    if opts.dry_run {
+        return Ok(out);
+    }
+    lease.check()?;
+    for (i, snap) in pending {
+        let id = repo.save_snapshot(&snap).await?;
+        out.snapshots[i].repaired = Some(id.to_hex());
+    }
+    if opts.forget {
+        lease.check()?;
+        for r in &mut out.snapshots {
+            if r.repaired.is_some()
+                && let Ok(id) = r.original.parse::<Id>()
+            {
+                repo.backend().delete(&keys::snapshot(&id)).await?;
+                repo.catalog().remove_snapshot(&id)?;
+                r.forgotten = true;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A copy of tree `id` (at `prefix` in the snapshot) without the nodes whose paths are in
+/// `remove`; subtrees with nothing to remove below them are kept as they are.
+fn rewrite_tree<'a>(
+    repo: &'a Arc<Repository>,
+    sink: &'a Arc<crate::repo::packer::BlobSink>,
+    id: Id,
+    prefix: String,
+    remove: &'a std::collections::BTreeSet<String>,
+) -> futures::future::BoxFuture<'a, Result<Id>> {
+    Box::pin(async move {
+        let tree = repo.load_tree(&id).await?;
+        let mut nodes = Vec::with_capacity(tree.nodes.len());
+        for mut n in tree.nodes {
+            let p = format!("{prefix}/{}", n.name_lossy());
+            if remove.contains(&p) {
+                continue;
+            }
+            if let Some(sub) = n.subtree {
+                let below = format!("{p}/");
+                if remove
+                    .range(below.clone()..)
+                    .next()
+                    .is_some_and(|r| r.starts_with(&below))
+                {
+                    n.subtree = Some(rewrite_tree(repo, sink, sub, p, remove).await?);
+                }
+            }
+            nodes.push(n);
+        }
+        let data = crate::format::tree::Tree { nodes }.encode();
+        let id = repo.keys().blob_id(&data);
+        let sink = sink.clone();
+        tokio::task::spawn_blocking(move || {
+            sink.save(crate::format::pack::BlobKind::Tree, id, &data)
+        })
+        .await
+        .map_err(|e| Error::Other(e.to_string()))??;
+        Ok(id)
+    })
+}
