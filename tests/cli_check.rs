@@ -325,7 +325,8 @@ fn repair_snapshots_leaves_out_damaged_files() {
     let _ = m;
     // --forget: the damaged original goes; the repository checks clean (the damaged blob is
     // now only a warning: nothing needs it).
-    env.run(["repair", "snapshots", "--read-data", "--forget"]).ok();
+    env.run(["repair", "snapshots", "--read-data", "--forget"])
+        .ok();
     let snaps = env.snapshots();
     assert!(snaps.iter().all(|s| s["id"] != snap.as_str()), "{snaps:?}");
     let (code, v) = check(&env, &["--read-data"]);

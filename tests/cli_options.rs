@@ -423,14 +423,19 @@ fn stdin_from_command() {
             "dump.sql",
             "--",
         ])
-        .args(["sh", "-c", "printf 'line %s\\n' 1 2 3"])
+        .args([
+            "sh",
+            "-c",
+            "printf 'line %s\\n' 1 2 3; printf 'password:%s\\n' \"$CAIRN_PASSWORD\"",
+        ])
         .run()
         .ok()
         .json();
     assert!(out["snapshot_id"].is_string(), "{out}");
+    // The repository password is not passed on to the command.
     assert_eq!(
         env.run(["dump", "latest", "dump.sql"]).ok().stdout,
-        b"line 1\nline 2\nline 3\n"
+        b"line 1\nline 2\nline 3\npassword:\n"
     );
 
     // A failing command: no snapshot, a non-zero exit, and the reason.

@@ -30,13 +30,23 @@ impl IndexObject {
     pub fn decode(sealer: &Sealer, data: &[u8], object: &str) -> Result<IndexObject> {
         let idx: IndexObject = open_object(Kind::Index, sealer, data, object)?;
         for p in &idx.packs {
-            for e in &p.entries {
-                if e.offset as u64 + e.length as u64 > p.size {
+            // The same rules as a pack header: blobs lie after the pack's prefix, within the
+            // pack, are not empty and do not overlap.
+            let mut spans: Vec<(u64, u64)> = p
+                .entries
+                .iter()
+                .map(|e| (e.offset as u64, e.offset as u64 + e.length as u64))
+                .collect();
+            spans.sort_unstable();
+            let mut end = super::pack::PACK_PREFIX as u64;
+            for (s, e) in spans {
+                if s < end || e > p.size || s == e {
                     return Err(Error::corrupt(
                         object,
-                        format!("entry beyond the end of pack {}", p.id),
+                        format!("entries of pack {} overlap or lie outside it", p.id),
                     ));
                 }
+                end = e;
             }
         }
         Ok(idx)

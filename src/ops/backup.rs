@@ -1136,8 +1136,11 @@ pub async fn backup_command(
     let (prog, args) = argv
         .split_first()
         .ok_or_else(|| Error::invalid("--stdin-from-command needs a command"))?;
+    // The repository's password is not the command's business.
     let mut child = std::process::Command::new(prog)
         .args(args)
+        .env_remove("CAIRN_PASSWORD")
+        .env_remove("CAIRN_PASSWORD_FILE")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .spawn()
