@@ -63,6 +63,8 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Sizes: logical, stored, deduplication and compression ratios.
     Stats(StatsArgs),
+    /// MySQL/MariaDB: back up databases table by table, restore tables.
+    Mysql(super::mysql::MysqlArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -35,6 +35,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Dump(a) => dump(g, a).await,
         Command::Restore(a) => restore_cmd(g, a).await,
         Command::Stats(a) => stats(g, a).await,
+        Command::Mysql(a) => super::mysql::run(g, a).await,
     }
 }
 
@@ -122,7 +123,7 @@ fn kdf_params() -> KdfParams {
     }
 }
 
-async fn open_repo(g: &GlobalArgs) -> Result<Arc<Repository>> {
+pub(super) async fn open_repo(g: &GlobalArgs) -> Result<Arc<Repository>> {
     let b = backend(g)?;
     let location = b.location();
     let repo = Repository::open(b, || password(g, false), &open_options(g))
@@ -131,7 +132,7 @@ async fn open_repo(g: &GlobalArgs) -> Result<Arc<Repository>> {
     Ok(Arc::new(repo))
 }
 
-fn parse_duration(s: &str) -> Result<Duration> {
+pub(super) fn parse_duration(s: &str) -> Result<Duration> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num.parse().with_context(|| format!("duration {s:?}"))?;
@@ -146,7 +147,7 @@ fn parse_duration(s: &str) -> Result<Duration> {
 }
 
 /// "YYYY-MM-DD HH:MM:SS" in the local time zone.
-fn parse_time(s: &str) -> Result<Timestamp> {
+pub(super) fn parse_time(s: &str) -> Result<Timestamp> {
     let dt: jiff::civil::DateTime = s
         .trim()
         .replacen(' ', "T", 1)
@@ -165,7 +166,7 @@ fn split_snap(spec: &str) -> (&str, Option<&str>) {
     }
 }
 
-fn print_json(v: &serde_json::Value) -> Result<()> {
+pub(super) fn print_json(v: &serde_json::Value) -> Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, v)?;
     writeln!(out)?;
@@ -276,7 +277,7 @@ async fn backup_cmd(g: &GlobalArgs, a: BackupArgs) -> Result<i32> {
     })
 }
 
-fn report_backup(g: &GlobalArgs, o: &BackupOutcome, took: Duration) -> Result<()> {
+pub(super) fn report_backup(g: &GlobalArgs, o: &BackupOutcome, took: Duration) -> Result<()> {
     let s = &o.snapshot.summary;
     if g.json {
         return print_json(&serde_json::json!({

@@ -4,6 +4,7 @@
 
 mod args;
 mod commands;
+mod mysql;
 mod output;
 
 use clap::Parser;
