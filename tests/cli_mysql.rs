@@ -466,3 +466,53 @@ fn failed_dumps_write_no_snapshot() {
         .ok();
     assert_eq!(snapshot_count(&env), 1);
 }
+
+#[test]
+fn password_from_an_option_file() {
+    let srv = mysql_server_or_skip!();
+    let env = Env::with_repo();
+    let db = srv.database("optfile");
+    srv.sql(
+        Some(&db),
+        "CREATE TABLE t (x INT); INSERT INTO t VALUES (7);",
+    );
+    let user = format!("o{}", std::process::id());
+    srv.sql(
+        None,
+        &format!(
+            "CREATE USER '{user}'@'localhost' IDENTIFIED BY 'file-pw';
+             GRANT ALL ON *.* TO '{user}'@'localhost';"
+        ),
+    );
+    let cnf = env.path("client.cnf");
+    common::write(
+        &cnf,
+        format!(
+            "[client]\nuser={user}\npassword=file-pw\nsocket={}\n",
+            srv.socket.display()
+        )
+        .as_bytes(),
+    );
+    common::chmod(&cnf, 0o600);
+    let out = env
+        .cmd()
+        .args([
+            "mysql",
+            "backup",
+            "--json",
+            "--databases",
+            &db,
+            "--defaults-file",
+        ])
+        .arg(&cnf)
+        .env_remove("MYSQL_PWD")
+        .env_remove("CAIRN_MYSQL_PASSWORD")
+        .run()
+        .ok();
+    let id = out.json()["snapshot_id"].as_str().unwrap().to_string();
+    let sql = env
+        .run(["dump", &id, &format!("mysql/{db}/t.sql")])
+        .ok()
+        .stdout_str();
+    assert!(sql.contains("(7)"), "{sql}");
+}
