@@ -71,6 +71,8 @@ pub enum Command {
     Repair(super::maint::RepairArgs),
     /// Remove snapshots: the ones named, or those a --keep-* policy does not keep.
     Forget(super::forget::ForgetArgs),
+    /// MySQL/MariaDB: back up databases table by table, restore tables.
+    Mysql(super::mysql::MysqlArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

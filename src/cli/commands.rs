@@ -39,6 +39,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Prune(a) => super::maint::prune(g, a).await,
         Command::Repair(a) => super::maint::repair(g, a).await,
         Command::Forget(a) => super::forget::forget(g, a).await,
+        Command::Mysql(a) => super::mysql::run(g, a).await,
     }
 }
 
@@ -150,7 +151,7 @@ pub(super) fn parse_duration(s: &str) -> Result<Duration> {
 }
 
 /// "YYYY-MM-DD HH:MM:SS" in the local time zone.
-fn parse_time(s: &str) -> Result<Timestamp> {
+pub(super) fn parse_time(s: &str) -> Result<Timestamp> {
     let dt: jiff::civil::DateTime = s
         .trim()
         .replacen(' ', "T", 1)
@@ -280,7 +281,7 @@ async fn backup_cmd(g: &GlobalArgs, a: BackupArgs) -> Result<i32> {
     })
 }
 
-fn report_backup(g: &GlobalArgs, o: &BackupOutcome, took: Duration) -> Result<()> {
+pub(super) fn report_backup(g: &GlobalArgs, o: &BackupOutcome, took: Duration) -> Result<()> {
     let s = &o.snapshot.summary;
     if g.json {
         return print_json(&serde_json::json!({

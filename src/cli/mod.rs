@@ -6,6 +6,7 @@ mod args;
 mod commands;
 mod forget;
 mod maint;
+mod mysql;
 mod output;
 
 use clap::Parser;

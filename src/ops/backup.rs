@@ -86,7 +86,7 @@ pub struct BackupOutcome {
 
 /// Errors of a file job: the source failing is reported and skipped; the repository failing
 /// aborts the backup.
-enum JobError {
+pub(crate) enum JobError {
     Source(String),
     Fatal(Error),
 }
@@ -200,7 +200,7 @@ impl Drop for Readers {
 }
 
 /// Chunk a stream and store its new chunks; returns its extents and length.
-fn store_stream<R: Read>(
+pub(crate) fn store_stream<R: Read>(
     sink: &BlobSink,
     chunker: &Chunker,
     reader: R,
@@ -687,7 +687,7 @@ impl Walker {
 }
 
 /// Serialise, id and store a tree blob.
-fn save_tree(sink: &BlobSink, mut nodes: Vec<Node>) -> Result<Id> {
+pub(crate) fn save_tree(sink: &BlobSink, mut nodes: Vec<Node>) -> Result<Id> {
     let mut tree = Tree {
         nodes: std::mem::take(&mut nodes),
     };
@@ -797,14 +797,14 @@ fn scan(target: &Target, excluder: &Excluder, progress: &Progress) {
     }
 }
 
-struct Session {
-    sink: Arc<BlobSink>,
+pub(crate) struct Session {
+    pub(crate) sink: Arc<BlobSink>,
     uploader: Uploader,
     started: Timestamp,
 }
 
 impl Session {
-    fn start(repo: &Arc<Repository>, opts: &BackupOptions) -> Result<Session> {
+    pub(crate) fn start(repo: &Arc<Repository>, opts: &BackupOptions) -> Result<Session> {
         let (sink, uploader) = BlobSink::start(repo.clone(), opts.compression, opts.dry_run)?;
         Ok(Session {
             sink,
@@ -814,7 +814,7 @@ impl Session {
     }
 
     /// Wait for uploads and write the snapshot (unless a dry run).
-    async fn commit(
+    pub(crate) async fn commit(
         self,
         repo: &Repository,
         mut snap: Snapshot,
@@ -849,7 +849,7 @@ impl Session {
     }
 
     /// After a failure: store what was already handed to the uploader, so a retry reuses it.
-    async fn abandon(self) {
+    pub(crate) async fn abandon(self) {
         self.sink.abort();
         if let Err(e) = self.uploader.finish().await {
             tracing::debug!("uploader after failure: {e}");
@@ -857,7 +857,7 @@ impl Session {
     }
 }
 
-fn new_snapshot(
+pub(crate) fn new_snapshot(
     repo: &Repository,
     opts: &BackupOptions,
     paths: Vec<String>,

@@ -3,3 +3,4 @@
 
 pub mod exclude;
 pub mod fs;
+pub mod mysql;

@@ -8,6 +8,8 @@
 //! no inherited `CAIRN_REPO`. Every invocation is also checked for a panic and bounded in time.
 #![allow(dead_code)]
 
+pub mod mysql;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};

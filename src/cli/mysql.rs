@@ -1,0 +1,264 @@
+//! `cairn mysql backup` and `cairn mysql restore`: flags resolved into the library's options.
+//! The database password comes from `CAIRN_MYSQL_PASSWORD` or `MYSQL_PWD` (or the user's
+//! option file), never from the command line.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use zeroize::Zeroizing;
+
+use cairn::compress::Compression;
+use cairn::ops::backup::BackupOptions;
+use cairn::ops::mysql::{self, MysqlBackupOptions, MysqlRestoreOptions};
+use cairn::ops::progress::Progress;
+use cairn::source::mysql::Connection;
+
+use super::EXIT_OK;
+use super::args::GlobalArgs;
+use super::commands::{open_repo, parse_duration, parse_time, print_json, report_backup};
+use super::output::ProgressBar;
+
+#[derive(Debug, Args)]
+pub struct MysqlArgs {
+    #[command(subcommand)]
+    pub command: MysqlCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MysqlCommand {
+    /// Back up databases table by table, from one consistent dump.
+    Backup(MysqlBackupArgs),
+    /// Load tables (or a whole database) from a snapshot into the server, or print their SQL.
+    Restore(MysqlRestoreArgs),
+}
+
+/// How to reach the server (the password: CAIRN_MYSQL_PASSWORD or MYSQL_PWD, or the option
+/// file).
+#[derive(Debug, Args)]
+pub struct ConnArgs {
+    /// Server host name or address.
+    #[arg(long = "host")]
+    pub db_host: Option<String>,
+    /// Server TCP port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Server Unix socket.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Database user.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Read client options from this file only (as the client tools' --defaults-file).
+    #[arg(long)]
+    pub defaults_file: Option<PathBuf>,
+    /// The client (default: mariadb or mysql).
+    #[arg(long)]
+    pub client_binary: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct MysqlBackupArgs {
+    /// Databases to back up, comma-separated.
+    #[arg(long, value_delimiter = ',', conflicts_with = "all_databases")]
+    pub databases: Vec<String>,
+    /// Every database but the server's own (mysql, sys, information_schema,
+    /// performance_schema).
+    #[arg(long)]
+    pub all_databases: bool,
+    /// Leave out a table, as database.table (repeatable).
+    #[arg(long = "exclude-table", value_name = "DB.TABLE")]
+    pub exclude_tables: Vec<String>,
+    /// Tag the snapshot (repeatable).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Host name to record in the snapshot (default: this machine's).
+    #[arg(long)]
+    pub snapshot_host: Option<String>,
+    /// Snapshot time instead of now, "YYYY-MM-DD HH:MM:SS" in local time.
+    #[arg(long)]
+    pub time: Option<String>,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// The dump tool (default: mariadb-dump or mysqldump).
+    #[arg(long)]
+    pub dump_binary: Option<PathBuf>,
+    /// Average chunk size of the SQL streams in bytes (a power of two; default: the
+    /// repository's dump chunker).
+    #[arg(long)]
+    pub chunk_avg: Option<u32>,
+    /// Upper bound of one INSERT statement in bytes (the dump tool's --net-buffer-length).
+    #[arg(long)]
+    pub insert_bytes: Option<u32>,
+    /// Compression: off, auto, max or a zstd level 1-22.
+    #[arg(long, default_value = "auto")]
+    pub compression: String,
+    /// Do everything but write to the repository.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MysqlRestoreArgs {
+    /// Snapshot: id prefix or "latest" (the latest MySQL snapshot).
+    pub snapshot: String,
+    /// The database in the snapshot.
+    #[arg(long)]
+    pub database: String,
+    /// Only this table (repeatable); default: the whole database.
+    #[arg(long = "table", value_name = "TABLE")]
+    pub tables: Vec<String>,
+    /// Load into this database instead (created if missing).
+    #[arg(long)]
+    pub into: Option<String>,
+    /// Write the SQL to standard output instead of loading it.
+    #[arg(long)]
+    pub to_stdout: bool,
+    /// Replace tables that already exist in the target database.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// With "latest": only snapshots of this host.
+    #[arg(long = "snapshot-host")]
+    pub snapshot_host: Option<String>,
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+}
+
+pub async fn run(g: &GlobalArgs, a: MysqlArgs) -> Result<i32> {
+    match a.command {
+        MysqlCommand::Backup(b) => backup(g, b).await,
+        MysqlCommand::Restore(r) => restore(g, r).await,
+    }
+}
+
+fn connection(c: &ConnArgs) -> Connection {
+    let password = std::env::var("CAIRN_MYSQL_PASSWORD")
+        .ok()
+        .or_else(|| std::env::var("MYSQL_PWD").ok())
+        .filter(|p| !p.is_empty())
+        .map(Zeroizing::new);
+    Connection {
+        host: c.db_host.clone(),
+        port: c.port,
+        socket: c.socket.clone(),
+        user: c.user.clone(),
+        defaults_file: c.defaults_file.clone(),
+        password,
+    }
+}
+
+async fn backup(g: &GlobalArgs, a: MysqlBackupArgs) -> Result<i32> {
+    if a.databases.is_empty() && !a.all_databases {
+        bail!("nothing to back up: give --databases a,b or --all-databases");
+    }
+    let progress = Arc::new(Progress::default());
+    let opts = MysqlBackupOptions {
+        backup: BackupOptions {
+            tags: a.tags.clone(),
+            host: a.snapshot_host.clone(),
+            time: a.time.as_deref().map(parse_time).transpose()?,
+            dry_run: a.dry_run,
+            compression: a.compression.parse::<Compression>()?,
+            progress: Some(progress.clone()),
+            lease_wait: parse_duration(&g.lease_wait)?,
+            ..Default::default()
+        },
+        conn: connection(&a.conn),
+        databases: a.databases.clone(),
+        all_databases: a.all_databases,
+        exclude_tables: a.exclude_tables.clone(),
+        dump_binary: a.dump_binary.clone(),
+        client_binary: a.conn.client_binary.clone(),
+        chunk_avg: a.chunk_avg,
+        insert_bytes: a.insert_bytes,
+    };
+    let repo = open_repo(g).await?;
+    let bar = ProgressBar::start(
+        progress,
+        g.quiet || g.json || !std::io::stderr().is_terminal(),
+        "mysql backup",
+    );
+    let started = Instant::now();
+    let result = mysql::backup(&repo, &opts).await;
+    bar.finish().await;
+    let outcome = result.context("mysql backup failed; no snapshot written")?;
+    report_backup(g, &outcome, started.elapsed())?;
+    Ok(EXIT_OK)
+}
+
+async fn restore(g: &GlobalArgs, a: MysqlRestoreArgs) -> Result<i32> {
+    let repo = open_repo(g).await?;
+    let (id, snap) = if a.snapshot == "latest" {
+        repo.snapshots()?
+            .into_iter()
+            .rfind(|(_, s)| {
+                s.source == mysql::SOURCE
+                    && a.snapshot_host.as_ref().is_none_or(|h| &s.host == h)
+                    && a.tags.iter().all(|t| s.tags.contains(t))
+            })
+            .context("no MySQL snapshot in the repository")?
+    } else {
+        repo.find_snapshot(&a.snapshot, a.snapshot_host.as_deref(), &a.tags)?
+    };
+    if snap.source != mysql::SOURCE {
+        bail!(
+            "snapshot {} is a {} snapshot, not a MySQL one",
+            id.short(),
+            snap.source
+        );
+    }
+    let opts = MysqlRestoreOptions {
+        conn: connection(&a.conn),
+        client_binary: a.conn.client_binary.clone(),
+        database: a.database.clone(),
+        tables: a.tables.clone(),
+        into: a.into.clone(),
+        force: a.force,
+    };
+    let started = Instant::now();
+    if a.to_stdout {
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+        mysql::restore_to_writer(&repo, &snap, &opts, &mut out).await?;
+        return Ok(EXIT_OK);
+    }
+    let o = mysql::restore_to_server(&repo, &snap, &opts)
+        .await
+        .with_context(|| format!("restoring from snapshot {}", id.short()))?;
+    if g.json {
+        print_json(&serde_json::json!({
+            "snapshot_id": id,
+            "database": o.database,
+            "tables": o.tables,
+            "schema": o.schema,
+            "replaced": o.replaced,
+            "bytes": o.bytes,
+            "seconds": started.elapsed().as_secs_f64(),
+        }))?;
+    } else if !g.quiet {
+        if !o.replaced.is_empty() {
+            eprintln!("replaced existing tables: {}", o.replaced.join(", "));
+        }
+        println!(
+            "restored {} {} into database {}{} in {}",
+            o.tables.len(),
+            if o.tables.len() == 1 {
+                "table"
+            } else {
+                "tables"
+            },
+            o.database,
+            if o.schema {
+                " (with views, routines and events)"
+            } else {
+                ""
+            },
+            super::output::duration(started.elapsed())
+        );
+    }
+    Ok(EXIT_OK)
+}

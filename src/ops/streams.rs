@@ -1,0 +1,251 @@
+//! Backup of several named streams into one snapshot (DESIGN.md §4, §9): the entry point for
+//! sources that are not file trees, such as a database dump split table by table.
+//!
+//! A *producer* runs on a blocking thread with a [`StreamWriter`]: it chunks and stores as many
+//! streams as it likes (straight from a pipe, nothing is staged on disk), composes files from
+//! their extents (a file may be the concatenation of several stored streams, so a shared
+//! preamble is stored once) and returns the files with their paths and any snapshot metadata.
+//! Then the directory trees are written and the snapshot is committed, exactly as for a file
+//! backup: packs and index first, the snapshot object last. If the producer fails, no snapshot
+//! is written.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::sync::Arc;
+
+use super::backup::{BackupOptions, BackupOutcome, JobError, Session, new_snapshot, save_tree};
+use super::progress::Progress;
+use crate::chunker::Chunker;
+use crate::error::{Error, Result};
+use crate::format::Timestamp;
+use crate::format::lease::LeaseKind;
+use crate::format::tree::{Extent, Node, NodeKind, valid_name};
+use crate::id::Id;
+use crate::repo::Repository;
+use crate::repo::packer::BlobSink;
+use crate::source::fs::NameCache;
+
+/// One file of a stream snapshot: its path components and its contents.
+#[derive(Debug, Clone)]
+pub struct StreamFile {
+    pub path: Vec<String>,
+    pub content: Vec<Extent>,
+    pub size: u64,
+}
+
+/// What a producer hands back: the files (any order, paths unique) and snapshot metadata.
+#[derive(Debug, Default)]
+pub struct Produced {
+    pub files: Vec<StreamFile>,
+    pub meta: Vec<(String, String)>,
+}
+
+/// Stores streams for a producer.
+pub struct StreamWriter<'a> {
+    sink: &'a BlobSink,
+    chunker: &'a Chunker,
+    progress: &'a Progress,
+}
+
+impl StreamWriter<'_> {
+    /// Chunk and store a stream; returns its extents and length. A failure to read the stream
+    /// is an error like any other: the caller decides whether the backup goes on.
+    pub fn store<R: Read>(&self, reader: R) -> Result<(Vec<Extent>, u64)> {
+        super::backup::store_stream(self.sink, self.chunker, reader, 0, self.progress).map_err(
+            |e| match e {
+                JobError::Source(msg) => Error::Other(format!("reading the stream: {msg}")),
+                JobError::Fatal(e) => e,
+            },
+        )
+    }
+
+    /// Store bytes held in memory.
+    pub fn store_bytes(&self, data: &[u8]) -> Result<(Vec<Extent>, u64)> {
+        self.store(data)
+    }
+}
+
+/// Back up the streams a producer stores as one snapshot with the given source kind and paths.
+/// `chunker` cuts every stream (for dumps: a line-aligned one).
+pub async fn backup_streams<F>(
+    repo: &Arc<Repository>,
+    opts: &BackupOptions,
+    source: &str,
+    paths: Vec<String>,
+    chunker: Chunker,
+    produce: F,
+) -> Result<BackupOutcome>
+where
+    F: FnOnce(&StreamWriter) -> Result<Produced> + Send + 'static,
+{
+    let lease = if opts.dry_run {
+        None
+    } else {
+        Some(
+            repo.acquire_lease(LeaseKind::Shared, "backup", opts.lease_wait)
+                .await?,
+        )
+    };
+    let mut snap = new_snapshot(repo, opts, paths.clone(), source);
+    let parent = repo
+        .snapshots()?
+        .into_iter()
+        .rfind(|(_, s)| s.host == snap.host && s.paths == paths && s.source == source);
+    snap.parent = parent.as_ref().map(|(id, _)| *id);
+    // The parent's files, so an unchanged stream keeps the time it last changed (and an
+    // unchanged directory its tree blob).
+    let mut previous = HashMap::new();
+    if let Some((id, p)) = &parent {
+        match super::read::walk(repo, &super::read::Resolved::Root(p.tree), "").await {
+            Ok(nodes) => {
+                previous = nodes
+                    .into_iter()
+                    .filter(|(_, n)| n.kind == NodeKind::File)
+                    .collect();
+            }
+            Err(e) => tracing::warn!("parent snapshot {id}: {e}; every stream is new"),
+        }
+    }
+    let session = match Session::start(repo, opts) {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(l) = lease {
+                let _ = l.release().await;
+            }
+            return Err(e);
+        }
+    };
+    let sink = session.sink.clone();
+    let progress = opts.progress.clone().unwrap_or_default();
+    let time = snap.time;
+    let job = tokio::task::spawn_blocking(move || -> Result<(Id, Produced, u64, u64)> {
+        let writer = StreamWriter {
+            sink: &sink,
+            chunker: &chunker,
+            progress: &progress,
+        };
+        let mut produced = produce(&writer)?;
+        let (root, dirs) = build_tree(&sink, &mut produced.files, time, &previous)?;
+        let bytes = produced.files.iter().map(|f| f.size).sum();
+        Ok((root, produced, dirs, bytes))
+    });
+    let result = match job.await {
+        Ok(r) => r,
+        Err(e) => Err(Error::Other(format!("stream backup task: {e}"))),
+    };
+    let (root, produced, dirs, bytes) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            session.abandon().await;
+            if let Some(l) = lease {
+                let _ = l.release().await;
+            }
+            return Err(e);
+        }
+    };
+    snap.tree = root;
+    snap.meta = produced.meta;
+    snap.summary.total_files = produced.files.len() as u64;
+    snap.summary.files_new = produced.files.len() as u64;
+    snap.summary.total_bytes = bytes;
+    snap.summary.bytes_read = bytes;
+    snap.summary.dirs = dirs;
+    let out = session
+        .commit(repo, snap, opts.dry_run, Vec::new(), lease.as_ref())
+        .await;
+    if let Some(l) = lease {
+        l.release().await?;
+    }
+    out
+}
+
+/// A directory being assembled: files and subdirectories by name.
+#[derive(Default)]
+struct Dir {
+    files: BTreeMap<Vec<u8>, Node>,
+    dirs: BTreeMap<Vec<u8>, Dir>,
+}
+
+/// Write the trees holding `files`; returns the root tree and the number of directories.
+/// A file whose contents equal its `previous` node (by path) keeps that node's times; a
+/// directory takes the latest time of its entries. So nothing changes in an unchanged tree.
+fn build_tree(
+    sink: &BlobSink,
+    files: &mut [StreamFile],
+    time: Timestamp,
+    previous: &HashMap<String, Node>,
+) -> Result<(Id, u64)> {
+    let cache = NameCache::default();
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let stamp = |n: &mut Node, mode: u32| {
+        n.mode = mode;
+        n.uid = uid;
+        n.gid = gid;
+        n.user = cache.user(uid);
+        n.group = cache.group(gid);
+        n.mtime = time;
+        n.atime = time;
+        n.ctime = time;
+    };
+    let mut root = Dir::default();
+    for f in files.iter_mut() {
+        let shown = f.path.join("/");
+        let Some((name, dirs)) = f.path.split_last() else {
+            return Err(Error::invalid("a stream file with an empty path"));
+        };
+        if f.path.iter().any(|c| !valid_name(c.as_bytes())) {
+            return Err(Error::invalid(format!(
+                "{shown:?} is not a valid path for a stream"
+            )));
+        }
+        let mut d = &mut root;
+        for c in dirs {
+            if d.files.contains_key(c.as_bytes()) {
+                return Err(Error::invalid(format!("{shown:?}: {c} is a file")));
+            }
+            d = d.dirs.entry(c.as_bytes().to_vec()).or_default();
+        }
+        if d.dirs.contains_key(name.as_bytes()) || d.files.contains_key(name.as_bytes()) {
+            return Err(Error::invalid(format!("{shown:?} appears twice")));
+        }
+        let mut node = Node::new(name.as_bytes().to_vec(), NodeKind::File);
+        stamp(&mut node, 0o600);
+        node.links = 1;
+        node.size = f.size;
+        node.content = std::mem::take(&mut f.content);
+        if let Some(p) = previous.get(&format!("/{shown}"))
+            && p.content == node.content
+            && p.size == node.size
+        {
+            node.mtime = p.mtime;
+            node.atime = p.atime;
+            node.ctime = p.ctime;
+        }
+        d.files.insert(name.as_bytes().to_vec(), node);
+    }
+    fn save(
+        sink: &BlobSink,
+        dir: Dir,
+        stamp: &dyn Fn(&mut Node, u32),
+        count: &mut u64,
+    ) -> Result<(Id, Option<Timestamp>)> {
+        let mut nodes: Vec<Node> = dir.files.into_values().collect();
+        for (name, sub) in dir.dirs {
+            let (id, latest) = save(sink, sub, stamp, count)?;
+            let mut n = Node::new(name, NodeKind::Dir);
+            stamp(&mut n, 0o700);
+            if let Some(t) = latest {
+                (n.mtime, n.atime, n.ctime) = (t, t, t);
+            }
+            n.subtree = Some(id);
+            nodes.push(n);
+            *count += 1;
+        }
+        let latest = nodes.iter().map(|n| n.mtime).max();
+        Ok((save_tree(sink, nodes)?, latest))
+    }
+    let mut count = 0;
+    let (id, _) = save(sink, root, &stamp, &mut count)?;
+    Ok((id, count))
+}

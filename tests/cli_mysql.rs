@@ -1,0 +1,518 @@
+//! `cairn mysql backup` / `cairn mysql restore` against a real MariaDB server (issue 4): table
+//! by table snapshots from one consistent dump, restores of one table that give back the same
+//! `CHECKSUM TABLE`, dedup of unchanged tables, and failed dumps that write no snapshot.
+
+mod common;
+
+use common::Env;
+use serde_json::Value;
+
+/// `cairn mysql backup --json --databases DB EXTRA...` against the test server.
+fn mysql_backup(env: &Env, srv: &common::mysql::Server, dbs: &str, extra: &[&str]) -> common::Out {
+    env.cmd()
+        .args(["mysql", "backup", "--json", "--databases", dbs])
+        .args(srv.cairn_args())
+        .args(extra)
+        .run()
+}
+
+fn meta<'a>(snap: &'a Value, key: &str) -> Option<&'a str> {
+    snap["meta"][key].as_str()
+}
+
+/// Tables with NULLs, binary data, Unicode and awkward names, a view, a trigger and a routine.
+fn fill_app(srv: &common::mysql::Server, db: &str) {
+    srv.sql(
+        Some(db),
+        r#"
+        CREATE TABLE users (id INT PRIMARY KEY AUTO_INCREMENT, name VARCHAR(50) NOT NULL,
+            email VARCHAR(100) NULL, bio MEDIUMTEXT NULL, created DATETIME(6) NULL,
+            score DOUBLE NULL, flags BIT(8) NULL);
+        INSERT INTO users (name, email, bio, created, score, flags) VALUES
+            ('ann', NULL, NULL, NULL, NULL, NULL),
+            ('Zoë ünïcødé 😀', 'z@example.com', 'line1\nline2\ttab \'quoted\' "dq" \\ backslash;', '2024-02-29 12:34:56.789012', -1.5e-300, b'10100101'),
+            ('-- Table structure for table `users`', '', 'DELIMITER ;;', '1970-01-01 00:00:01', 0, b'0'),
+            ('日本語テキスト', NULL, REPEAT('x', 70000), NULL, 3.14159, NULL);
+        CREATE TABLE files (id BIGINT PRIMARY KEY, data LONGBLOB NULL, small TINYBLOB NULL);
+        INSERT INTO files VALUES (1, NULL, ''), (2, 0x00FF0A0D275C22601A, 0x00),
+            (3, RANDOM_BYTES(1024), RANDOM_BYTES(200)), (4, REPEAT(RANDOM_BYTES(1000), 300), NULL);
+        CREATE TABLE `odd ``name``/with;stuff` (k VARCHAR(10) PRIMARY KEY, v INT);
+        INSERT INTO `odd ``name``/with;stuff` VALUES ('a', 1), ('b', NULL);
+        CREATE TABLE _schema (x INT);
+        INSERT INTO _schema VALUES (42);
+        CREATE TABLE empty_one (x INT PRIMARY KEY);
+        CREATE TABLE nopk (a INT, b VARCHAR(10));
+        INSERT INTO nopk VALUES (2, 'b'), (1, 'a'), (2, 'b');
+        CREATE VIEW user_names AS SELECT id, name FROM users;
+        CREATE TRIGGER users_lower BEFORE INSERT ON users FOR EACH ROW SET NEW.email = LOWER(NEW.email);
+        CREATE PROCEDURE count_users() SELECT COUNT(*) FROM users;
+        "#,
+    );
+}
+
+const APP_TABLES: &[&str] = &[
+    "users",
+    "files",
+    "odd `name`/with;stuff",
+    "_schema",
+    "empty_one",
+    "nopk",
+];
+
+#[test]
+fn tables_restore_one_by_one_with_the_same_checksum() {
+    let srv = mysql_server_or_skip!();
+    let env = Env::with_repo();
+    let db = srv.database("app");
+    fill_app(srv, &db);
+    // A million rows, generated in the server.
+    srv.sql(
+        Some(&db),
+        "CREATE TABLE big (id INT PRIMARY KEY, n INT NOT NULL, s VARCHAR(40) NULL);
+         INSERT INTO big SELECT seq, seq * 7 % 1000, IF(seq % 10 = 0, NULL, CONCAT('row ', seq))
+           FROM seq_1_to_1000000;",
+    );
+    let mut tables: Vec<&str> = APP_TABLES.to_vec();
+    tables.push("big");
+    let before: Vec<(String, Option<String>)> = tables
+        .iter()
+        .map(|t| (t.to_string(), srv.checksum(&db, t)))
+        .collect();
+    assert!(before.iter().all(|(_, c)| c.is_some()));
+
+    let started = std::time::Instant::now();
+    let out = mysql_backup(&env, srv, &db, &[]).ok();
+    eprintln!("backup of {db} took {:?}", started.elapsed());
+    let id = out.json()["snapshot_id"].as_str().unwrap().to_string();
+
+    // The snapshot records the server, the binlog position and exact row counts.
+    let snaps = env.snapshots();
+    let snap = &snaps[0];
+    assert_eq!(snap["source"], "mysql");
+    assert!(
+        meta(snap, "mysql.server_version")
+            .unwrap()
+            .contains("MariaDB")
+    );
+    assert!(
+        meta(snap, "mysql.binlog_file")
+            .unwrap()
+            .starts_with("binlog.")
+    );
+    assert!(
+        meta(snap, "mysql.binlog_position")
+            .unwrap()
+            .parse::<u64>()
+            .is_ok()
+    );
+    assert!(!meta(snap, "mysql.gtid").unwrap().is_empty());
+    assert_eq!(meta(snap, &format!("mysql.rows:{db}/big")), Some("1000000"));
+    assert_eq!(meta(snap, &format!("mysql.rows:{db}/users")), Some("4"));
+    assert_eq!(meta(snap, &format!("mysql.rows:{db}/empty_one")), Some("0"));
+    assert_eq!(meta(snap, &format!("mysql.rows:{db}/nopk")), Some("3"));
+
+    // ls shows one file per table (names encoded), and the schema file.
+    let ls = env
+        .run(["ls", &id, &format!("mysql/{db}")])
+        .ok()
+        .stdout_str();
+    for f in [
+        "users.sql",
+        "files.sql",
+        "odd `name`%2Fwith;stuff.sql",
+        "%5Fschema.sql",
+        "_schema.sql",
+        "big.sql",
+    ] {
+        assert!(
+            ls.lines().any(|l| l == format!("/mysql/{db}/{f}")),
+            "{f} missing from:\n{ls}"
+        );
+    }
+    // dump gives the table's SQL: loadable on its own (session settings, no USE).
+    let sql = env
+        .run(["dump", &id, &format!("mysql/{db}/users.sql")])
+        .ok()
+        .stdout_str();
+    assert!(sql.contains("CREATE TABLE `users`"));
+    assert!(sql.contains("TRIGGER users_lower"));
+    assert!(sql.contains("SET NAMES utf8mb4"));
+    assert!(sql.trim_end().ends_with("*/;"));
+    assert!(!sql.contains("USE `"));
+    assert!(!sql.contains("CREATE TABLE `files`"));
+    let schema = env
+        .run(["dump", &id, &format!("mysql/{db}/_schema.sql")])
+        .ok()
+        .stdout_str();
+    assert!(schema.contains("CREATE DATABASE"));
+    assert!(schema.contains("VIEW `user_names`"));
+    assert!(schema.contains("PROCEDURE `count_users`"));
+
+    // Each table, restored alone into a new database, has the checksum the source had.
+    let target = srv.database("restored");
+    for (t, sum) in &before {
+        let started = std::time::Instant::now();
+        env.cmd()
+            .args([
+                "mysql",
+                "restore",
+                &id,
+                "--database",
+                &db,
+                "--table",
+                t,
+                "--into",
+                &target,
+            ])
+            .args(srv.cairn_args())
+            .run()
+            .ok();
+        eprintln!("restore of {t} took {:?}", started.elapsed());
+        assert_eq!(&srv.checksum(&target, t), sum, "table {t}");
+    }
+    // Only those tables were created; the source is untouched.
+    let mut expected: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
+    expected.sort();
+    assert_eq!(srv.tables(&target), expected);
+    for (t, sum) in &before {
+        assert_eq!(&srv.checksum(&db, t), sum, "source table {t} changed");
+    }
+    assert_eq!(
+        srv.sql(Some(&target), "SELECT COUNT(*), COUNT(s) FROM big")
+            .trim(),
+        "1000000\t900000"
+    );
+}
+
+#[test]
+fn whole_database_restore_and_refusal_to_overwrite() {
+    let srv = mysql_server_or_skip!();
+    let env = Env::with_repo();
+    let db = srv.database("whole");
+    fill_app(srv, &db);
+    let sums: Vec<_> = APP_TABLES.iter().map(|t| srv.checksum(&db, t)).collect();
+    let id = mysql_backup(&env, srv, &db, &[]).ok().json()["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The whole database, into a new one: tables, view, trigger and routine.
+    let copy = format!("{db}_copy");
+    env.cmd()
+        .args([
+            "mysql",
+            "restore",
+            "latest",
+            "--database",
+            &db,
+            "--into",
+            &copy,
+        ])
+        .args(srv.cairn_args())
+        .run()
+        .ok();
+    for (t, s) in APP_TABLES.iter().zip(&sums) {
+        assert_eq!(&srv.checksum(&copy, t), s, "{t}");
+    }
+    assert_eq!(
+        srv.sql(Some(&copy), "SELECT name FROM user_names WHERE id = 1")
+            .trim(),
+        "ann"
+    );
+    assert_eq!(
+        srv.sql(Some(&copy), "CALL count_users()").trim(),
+        "4",
+        "routine restored"
+    );
+    srv.sql(
+        Some(&copy),
+        "INSERT INTO users (name, email) VALUES ('t', 'UP@X')",
+    );
+    assert_eq!(
+        srv.sql(Some(&copy), "SELECT email FROM users WHERE name = 't'")
+            .trim(),
+        "up@x",
+        "trigger restored"
+    );
+
+    // Restoring over an existing table needs --force, and says so.
+    srv.sql(Some(&db), "DELETE FROM users WHERE id = 1");
+    let out = env
+        .cmd()
+        .args([
+            "mysql",
+            "restore",
+            &id,
+            "--database",
+            &db,
+            "--table",
+            "users",
+        ])
+        .args(srv.cairn_args())
+        .run()
+        .code(1)
+        .stderr_has("--force");
+    assert!(out.stderr.contains("already has table `users`"), "{out}");
+    assert_ne!(srv.checksum(&db, "users"), sums[0]);
+    let out = env
+        .cmd()
+        .args([
+            "mysql",
+            "restore",
+            &id,
+            "--database",
+            &db,
+            "--table",
+            "users",
+            "--force",
+        ])
+        .args(srv.cairn_args())
+        .run()
+        .ok();
+    assert!(
+        out.stderr.contains("replaced existing tables: users"),
+        "{out}"
+    );
+    assert_eq!(srv.checksum(&db, "users"), sums[0]);
+
+    // --to-stdout writes the SQL instead of loading it.
+    let out = env
+        .cmd()
+        .args([
+            "mysql",
+            "restore",
+            &id,
+            "--database",
+            &db,
+            "--table",
+            "nopk",
+            "--to-stdout",
+        ])
+        .run()
+        .ok()
+        .stdout_str();
+    assert!(out.contains("CREATE TABLE `nopk`") && out.contains("INSERT INTO `nopk`"));
+
+    // Unknown database or table: a clear error.
+    env.cmd()
+        .args(["mysql", "restore", &id, "--database", "nope", "--to-stdout"])
+        .run()
+        .code(1)
+        .stderr_has("database `nope`");
+    env.cmd()
+        .args([
+            "mysql",
+            "restore",
+            &id,
+            "--database",
+            &db,
+            "--table",
+            "nope",
+            "--to-stdout",
+        ])
+        .run()
+        .code(1)
+        .stderr_has("`nope` in the snapshot");
+}
+
+#[test]
+fn unchanged_tables_cost_nothing_and_changed_rows_little() {
+    let srv = mysql_server_or_skip!();
+    let env = Env::with_repo();
+    let db = srv.database("dedup");
+    srv.sql(
+        Some(&db),
+        "CREATE TABLE still (id INT PRIMARY KEY, s VARCHAR(60));
+         INSERT INTO still SELECT seq, MD5(seq) FROM seq_1_to_50000;
+         CREATE TABLE log (id INT PRIMARY KEY, s VARCHAR(60));
+         INSERT INTO log SELECT seq, MD5(seq) FROM seq_1_to_50000;",
+    );
+    let first = mysql_backup(&env, srv, &db, &[]).ok().json();
+    let full = first["summary"]["bytes_added"].as_u64().unwrap();
+    // Nothing changed: no data blob is new (the trees are identical too).
+    let again = mysql_backup(&env, srv, &db, &[]).ok().json();
+    assert_eq!(again["summary"]["data_blobs_added"], 0, "{again}");
+    assert_eq!(again["summary"]["bytes_added"], 0, "{again}");
+    // 1% of one table's rows appended: a small fraction of the first backup is new.
+    srv.sql(
+        Some(&db),
+        "INSERT INTO log SELECT seq, MD5(seq) FROM seq_50001_to_50500",
+    );
+    let third = mysql_backup(&env, srv, &db, &[]).ok().json();
+    let added = third["summary"]["bytes_added"].as_u64().unwrap();
+    assert!(added > 0 && added < full / 10, "added {added} of {full}");
+}
+
+#[test]
+fn all_databases_skips_the_system_ones_and_exclude_table_works() {
+    let srv = mysql_server_or_skip!();
+    let env = Env::with_repo();
+    let db = srv.database("allx");
+    srv.sql(
+        Some(&db),
+        "CREATE TABLE keep (x INT); CREATE TABLE skipme (x INT);",
+    );
+    let out = env
+        .cmd()
+        .args(["mysql", "backup", "--json", "--all-databases"])
+        .args(["--exclude-table", &format!("{db}.skipme")])
+        .args(srv.cairn_args())
+        .run()
+        .ok();
+    let id = out.json()["snapshot_id"].as_str().unwrap().to_string();
+    let ls = env.run(["ls", &id, "mysql"]).ok().stdout_str();
+    assert!(ls.contains(&format!("/mysql/{db}/keep.sql")), "{ls}");
+    assert!(!ls.contains("skipme"), "{ls}");
+    for sys in [
+        "/mysql/mysql/",
+        "/mysql/information_schema",
+        "/mysql/performance_schema",
+    ] {
+        assert!(!ls.contains(sys), "{sys} in {ls}");
+    }
+}
+
+fn snapshot_count(env: &Env) -> usize {
+    env.snapshots().len()
+}
+
+#[test]
+fn failed_dumps_write_no_snapshot() {
+    let srv = mysql_server_or_skip!();
+    let env = Env::with_repo();
+    let db = srv.database("fail");
+    srv.sql(
+        Some(&db),
+        "CREATE TABLE a_big (id INT PRIMARY KEY, s VARCHAR(100));
+         INSERT INTO a_big SELECT seq, REPEAT(MD5(seq), 3) FROM seq_1_to_200000;
+         CREATE TABLE zz (x INT); INSERT INTO zz VALUES (1);",
+    );
+    let user = format!("u{}", std::process::id());
+    srv.sql(
+        None,
+        &format!(
+            "CREATE USER '{user}'@'localhost' IDENTIFIED BY 'right-pw';
+             GRANT ALL ON *.* TO '{user}'@'localhost';"
+        ),
+    );
+
+    // Server down (nothing listens on the socket).
+    env.cmd()
+        .args(["mysql", "backup", "--databases", &db])
+        .arg(format!("--socket={}", env.path("no.sock").display()))
+        .run()
+        .code(1)
+        .stderr_has("can't connect");
+    // Wrong password (from the environment, never the command line).
+    let out = env
+        .cmd()
+        .args(["mysql", "backup", "--databases", &db, "--user", &user])
+        .arg(format!("--socket={}", srv.socket.display()))
+        .env("CAIRN_MYSQL_PASSWORD", "wrong-pw")
+        .run()
+        .code(1)
+        .stderr_has("access denied");
+    assert!(!out.stderr.contains("wrong-pw"));
+    // The client tool missing.
+    env.cmd()
+        .args(["mysql", "backup", "--databases", &db, "--dump-binary"])
+        .arg(env.path("no-such-dump"))
+        .args(srv.cairn_args())
+        .run()
+        .code(1)
+        .stderr_has("no-such-dump");
+    // A database that does not exist.
+    env.cmd()
+        .args(["mysql", "backup", "--databases", "no_such_db_here"])
+        .args(srv.cairn_args())
+        .run()
+        .code(1)
+        .stderr_has("no_such_db_here");
+    // A table dropped while the dump runs: the dump tool fails halfway through.
+    let wrapper = env.path("dump-and-drop.sh");
+    common::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nset -e\n[ \"$1\" = --version ] && exec mariadb-dump --version\n\
+             fifo=$(mktemp -u); mkfifo \"$fifo\"\n\
+             mariadb-dump \"$@\" > \"$fifo\" & pid=$!\n\
+             (head -c 200000; mariadb --no-defaults --socket={} --user=root -e 'DROP TABLE `{db}`.zz'; cat) < \"$fifo\"\n\
+             wait $pid; status=$?; rm -f \"$fifo\"; exit $status\n",
+            srv.socket.display()
+        )
+        .as_bytes(),
+    );
+    common::chmod(&wrapper, 0o755);
+    let out = env
+        .cmd()
+        .args(["mysql", "backup", "--databases", &db, "--dump-binary"])
+        .arg(&wrapper)
+        .args(srv.cairn_args())
+        .run()
+        .code(1);
+    assert!(
+        out.stderr.contains("zz") && out.stderr.contains("no snapshot written"),
+        "{out}"
+    );
+    assert_eq!(snapshot_count(&env), 0);
+
+    // The right password works, and the repository takes the next backup.
+    srv.sql(Some(&db), "CREATE TABLE zz (x INT)");
+    env.cmd()
+        .args(["mysql", "backup", "--databases", &db, "--user", &user])
+        .arg(format!("--socket={}", srv.socket.display()))
+        .env("MYSQL_PWD", "right-pw")
+        .run()
+        .ok();
+    assert_eq!(snapshot_count(&env), 1);
+}
+
+#[test]
+fn password_from_an_option_file() {
+    let srv = mysql_server_or_skip!();
+    let env = Env::with_repo();
+    let db = srv.database("optfile");
+    srv.sql(
+        Some(&db),
+        "CREATE TABLE t (x INT); INSERT INTO t VALUES (7);",
+    );
+    let user = format!("o{}", std::process::id());
+    srv.sql(
+        None,
+        &format!(
+            "CREATE USER '{user}'@'localhost' IDENTIFIED BY 'file-pw';
+             GRANT ALL ON *.* TO '{user}'@'localhost';"
+        ),
+    );
+    let cnf = env.path("client.cnf");
+    common::write(
+        &cnf,
+        format!(
+            "[client]\nuser={user}\npassword=file-pw\nsocket={}\n",
+            srv.socket.display()
+        )
+        .as_bytes(),
+    );
+    common::chmod(&cnf, 0o600);
+    let out = env
+        .cmd()
+        .args([
+            "mysql",
+            "backup",
+            "--json",
+            "--databases",
+            &db,
+            "--defaults-file",
+        ])
+        .arg(&cnf)
+        .env_remove("MYSQL_PWD")
+        .env_remove("CAIRN_MYSQL_PASSWORD")
+        .run()
+        .ok();
+    let id = out.json()["snapshot_id"].as_str().unwrap().to_string();
+    let sql = env
+        .run(["dump", &id, &format!("mysql/{db}/t.sql")])
+        .ok()
+        .stdout_str();
+    assert!(sql.contains("(7)"), "{sql}");
+}
