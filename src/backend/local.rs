@@ -264,6 +264,7 @@ mod tests {
         let root = dir.path().join("repo");
         let b = LocalBackend::new(&root);
         super::super::conformance::run(&b).await;
+        super::super::conformance::run_large(&b).await;
         let m = fs::metadata(root.join("data/ab/abcd"))
             .unwrap()
             .permissions()

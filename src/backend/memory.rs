@@ -91,6 +91,8 @@ impl Backend for MemoryBackend {
 mod tests {
     #[tokio::test]
     async fn conformance() {
-        super::super::conformance::run(&super::MemoryBackend::new()).await;
+        let b = super::MemoryBackend::new();
+        super::super::conformance::run(&b).await;
+        super::super::conformance::run_large(&b).await;
     }
 }

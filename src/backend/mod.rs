@@ -10,14 +10,18 @@
 //! - `list(prefix)` returns every key starting with `prefix` that a completed `put` created and
 //!   no completed `delete` removed, with sizes, in no particular order.
 //! - `delete` of a missing key succeeds.
+//! - `check` fails if the location cannot be used at all (S3: missing bucket, rejected
+//!   credentials, unreachable endpoint), with a message that says which.
 
 mod fault;
 mod local;
 mod memory;
+pub mod s3;
 
 pub use fault::{Fault, FaultBackend, FaultKind};
 pub use local::LocalBackend;
 pub use memory::MemoryBackend;
+pub use s3::{S3Backend, S3Options};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -103,14 +107,41 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     async fn delete(&self, key: &str) -> BResult<()>;
     /// The size of an object, or `None` if it does not exist.
     async fn stat(&self, key: &str) -> BResult<Option<u64>>;
+    /// Whether the location can be used at all; called once when a repository is opened or
+    /// created, so that a missing bucket or rejected credentials get a clear message.
+    async fn check(&self) -> BResult<()> {
+        Ok(())
+    }
 }
 
-/// Open the backend a repository URL names: a local path (absolute or relative).
+/// Options for [`open_with`]; fields for one kind of backend are ignored by the others.
+#[derive(Debug, Clone, Default)]
+pub struct OpenBackendOptions {
+    pub s3: S3Options,
+}
+
+/// Whether a repository URL names an S3 repository.
+pub fn is_s3_url(url: &str) -> bool {
+    url.starts_with("s3:")
+}
+
+/// Open the backend a repository URL names: a local path (absolute or relative), with the
+/// default options (for S3: from the environment).
 pub fn open(url: &str) -> std::result::Result<Arc<dyn Backend>, String> {
-    if let Some(rest) = url.strip_prefix("s3:") {
-        return Err(format!(
-            "s3:{rest}: S3 repositories are not supported by this build yet"
-        ));
+    let o = OpenBackendOptions {
+        s3: S3Options::from_env(),
+    };
+    open_with(url, &o)
+}
+
+/// Open the backend a repository URL names: `s3://bucket/prefix` (or `s3:bucket/prefix`), or a
+/// local path (absolute or relative).
+pub fn open_with(
+    url: &str,
+    o: &OpenBackendOptions,
+) -> std::result::Result<Arc<dyn Backend>, String> {
+    if is_s3_url(url) {
+        return Ok(Arc::new(S3Backend::new(url, &o.s3)?));
     }
     if url.contains("://") {
         return Err(format!("{url}: unknown repository URL scheme"));
@@ -126,6 +157,7 @@ pub fn open(url: &str) -> std::result::Result<Arc<dyn Backend>, String> {
 pub(crate) mod conformance {
     //! The backend contract as executable checks, run against every implementation.
     use super::*;
+    use futures::{StreamExt, TryStreamExt};
 
     pub async fn run(b: &dyn Backend) {
         // Missing keys.
@@ -208,5 +240,54 @@ pub(crate) mod conformance {
         b.delete("index/0005").await.unwrap();
         assert!(b.get("index/0005").await.unwrap_err().is_not_found());
         assert_eq!(b.list("index/").await.unwrap().len(), 299);
+    }
+
+    /// Objects of tens of MiB and listings of thousands of keys (several S3 list pages).
+    pub async fn run_large(b: &dyn Backend) {
+        let big = Bytes::from(
+            (0..40u32 << 20)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+                .collect::<Vec<_>>(),
+        );
+        let parts: Vec<Bytes> = (0..40).map(|i| big.slice(i << 20..(i + 1) << 20)).collect();
+        b.put_parts("data/ee/big", parts).await.unwrap();
+        assert_eq!(b.stat("data/ee/big").await.unwrap(), Some(40 << 20));
+        assert!(b.get("data/ee/big").await.unwrap() == big);
+        let off = (33 << 20) + 12_345;
+        assert_eq!(
+            b.get_range("data/ee/big", off, 3 << 20).await.unwrap(),
+            big.slice(off as usize..off as usize + (3 << 20))
+        );
+        assert!(b.get_range("data/ee/big", (40 << 20) - 1, 2).await.is_err());
+        let e = b.put("data/ee/big", Bytes::new()).await.unwrap_err();
+        assert_eq!(e.kind, BackendErrorKind::AlreadyExists);
+        b.delete("data/ee/big").await.unwrap();
+        assert_eq!(b.stat("data/ee/big").await.unwrap(), None);
+
+        // 2,500 keys: more than two pages of an S3 listing (1,000 keys each).
+        let n = 2_500usize;
+        futures::stream::iter(0..n)
+            .map(|i| async move {
+                b.put(&format!("snapshots/{i:05}"), Bytes::from(vec![7u8; i % 3]))
+                    .await
+            })
+            .buffer_unordered(16)
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap();
+        let mut l = b.list("snapshots/").await.unwrap();
+        l.sort_by(|a, b| a.key.cmp(&b.key));
+        assert_eq!(l.len(), n);
+        let keys: std::collections::BTreeSet<_> = l.iter().map(|e| e.key.clone()).collect();
+        assert_eq!(keys.len(), n, "no key listed twice");
+        assert_eq!(
+            l[n - 1],
+            Entry {
+                key: format!("snapshots/{:05}", n - 1),
+                size: ((n - 1) % 3) as u64
+            }
+        );
+        // A prefix that is not a whole "directory" still selects by key prefix.
+        assert_eq!(b.list("snapshots/0001").await.unwrap().len(), 10);
     }
 }

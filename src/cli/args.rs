@@ -39,12 +39,14 @@ pub struct GlobalArgs {
     /// Directory for the local catalog (default: $XDG_CACHE_HOME/cairn).
     #[arg(long, env = "CAIRN_CACHE_DIR", global = true)]
     pub cache_dir: Option<PathBuf>,
-    /// Concurrent pack uploads and downloads (default: 2 for local repositories).
+    /// Concurrent pack uploads and downloads (default: 2 for local repositories, 8 for S3).
     #[arg(long, global = true)]
     pub connections: Option<usize>,
     /// How long to wait for a conflicting lease, e.g. 30s, 5m.
     #[arg(long, default_value = "0s", global = true)]
     pub lease_wait: String,
+    #[command(flatten)]
+    pub s3: super::s3args::S3Args,
 }
 
 #[derive(Debug, Subcommand)]

@@ -52,7 +52,20 @@ fn repo_url(g: &GlobalArgs) -> Result<String> {
 
 fn backend(g: &GlobalArgs) -> Result<Arc<dyn cairn::backend::Backend>> {
     let url = repo_url(g)?;
-    cairn::backend::open(&url).map_err(|e| anyhow!(e))
+    let o = cairn::backend::OpenBackendOptions {
+        s3: g.s3.options(connections(g), parse_duration)?,
+    };
+    cairn::backend::open_with(&url, &o).map_err(|e| anyhow!(e))
+}
+
+/// Requests (S3) or packs (both) in flight: `--connections`, else 8 for S3 (latency-bound),
+/// 2 for a local disk.
+fn connections(g: &GlobalArgs) -> usize {
+    let default = match &g.repo {
+        Some(r) if cairn::backend::is_s3_url(r) => 8,
+        _ => 2,
+    };
+    g.connections.unwrap_or(default).clamp(1, 64)
 }
 
 /// The password, from (in order) CAIRN_PASSWORD, --password-file / CAIRN_PASSWORD_FILE, or a
@@ -113,7 +126,7 @@ fn open_options(g: &GlobalArgs) -> OpenOptions {
     let mut o = OpenOptions::new(g.cache_dir.clone().unwrap_or_else(default_cache_dir));
     // A local disk gains nothing from more than two writers at once, and every pack in flight
     // is 16 MiB of memory.
-    o.connections = g.connections.unwrap_or(2).clamp(1, 64);
+    o.connections = connections(g);
     o
 }
 

@@ -8,6 +8,7 @@ mod forget;
 mod maint;
 mod mysql;
 mod output;
+mod s3args;
 
 use clap::Parser;
 

@@ -852,7 +852,9 @@ impl Session {
     pub(crate) async fn abandon(self) {
         self.sink.abort();
         if let Err(e) = self.uploader.finish().await {
-            tracing::debug!("uploader after failure: {e}");
+            // When the upload itself failed, this is the cause the caller's "upload stopped
+            // (see the error above)" refers to: it must be shown.
+            tracing::error!("upload failed: {e}");
         }
     }
 }

@@ -185,6 +185,7 @@ impl Repository {
         init: &InitOptions,
         open: &OpenOptions,
     ) -> Result<Repository> {
+        backend.check().await?;
         // A location with a config is a repository. Key files without a config are what an
         // interrupted `init` leaves; they cannot open anything, so a new init may proceed (open
         // skips keys that do not open the config).
@@ -244,6 +245,7 @@ impl Repository {
         password: impl FnOnce() -> Result<Zeroizing<Vec<u8>>>,
         open: &OpenOptions,
     ) -> Result<Repository> {
+        backend.check().await?;
         let config_bytes = match backend.get(keys::CONFIG).await {
             Ok(b) => b,
             Err(e) if e.is_not_found() => {

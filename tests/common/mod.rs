@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod mysql;
+pub mod s3server;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
@@ -38,20 +39,79 @@ const TIMEOUT: Duration = Duration::from_secs(180);
 /// A test's private world: a temporary directory with the repository and the cache in it.
 pub struct Env {
     pub dir: tempfile::TempDir,
+    /// The repository's directory. On S3, where the server keeps the repository's objects
+    /// (s3s-fs stores key `k` as the file `<bucket dir>/k`), so tests can look at them alike.
     pub repo: PathBuf,
     pub cache: PathBuf,
+    /// Set when the repository is on a (private) S3 server: commands get `-r s3://...`.
+    pub s3: Option<S3Repo>,
+}
+
+/// A repository on a test S3 server.
+pub struct S3Repo {
+    pub server: s3server::S3Server,
+    /// `s3://bucket/prefix`
+    pub url: String,
+}
+
+/// Whether this test binary runs its suite with the repository on S3: the binaries named
+/// `s3_*` include another suite's file (`#[path]`) and so run the same tests on S3.
+pub fn suite_on_s3() -> bool {
+    env!("CARGO_CRATE_NAME").starts_with("s3_")
 }
 
 impl Env {
-    /// A fresh environment; the repository does not exist yet.
+    /// A fresh environment; the repository does not exist yet. On S3 in `s3_*` test binaries
+    /// (local disk, after a SKIPPED line, when s3s-fs is not installed).
     pub fn new() -> Env {
+        if suite_on_s3()
+            && let Some(env) = Env::new_s3()
+        {
+            return env;
+        }
+        Env::new_local()
+    }
+
+    /// A fresh environment with the repository on local disk.
+    pub fn new_local() -> Env {
         let dir = tempfile::Builder::new()
             .prefix("cairn-it-")
             .tempdir()
             .expect("temporary directory");
         let repo = dir.path().join("repo");
         let cache = dir.path().join("cache");
-        Env { dir, repo, cache }
+        Env {
+            dir,
+            repo,
+            cache,
+            s3: None,
+        }
+    }
+
+    /// A fresh environment with the repository (not created yet) on a private S3 server, or
+    /// `None` if s3s-fs is not installed (see [`s3server::S3Server::start`]).
+    pub fn new_s3() -> Option<Env> {
+        let name = std::thread::current()
+            .name()
+            .unwrap_or("an S3 test")
+            .to_string();
+        let server = s3server::S3Server::start(&name)?;
+        let prefix = "backups/repo";
+        let mut env = Env::new_local();
+        env.repo = server.bucket_dir(s3server::BUCKET).join(prefix);
+        env.s3 = Some(S3Repo {
+            url: format!("s3://{}/{prefix}", s3server::BUCKET),
+            server,
+        });
+        Some(env)
+    }
+
+    /// What `-r` says: the S3 URL or the directory.
+    pub fn repo_arg(&self) -> OsString {
+        match &self.s3 {
+            Some(s) => s.url.clone().into(),
+            None => self.repo.clone().into_os_string(),
+        }
     }
 
     /// A fresh environment with an initialised encrypted repository.
@@ -167,7 +227,7 @@ pub struct Cairn {
 
 impl Cairn {
     fn new(env: &Env) -> Cairn {
-        Cairn::bare(env).arg("-r").arg(&env.repo)
+        Cairn::bare(env).arg("-r").arg(env.repo_arg())
     }
 
     /// A command with no repository argument (but the same clean environment).
@@ -187,6 +247,25 @@ impl Cairn {
             .env("CAIRN_PASSWORD", PASSWORD)
             .env("CAIRN_INSECURE_TEST_KDF", "1")
             .env("CAIRN_CACHE_DIR", &env.cache);
+        // Nothing of the caller's AWS setup; the test server's when the repository is on S3.
+        for k in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_PROFILE",
+            "AWS_REGION",
+            "AWS_DEFAULT_REGION",
+            "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_S3",
+        ] {
+            c = c.env_remove(k);
+        }
+        if let Some(s3) = &env.s3 {
+            for (k, v) in s3.server.env() {
+                c = c.env(k, v);
+            }
+            c = c.env("AWS_EC2_METADATA_DISABLED", "true");
+        }
         c
     }
 
