@@ -48,9 +48,9 @@ impl ChunkerParams {
             && self.min_size < self.avg_size
             && self.avg_size < self.max_size
             && self.max_size <= 64 * 1024 * 1024
-            && self.min_size % 2 == 0
-            && self.avg_size % 2 == 0
-            && self.max_size % 2 == 0
+            && self.min_size.is_multiple_of(2)
+            && self.avg_size.is_multiple_of(2)
+            && self.max_size.is_multiple_of(2)
             && self.avg_size.is_power_of_two()
             // The mask table covers 2^(bits ± normalization) for bits 8..=22 with level <= 3.
             && (256..=4 * 1024 * 1024).contains(&self.avg_size)
