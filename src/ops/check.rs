@@ -312,7 +312,7 @@ pub async fn check(repo: &Arc<Repository>, opts: &CheckOptions) -> Result<CheckR
             Err(e)
                 if matches!(
                     e.kind(),
-                    crate::ErrorKind::Corrupt | crate::ErrorKind::UnsupportedVersion
+                    crate::error::ErrorKind::Corrupt | crate::error::ErrorKind::UnsupportedVersion
                 ) =>
             {
                 report.errors.push(Problem {
@@ -427,7 +427,7 @@ async fn check_keys(repo: &Repository, report: &mut CheckReport) -> Result<()> {
                     });
                 }
             }
-            Err(err) if err.kind() == crate::ErrorKind::Corrupt => {
+            Err(err) if err.kind() == crate::error::ErrorKind::Corrupt => {
                 report.warnings.push(Problem {
                     object: e.key.clone(),
                     message: format!("{err} (another key opened the repository)"),
@@ -504,7 +504,7 @@ async fn check_header(repo: &Repository, id: &Id, size: u64) -> Result<PackOutco
         Ok(h) => {
             compare_header(id, &h.entries, &indexed, &mut out);
         }
-        Err(e) if e.kind() == crate::ErrorKind::Corrupt => {
+        Err(e) if e.kind() == crate::error::ErrorKind::Corrupt => {
             // The blobs may still be fine (a full read tells); the header is what repair
             // needs, so this is reported either way.
             out.problems.push(PackProblem {
@@ -678,7 +678,7 @@ impl Walker<'_> {
                     Err(e)
                         if matches!(
                             e.kind(),
-                            crate::ErrorKind::Corrupt | crate::ErrorKind::NotFound
+                            crate::error::ErrorKind::Corrupt | crate::error::ErrorKind::NotFound
                         ) =>
                     {
                         out.push(RelDamage {

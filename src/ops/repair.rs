@@ -125,7 +125,7 @@ async fn rebuild(
                 report.blobs += entries.len() as u64;
                 packs.push(IndexPack { id, size, entries });
             }
-            Err(e) if e.kind() == crate::ErrorKind::Corrupt => {
+            Err(e) if e.kind() == crate::error::ErrorKind::Corrupt => {
                 // Keep what a readable old index object says of the pack, if one does: the
                 // blobs may well be intact (`check --read-data` tells).
                 if old_entries.is_none() {
