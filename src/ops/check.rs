@@ -333,8 +333,10 @@ pub async fn check(repo: &Arc<Repository>, opts: &CheckOptions) -> Result<CheckR
     }
     snaps.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
     report.stats.snapshots = snaps.len() as u64;
+    let indexed_blobs = repo.catalog().blob_ids_sorted()?;
     let mut walker = Walker {
         repo,
+        indexed: &indexed_blobs,
         bad: &bad,
         memo: HashMap::new(),
         pending_marks: Vec::new(),
@@ -616,6 +618,8 @@ struct RelDamage {
 
 struct Walker<'a> {
     repo: &'a Repository,
+    /// Every indexed blob id, sorted.
+    indexed: &'a [Id],
     /// Blob locations known to be unreadable.
     bad: &'a HashMap<Id, Vec<(Id, String)>>,
     memo: HashMap<Id, Arc<Vec<RelDamage>>>,
@@ -643,9 +647,9 @@ impl Walker<'_> {
     /// Why a blob cannot be read, if it cannot.
     fn blob_problem(&self, id: &Id) -> Result<Option<String>> {
         let Some(bad) = self.bad.get(id) else {
-            return Ok(match self.repo.catalog().lookup(id)? {
-                Some(_) => None,
-                None => Some(format!("blob {id} is not in the index")),
+            return Ok(match self.indexed.binary_search(id) {
+                Ok(_) => None,
+                Err(_) => Some(format!("blob {id} is not in the index")),
             });
         };
         let locations = self.repo.catalog().locations(id)?;

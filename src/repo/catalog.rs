@@ -344,6 +344,14 @@ impl Catalog {
             .map_err(|e| self.err(e))
     }
 
+    /// Every indexed blob id, sorted (for checking many ids without a query each).
+    pub fn blob_ids_sorted(&self) -> Result<Vec<Id>> {
+        // `blobs` is keyed by (id, pack): this reads it in id order.
+        let mut v = self.ids("SELECT DISTINCT id FROM blobs ORDER BY id")?;
+        v.dedup();
+        Ok(v)
+    }
+
     /// Every location of a blob, non-condemned packs first.
     pub fn locations(&self, id: &Id) -> Result<Vec<BlobLocation>> {
         let mut st = self
