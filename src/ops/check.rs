@@ -293,13 +293,7 @@ pub async fn check(repo: &Arc<Repository>, opts: &CheckOptions) -> Result<CheckR
 
     // Snapshots.
     repo.catalog().mark_clear()?;
-    let snap_ids: Vec<Id> = repo
-        .backend()
-        .list(keys::SNAPSHOTS)
-        .await?
-        .iter()
-        .filter_map(|e| keys::id_of(&e.key))
-        .collect();
+    let snap_ids: Vec<Id> = repo.list_ids(keys::SNAPSHOTS).await?.into_iter().collect();
     let mut snaps: Vec<(Id, Snapshot)> = Vec::new();
     for id in snap_ids {
         let key = keys::snapshot(&id);

@@ -115,13 +115,7 @@ async fn load_strict(repo: &Repository) -> Result<(Vec<Id>, Vec<Id>)> {
     repo.install_index(&objects)?;
     drop(objects);
     repo.refresh().await?;
-    let listed: HashSet<Id> = repo
-        .backend()
-        .list(keys::SNAPSHOTS)
-        .await?
-        .iter()
-        .filter_map(|e| keys::id_of(&e.key))
-        .collect();
+    let listed: HashSet<Id> = repo.list_ids(keys::SNAPSHOTS).await?.into_iter().collect();
     let known: HashSet<Id> = repo.catalog().snapshot_ids()?.into_iter().collect();
     if let Some(bad) = listed.difference(&known).next() {
         return Err(Error::Other(format!(
@@ -129,13 +123,7 @@ async fn load_strict(repo: &Repository) -> Result<(Vec<Id>, Vec<Id>)> {
              (run `cairn check`, then `cairn forget {bad}` if it is beyond repair)"
         )));
     }
-    let records = repo
-        .backend()
-        .list(keys::CONDEMNED)
-        .await?
-        .iter()
-        .filter_map(|e| keys::id_of(&e.key))
-        .collect();
+    let records = repo.list_ids(keys::CONDEMNED).await?.into_iter().collect();
     Ok((old_index, records))
 }
 

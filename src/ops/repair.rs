@@ -92,13 +92,7 @@ async fn rebuild(
     lease: &crate::repo::lease::LeaseGuard,
 ) -> Result<RepairIndexReport> {
     let mut report = RepairIndexReport::default();
-    let old: Vec<Id> = repo
-        .backend()
-        .list(keys::INDEX)
-        .await?
-        .iter()
-        .filter_map(|e| keys::id_of(&e.key))
-        .collect();
+    let old: Vec<Id> = repo.list_ids(keys::INDEX).await?.into_iter().collect();
     let stored: Vec<(Id, u64)> = repo
         .backend()
         .list(keys::DATA)

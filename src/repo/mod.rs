@@ -391,6 +391,17 @@ impl Repository {
         }
     }
 
+    /// The ids of the objects under a key prefix (keys that are not ids are ignored).
+    pub async fn list_ids(&self, prefix: &str) -> Result<Vec<Id>> {
+        Ok(self
+            .backend
+            .list(prefix)
+            .await?
+            .iter()
+            .filter_map(|e| keys::id_of(&e.key))
+            .collect())
+    }
+
     /// Bring the catalog in step with the repository's index objects and snapshots.
     pub async fn refresh(&self) -> Result<()> {
         self.refresh_index().await?;
@@ -401,13 +412,7 @@ impl Repository {
     /// Every index object in the repository, each decoded or with the reason it could not be.
     /// Failures of the backend itself (unreachable, ...) stop the whole operation.
     pub async fn load_index_objects(&self) -> Result<Vec<(Id, Result<IndexObject>)>> {
-        let ids: Vec<Id> = self
-            .backend
-            .list(keys::INDEX)
-            .await?
-            .iter()
-            .filter_map(|e| keys::id_of(&e.key))
-            .collect();
+        let ids: Vec<Id> = self.list_ids(keys::INDEX).await?.into_iter().collect();
         futures::stream::iter(ids)
             .map(|id| async move {
                 let key = keys::index(&id);
@@ -457,13 +462,7 @@ impl Repository {
 
     /// Every condemnation record, decoded (damaged ones are skipped with a warning).
     pub async fn load_condemned(&self) -> Result<Vec<(Id, Condemned)>> {
-        let ids: Vec<Id> = self
-            .backend
-            .list(keys::CONDEMNED)
-            .await?
-            .iter()
-            .filter_map(|e| keys::id_of(&e.key))
-            .collect();
+        let ids: Vec<Id> = self.list_ids(keys::CONDEMNED).await?.into_iter().collect();
         futures::stream::iter(ids)
             .map(|id| async move {
                 let key = keys::condemned(&id);
@@ -477,13 +476,7 @@ impl Repository {
     }
 
     async fn refresh_condemned(&self) -> Result<()> {
-        let in_repo: HashSet<Id> = self
-            .backend
-            .list(keys::CONDEMNED)
-            .await?
-            .iter()
-            .filter_map(|e| keys::id_of(&e.key))
-            .collect();
+        let in_repo: HashSet<Id> = self.list_ids(keys::CONDEMNED).await?.into_iter().collect();
         let known: HashSet<Id> = self.catalog().condemned_object_ids()?.into_iter().collect();
         if in_repo == known {
             return Ok(());
@@ -545,13 +538,7 @@ impl Repository {
     }
 
     async fn refresh_index(&self) -> Result<()> {
-        let in_repo: HashSet<Id> = self
-            .backend
-            .list(keys::INDEX)
-            .await?
-            .iter()
-            .filter_map(|e| keys::id_of(&e.key))
-            .collect();
+        let in_repo: HashSet<Id> = self.list_ids(keys::INDEX).await?.into_iter().collect();
         let known: HashSet<Id> = self.catalog().index_ids()?.into_iter().collect();
         let gone = known.iter().any(|id| !in_repo.contains(id));
         let to_fetch: Vec<Id> = if gone {
@@ -597,13 +584,7 @@ impl Repository {
     }
 
     async fn refresh_snapshots(&self) -> Result<()> {
-        let in_repo: HashSet<Id> = self
-            .backend
-            .list(keys::SNAPSHOTS)
-            .await?
-            .iter()
-            .filter_map(|e| keys::id_of(&e.key))
-            .collect();
+        let in_repo: HashSet<Id> = self.list_ids(keys::SNAPSHOTS).await?.into_iter().collect();
         let known: HashSet<Id> = self.catalog().snapshot_ids()?.into_iter().collect();
         for id in known.difference(&in_repo) {
             self.catalog().remove_snapshot(id)?;
