@@ -870,3 +870,64 @@ fn sources_files_several_paths_and_relative_paths() {
     assert_eq!(second["parent"], first["snapshot_id"], "{second}");
     assert_eq!(second["summary"]["files_unmodified"], 2, "{second}");
 }
+
+/// Tree blobs are kept in a local cache (issue 3): once a backup wrote them or `ls` read them,
+/// listing a snapshot needs no pack at all, and `--cache-size 0` turns the cache off.
+#[test]
+fn tree_cache_serves_ls_without_packs() {
+    let env = Env::with_repo();
+    let src = env.path("src");
+    for f in [
+        "a.txt",
+        "d1/b.txt",
+        "d1/d2/c.txt",
+        "d1/d2/d3/e.txt",
+        "x/y.txt",
+    ] {
+        write(&src.join(f), f.as_bytes());
+    }
+    env.backup(&[&src], &[]);
+    let all = ls_below(&env, "latest", &src);
+    assert!(all.contains("d1/d2/d3/e.txt"), "{all:?}");
+    let db = env
+        .cache
+        .read_dir()
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let db = db.join("blobs.sqlite");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&db).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "{}",
+        db.display()
+    );
+
+    // Without its packs the repository still lists, from the trees the backup cached...
+    let data = env.repo.join("data");
+    let aside = env.path("data-aside");
+    fs::rename(&data, &aside).unwrap();
+    assert_eq!(ls_below(&env, "latest", &src), all);
+    // ...but file contents need the packs, and say which one is missing.
+    let file = format!("latest:{}/a.txt", src.display());
+    env.run(["dump", &file]).code(1).stderr_has("pack");
+    // With the cache off (which also deletes it), listing needs the packs too.
+    env.run(["--cache-size", "0", "ls", "latest"])
+        .code(1)
+        .stderr_has("pack");
+    assert!(!db.exists());
+
+    // Reading trees fills the cache again.
+    fs::rename(&aside, &data).unwrap();
+    assert_eq!(ls_below(&env, "latest", &src), all);
+    fs::rename(&data, &aside).unwrap();
+    assert_eq!(ls_below(&env, "latest", &src), all);
+    fs::rename(&aside, &data).unwrap();
+    env.run(["check", "--read-data"]).ok();
+    env.run(["--cache-size", "12X", "ls", "latest"])
+        .code(1)
+        .stderr_has("unknown unit");
+}

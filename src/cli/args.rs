@@ -42,11 +42,36 @@ pub struct GlobalArgs {
     /// Concurrent pack uploads and downloads (default: 2 for local repositories, 8 for S3).
     #[arg(long, global = true)]
     pub connections: Option<usize>,
+    /// Size limit of the local cache of tree blobs, e.g. 512M, 2G; 0 turns it off (default 1G).
+    #[arg(long, env = "CAIRN_CACHE_SIZE", global = true, value_parser = parse_size)]
+    pub cache_size: Option<u64>,
     /// How long to wait for a conflicting lease, e.g. 30s, 5m.
     #[arg(long, default_value = "0s", global = true)]
     pub lease_wait: String,
     #[command(flatten)]
     pub s3: super::s3args::S3Args,
+}
+
+/// A size in bytes: a number with an optional binary unit (K, M, G, T; "KiB", "MB"... alike).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 512M, 2G)"))?;
+    let unit = unit.trim().to_ascii_uppercase();
+    let unit = unit.trim_end_matches("IB").trim_end_matches('B');
+    let shift = match unit {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("{s:?}: unknown unit (use K, M, G or T)")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -207,4 +232,25 @@ pub struct RestoreArgs {
 pub struct StatsArgs {
     /// Snapshots to measure (default: all).
     pub snapshots: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("1 gb"), Ok(1 << 30));
+        assert_eq!(parse_size("3T"), Ok(3 << 40));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
 }

@@ -4,6 +4,7 @@
 //! keeping the catalog in step with the repository, and reading and writing objects by id with
 //! verification. Uses `format` for bytes and `backend` for storage; knows nothing of file trees.
 
+pub mod blobcache;
 pub mod catalog;
 pub mod lease;
 pub mod packer;
@@ -30,6 +31,7 @@ use crate::format::pack::{BlobKind, PackHeader, open_blob};
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::Tree;
 use crate::id::Id;
+use blobcache::BlobCache;
 use catalog::{BlobLocation, Catalog};
 
 /// Keys of the key space (format-spec/layout.md).
@@ -98,6 +100,8 @@ pub struct OpenOptions {
     pub clock: Arc<dyn Clock>,
     /// Packs uploaded at once.
     pub connections: usize,
+    /// Size limit of the local tree-blob cache in bytes (0: no cache). See [`blobcache`].
+    pub cache_size: u64,
 }
 
 impl OpenOptions {
@@ -106,6 +110,7 @@ impl OpenOptions {
             cache_dir: cache_dir.into(),
             clock: Arc::new(SystemClock),
             connections: 4,
+            cache_size: blobcache::DEFAULT_LIMIT,
         }
     }
 }
@@ -167,6 +172,7 @@ pub struct Repository {
     keys: Arc<Keys>,
     config: Config,
     catalog: Mutex<Catalog>,
+    blob_cache: BlobCache,
     clock: Arc<dyn Clock>,
     connections: usize,
 }
@@ -330,11 +336,13 @@ impl Repository {
         let dir = open.cache_dir.join(config.repo_id.to_hex());
         create_private_dir(&dir)?;
         let catalog = Catalog::open(&dir.join("catalog.sqlite"))?;
+        let blob_cache = BlobCache::open(&dir.join("blobs.sqlite"), open.cache_size);
         let repo = Repository {
             backend,
             keys: Arc::new(keys),
             config,
             catalog: Mutex::new(catalog),
+            blob_cache,
             clock: open.clock.clone(),
             connections: open.connections.max(1),
         };
@@ -695,11 +703,22 @@ impl Repository {
         self.catalog().lookup(id)
     }
 
-    /// Read, verify and return one blob's plaintext.
+    /// Read, verify and return one blob's plaintext. Tree blobs come from the local blob cache
+    /// when it has them (verified like a download), and go into it when downloaded.
     pub async fn read_blob(&self, id: &Id) -> Result<Vec<u8>> {
         let loc = self
             .lookup_blob(id)?
             .ok_or_else(|| Error::not_found(format!("blob {id} (not in the index)")))?;
+        let cached = loc.kind == BlobKind::Tree;
+        if cached && let Some(sealed) = self.blob_cache.get(id) {
+            match open_blob(&self.keys, id, &sealed, loc.raw_len) {
+                Ok(plain) => return Ok(plain),
+                Err(e) => {
+                    tracing::warn!("cached copy of blob {id} unusable ({e}); downloading it");
+                    self.blob_cache.remove(id);
+                }
+            }
+        }
         let sealed = self
             .backend
             .get_range(&keys::pack(&loc.pack), loc.offset as u64, loc.length as u64)
@@ -714,11 +733,32 @@ impl Repository {
         let keys = self.keys.clone();
         let id = *id;
         if sealed.len() < 256 * 1024 {
-            return open_blob(&keys, &id, &sealed, loc.raw_len);
+            let plain = open_blob(&keys, &id, &sealed, loc.raw_len)?;
+            if cached {
+                self.blob_cache.put(&id, &sealed);
+            }
+            return Ok(plain);
         }
-        tokio::task::spawn_blocking(move || open_blob(&keys, &id, &sealed, loc.raw_len))
-            .await
-            .map_err(|e| Error::Other(e.to_string()))?
+        let (plain, sealed) = tokio::task::spawn_blocking(move || {
+            open_blob(&keys, &id, &sealed, loc.raw_len).map(|p| (p, sealed))
+        })
+        .await
+        .map_err(|e| Error::Other(e.to_string()))??;
+        if cached {
+            self.blob_cache.put(&id, &sealed);
+        }
+        Ok(plain)
+    }
+
+    /// Keep the sealed form of a tree blob this process wrote in the blob cache, so the next
+    /// incremental backup or `ls` need not download it.
+    pub fn cache_written_tree(&self, id: &Id, sealed: &[u8]) {
+        self.blob_cache.put(id, sealed);
+    }
+
+    /// The blob cache's total size in bytes and number of entries.
+    pub fn blob_cache_usage(&self) -> (u64, u64) {
+        self.blob_cache.usage()
     }
 
     pub async fn load_tree(&self, id: &Id) -> Result<Tree> {

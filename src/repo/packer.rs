@@ -157,6 +157,11 @@ impl BlobSink {
             return Ok(());
         }
         let sealed = seal_blob(self.repo.keys(), &id, plaintext, self.compression);
+        if kind == BlobKind::Tree {
+            // Only ever read after the index names the blob, and verified when read: caching
+            // it before its pack is stored is safe.
+            self.repo.cache_written_tree(&id, &sealed);
+        }
         self.stats
             .stored_bytes
             .fetch_add(sealed.len() as u64, Ordering::Relaxed);
