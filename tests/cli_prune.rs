@@ -200,6 +200,32 @@ fn prune_refuses_damaged_metadata() {
     assert_eq!(env.repo_listing(), listing);
 }
 
+/// A snapshot that needs a blob the index no longer has (its pack lost, the index rebuilt from
+/// what is left) stops prune before it deletes anything, naming the snapshot and the blob.
+#[test]
+fn prune_refuses_when_a_snapshot_needs_an_unindexed_blob() {
+    let t = two_snapshots();
+    let env = &t.env;
+    // The largest pack holds a part of a's 32 MiB file (packs are 16 MiB; trees and b's
+    // 3 MB of shared data cannot fill one that large).
+    let mut packs = files_below(&env.repo.join("data"));
+    packs.sort_by_key(|p| fs::metadata(p).unwrap().len());
+    let lost = packs.last().unwrap().clone();
+    let keep = env.path("lost-pack");
+    fs::rename(&lost, &keep).unwrap();
+    env.run(["repair", "index"]).ok();
+    let listing = env.repo_listing();
+    env.run(["prune", "--grace", "0s"])
+        .code(1)
+        .stderr_has("not in the index")
+        .stderr_has(&t.snap_a);
+    assert_eq!(env.repo_listing(), listing, "prune changed the repository");
+    fs::rename(&keep, &lost).unwrap();
+    env.run(["repair", "index"]).ok();
+    check_read_data(env);
+    assert_restores(env, &t.snap_a[..8], &t.a, &t.ma, "ra");
+}
+
 /// Deleting every index object and the cache, then `repair index`, gives a repository that
 /// passes `check --read-data` and restores identically.
 #[test]

@@ -56,7 +56,7 @@ pub async fn write_index(
     let mut written = Vec::new();
     for c in chunks {
         written.push(
-            repo.save_index(&IndexObject {
+            repo.put_index(&IndexObject {
                 supersedes: vec![],
                 packs: c,
             })
@@ -66,7 +66,7 @@ pub async fn write_index(
     // An earlier chunk may be byte-identical to an old object (same packs): keep it.
     let old: Vec<Id> = old.into_iter().filter(|id| !written.contains(id)).collect();
     written.push(
-        repo.save_index(&IndexObject {
+        repo.put_index(&IndexObject {
             supersedes: old,
             packs: last,
         })

@@ -94,6 +94,11 @@ impl Catalog {
         conn.busy_timeout(std::time::Duration::from_secs(60))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // SQLite's default page cache is 2 MB; with a million blobs nearly every lookup then
+        // became a pread (prune spent most of its time in the kernel copying pages). 64 MiB
+        // holds the hot part of the blob table; the temp database holds the mark set.
+        conn.pragma_update(None, "cache_size", -65536)?;
+        conn.pragma_update(Some("temp"), "cache_size", -32768)?;
         let ok: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
         if ok != "ok" {
             return Err(rusqlite::Error::InvalidQuery);
@@ -455,6 +460,97 @@ impl Catalog {
 
     // ---- marking (check and prune): a set of blob ids kept on disk, not in memory ----
 
+    /// A marked id that no index entry names, if there is one.
+    pub fn first_unindexed_mark(&self) -> Result<Option<Id>> {
+        self.conn
+            .query_row(
+                "SELECT m.id FROM temp.mark m WHERE NOT EXISTS \
+                 (SELECT 1 FROM blobs b WHERE b.id = m.id) LIMIT 1",
+                [],
+                |r| id_from(r.get(0)?),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every index entry in (blob id, pack) order, each with whether its id is marked: one
+    /// pass over the blob table merged with one over the mark set (no lookups, no sorting).
+    pub fn for_each_blob_marked(
+        &self,
+        mut f: impl FnMut(Id, PackEntry, bool) -> Result<()>,
+    ) -> Result<()> {
+        let mut blobs = self
+            .conn
+            .prepare("SELECT id, pack, kind, offset, length, raw_len FROM blobs ORDER BY id, pack")
+            .map_err(|e| self.err(e))?;
+        let mut marks = self
+            .conn
+            .prepare("SELECT id FROM temp.mark ORDER BY id")
+            .map_err(|e| self.err(e))?;
+        let mut brows = blobs.query([]).map_err(|e| self.err(e))?;
+        let mut mrows = marks.query([]).map_err(|e| self.err(e))?;
+        let mut next_mark = |this: &Self| -> Result<Option<Id>> {
+            match mrows.next().map_err(|e| this.err(e))? {
+                Some(r) => Ok(Some(
+                    id_from(r.get(0).map_err(|e| this.err(e))?).map_err(|e| this.err(e))?,
+                )),
+                None => Ok(None),
+            }
+        };
+        let mut mark = next_mark(self)?;
+        while let Some(r) = brows.next().map_err(|e| self.err(e))? {
+            let (pack, entry) = (|| {
+                Ok::<_, rusqlite::Error>((
+                    id_from(r.get(1)?)?,
+                    PackEntry {
+                        id: id_from(r.get(0)?)?,
+                        kind: BlobKind::from_u8(r.get(2)?).unwrap_or(BlobKind::Data),
+                        offset: r.get(3)?,
+                        length: r.get(4)?,
+                        raw_len: r.get(5)?,
+                    },
+                ))
+            })()
+            .map_err(|e| self.err(e))?;
+            while mark.is_some_and(|m| m < entry.id) {
+                mark = next_mark(self)?;
+            }
+            f(pack, entry, mark == Some(entry.id))?;
+        }
+        Ok(())
+    }
+
+    /// After a prune wrote its new index objects (merged through `add_index`) and deleted
+    /// packs: drop the deleted packs' entries and every index object other than `current`.
+    pub fn retire_index(&mut self, current: &[Id], deleted_packs: &[Id]) -> Result<()> {
+        let path = self.path.clone();
+        let err = |e: rusqlite::Error| Error::Catalog {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut del_blobs = tx
+                .prepare_cached("DELETE FROM blobs WHERE pack = ?1")
+                .map_err(err)?;
+            let mut del_pack = tx
+                .prepare_cached("DELETE FROM packs WHERE id = ?1")
+                .map_err(err)?;
+            for p in deleted_packs {
+                del_blobs.execute([&p.0[..]]).map_err(err)?;
+                del_pack.execute([&p.0[..]]).map_err(err)?;
+            }
+            tx.execute("DELETE FROM index_objects", []).map_err(err)?;
+            let mut ins = tx
+                .prepare_cached("INSERT OR IGNORE INTO index_objects(id) VALUES(?1)")
+                .map_err(err)?;
+            for id in current {
+                ins.execute([&id.0[..]]).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
     pub fn mark_clear(&self) -> Result<()> {
         self.conn
             .execute_batch("DELETE FROM temp.mark")
@@ -520,40 +616,6 @@ impl Catalog {
                 |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
             )
             .map_err(|e| self.err(e))
-    }
-
-    /// For prune: per pack, the marked blobs it should keep. Each marked blob is kept in one
-    /// pack only: the first of its locations in a non-condemned pack, else the first condemned
-    /// one. Calls `f(pack, entry)` for every kept blob, grouped by pack.
-    pub fn kept_blobs(&self, mut f: impl FnMut(Id, PackEntry) -> Result<()>) -> Result<()> {
-        let mut st = self
-            .conn
-            .prepare(
-                "WITH keeper AS (SELECT m.id AS id, \
-                    (SELECT b.pack FROM blobs b WHERE b.id = m.id \
-                     ORDER BY b.pack IN (SELECT pack FROM condemned), b.pack LIMIT 1) AS pack \
-                  FROM temp.mark m) \
-                 SELECT b.pack, b.id, b.kind, b.offset, b.length, b.raw_len \
-                 FROM keeper k JOIN blobs b ON b.id = k.id AND b.pack = k.pack \
-                 ORDER BY b.pack, b.offset",
-            )
-            .map_err(|e| self.err(e))?;
-        let mut rows = st.query([]).map_err(|e| self.err(e))?;
-        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
-            let pack = id_from(r.get(0).map_err(|e| self.err(e))?).map_err(|e| self.err(e))?;
-            let entry = (|| {
-                Ok::<_, rusqlite::Error>(PackEntry {
-                    id: id_from(r.get(1)?)?,
-                    kind: BlobKind::from_u8(r.get(2)?).unwrap_or(BlobKind::Data),
-                    offset: r.get(3)?,
-                    length: r.get(4)?,
-                    raw_len: r.get(5)?,
-                })
-            })()
-            .map_err(|e| self.err(e))?;
-            f(pack, entry)?;
-        }
-        Ok(())
     }
 }
 

@@ -688,6 +688,14 @@ impl Repository {
 
     /// Upload an index object and merge it into the catalog.
     pub async fn save_index(&self, idx: &IndexObject) -> Result<Id> {
+        let id = self.put_index(idx).await?;
+        self.catalog().add_index(Some(&id), &idx.packs)?;
+        Ok(id)
+    }
+
+    /// Upload an index object without touching the catalog (for callers that bring the
+    /// catalog in step themselves afterwards, such as prune and repair).
+    pub async fn put_index(&self, idx: &IndexObject) -> Result<Id> {
         let data = idx.encode(self.keys.sealer());
         let id = Id::of_bytes(&data);
         match self.backend.put(&keys::index(&id), Bytes::from(data)).await {
@@ -695,7 +703,6 @@ impl Repository {
             Err(e) if e.kind == crate::backend::BackendErrorKind::AlreadyExists => {}
             Err(e) => return Err(e.into()),
         }
-        self.catalog().add_index(Some(&id), &idx.packs)?;
         Ok(id)
     }
 
