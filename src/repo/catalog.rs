@@ -30,6 +30,8 @@ CREATE INDEX IF NOT EXISTS blobs_by_pack ON blobs(pack);
 CREATE TABLE IF NOT EXISTS condemned_objects(id BLOB PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS condemned(pack BLOB PRIMARY KEY, since INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS verified(pack BLOB PRIMARY KEY, time INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS copied(src_repo BLOB NOT NULL, src BLOB NOT NULL, dst BLOB NOT NULL,
+    PRIMARY KEY(src_repo, src)) WITHOUT ROWID;
 CREATE TEMP TABLE IF NOT EXISTS mark(id BLOB PRIMARY KEY) WITHOUT ROWID;
 ";
 
@@ -248,6 +250,37 @@ impl Catalog {
             ))
             .map_err(|e| self.err(e))?;
         st.exists([&id.0[..]]).map_err(|e| self.err(e))
+    }
+
+    /// The id in this repository of data blob `src` of repository `src_repo`, as a copy
+    /// recorded it (`ops::copy`). Only a hint: the caller checks that the blob is still indexed.
+    pub fn copied_blob(&self, src_repo: &Id, src: &Id) -> Result<Option<Id>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT dst FROM copied WHERE src_repo = ?1 AND src = ?2")
+            .map_err(|e| self.err(e))?;
+        let v: Option<Vec<u8>> = st
+            .query_row(params![&src_repo.0[..], &src.0[..]], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(v.and_then(|v| Id::from_slice(&v)))
+    }
+
+    /// Remember where data blobs of repository `src_repo` went in this one (source, target).
+    pub fn add_copied_blobs(&mut self, src_repo: &Id, pairs: &[(Id, Id)]) -> Result<()> {
+        let r: rusqlite::Result<()> = (|| {
+            let tx = self.conn.transaction()?;
+            {
+                let mut st = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO copied(src_repo, src, dst) VALUES(?1, ?2, ?3)",
+                )?;
+                for (s, d) in pairs {
+                    st.execute(params![&src_repo.0[..], &s.0[..], &d.0[..]])?;
+                }
+            }
+            tx.commit()
+        })();
+        r.map_err(|e| self.err(e))
     }
 
     /// Every pack with its size.
