@@ -3,7 +3,9 @@
 //! Owns the schema and every query. The repository alone is the truth: the catalog is rebuilt
 //! from it when missing, stale or corrupt, and nothing is ever read from it that could not be
 //! read again from the repository. Snapshots are kept sealed, as in the repository, so the cache
-//! holds no plaintext file names.
+//! holds no plaintext file names. One table is a cache of something else: `copied`, where
+//! `cairn copy` remembers the id each source data blob has in this repository; it can always be
+//! learned again by reading the source, and an entry is used only while its blob is indexed.
 
 use std::path::{Path, PathBuf};
 
