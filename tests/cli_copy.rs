@@ -343,3 +343,78 @@ fn failures_name_what_failed() {
     assert_eq!(ids(&r, "skipped", "source"), [sb.as_str()], "{r}");
     assert_eq!(ids(&r, "failed", "source"), [sa.as_str()], "{r}");
 }
+
+/// A copy killed (SIGKILL) at several moments, or interrupted (SIGINT, exit 130), leaves a
+/// target that `check` passes with at most complete snapshots in it; the next copy finishes and
+/// restores identical.
+#[test]
+fn an_interrupted_copy_leaves_the_target_valid() {
+    use std::process::Stdio;
+    use std::time::Instant;
+    let env = Env::with_repo();
+    let src = env.path("src");
+    for i in 0..5 {
+        write(
+            &src.join(format!("big{i}.bin")),
+            &random_bytes(100 + i, 8 << 20),
+        );
+    }
+    for i in 0..200u64 {
+        write(
+            &src.join(format!("small/{}/f{i}.txt", i % 10)),
+            format!("file {i}\n").repeat(i as usize + 1).as_bytes(),
+        );
+    }
+    let m = Manifest::capture(&src);
+    env.backup(&[&src], &[]);
+    let copy_cmd = |t: &Env| {
+        env.cmd()
+            .args(["copy", "--to"])
+            .arg(t.repo_arg())
+            .env("CAIRN_TO_PASSWORD", OTHER)
+    };
+    // How long a whole copy takes here.
+    let scratch = target(true);
+    let started = Instant::now();
+    copy_cmd(&scratch).run().ok();
+    let full = started.elapsed();
+
+    let t = target(true);
+    for (i, frac) in [0.1, 0.3, 0.5, 0.7, 0.9].into_iter().enumerate() {
+        let signal = if i == 2 { libc::SIGINT } else { libc::SIGKILL };
+        let mut child = copy_cmd(&t)
+            .command()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(full.mul_f64(frac));
+        // SAFETY: signalling our own child, which has not been waited for yet.
+        unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        let status = child.wait().unwrap();
+        if signal == libc::SIGINT && status.code().is_some() {
+            assert!(
+                matches!(status.code(), Some(0) | Some(130)),
+                "interrupted copy: {status}"
+            );
+        }
+        eprintln!(
+            "copy of {full:?} stopped at {frac}: {status}, {} packs, {} snapshots in the target",
+            data_files(&t).len(),
+            target_snapshots(&t).len()
+        );
+        let out = on(&t).args(["check", "--json"]).run();
+        assert_eq!(out.code, 0, "check after an interruption at {frac}: {out}");
+        assert!(target_snapshots(&t).len() <= 1);
+    }
+    let r = copy(&env, &t, &[]).ok().json();
+    assert_eq!(
+        r["copied"].as_array().unwrap().len() + r["skipped"].as_array().unwrap().len(),
+        1,
+        "{r}"
+    );
+    let dir = env.path("restored");
+    restore_from(&t, &format!("latest:{}", src.display()), &dir);
+    assert_same_tree(&m, &dir, Compare::default());
+    check_read_data(&t);
+}
