@@ -7,7 +7,7 @@
 //! Data flows one way through the modules, and dependencies point the same way:
 //!
 //! ```text
-//! ops (backup, restore, ls, stats)  ->  repo (repository handle, catalog, packer)
+//! ops (backup, restore, copy, ls, stats)  ->  repo (repository handle, catalog, packer)
 //!     -> format (pure encode/decode of stored objects)
 //!         -> crypto, compress, chunker (pure leaves)
 //! backend (bytes and keys only; knows no cairn types)

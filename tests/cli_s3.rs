@@ -1,12 +1,15 @@
 //! S3-only behaviour of the command line, against a real S3 server (s3s-fs on 127.0.0.1):
 //! wrong credentials, a missing bucket and an unreachable endpoint each give their own clear
 //! error; a server that dies in the middle of a backup makes it fail in bounded time, and the
-//! next backup resumes from what landed. Skipped (loudly) without s3s-fs unless
+//! next backup resumes from what landed; `copy` goes local -> S3 -> local. Skipped (loudly) without s3s-fs unless
 //! CAIRN_REQUIRE_SERVERS=1.
 
 mod common;
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 use common::*;
 
@@ -209,4 +212,117 @@ fn server_killed_mid_backup_then_resume() {
         let back = std::fs::read(t.join(&name)).unwrap();
         assert!(back == random_bytes(100 + i, 20 << 20), "{name} differs");
     }
+}
+
+const S3_PASSWORD: &str = "the bucket's password";
+const BACK_PASSWORD: &str = "the second local repository's password";
+
+fn password_file(env: &Env, name: &str, pw: &str) -> PathBuf {
+    let p = env.path(name);
+    write(&p, format!("{pw}\n").as_bytes());
+    p
+}
+
+/// The rich tree copied from a local repository to an S3 bucket and from there to another local
+/// repository (three passwords) restores identical; a second copy to S3 skips the snapshot and
+/// adds no pack; the bucket passes `check --read-data`.
+#[test]
+fn s3_local_to_s3_to_local_round_trip() {
+    let Some(s3) = Env::new_s3() else { return };
+    let url = s3.s3.as_ref().unwrap().url.clone();
+    s3.cmd()
+        .env("CAIRN_PASSWORD", S3_PASSWORD)
+        .arg("init")
+        .run()
+        .ok();
+    let local = Env::with_repo();
+    let src = local.path("src");
+    build_rich_tree(&src);
+    let manifest = Manifest::capture(&src);
+    let id = local.backup(&[&src], &["--tag", "nightly"])["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Local -> S3: the command needs the S3 server's environment, which `Cairn::bare(&s3)` has.
+    let to_s3 = || {
+        Cairn::bare(&s3)
+            .arg("-r")
+            .arg(&local.repo)
+            .args(["copy", "--json", "--to", &url, "--to-password-file"])
+            .arg(password_file(&local, "s3-password", S3_PASSWORD))
+            .run()
+            .ok()
+            .json()
+    };
+    let r = to_s3();
+    assert_eq!(r["copied"][0]["source"], id.as_str(), "{r}");
+    let on_s3 = r["copied"][0]["target"].as_str().unwrap().to_string();
+    assert!(r["packs_added"].as_u64().unwrap() > 0, "{r}");
+    let data = files_below(&s3.repo.join("data"));
+    assert!(!data.is_empty());
+
+    // Again: skipped, no new pack.
+    let r = to_s3();
+    assert_eq!(r["copied"], serde_json::json!([]), "{r}");
+    assert_eq!(r["skipped"][0]["source"], id.as_str(), "{r}");
+    assert_eq!(r["skipped"][0]["target"], on_s3.as_str(), "{r}");
+    assert_eq!(r["packs_added"], 0, "{r}");
+    assert_eq!(files_below(&s3.repo.join("data")), data);
+    let check = s3
+        .cmd()
+        .env("CAIRN_PASSWORD", S3_PASSWORD)
+        .args(["check", "--read-data", "--json"])
+        .run()
+        .ok()
+        .json();
+    assert_eq!(check["errors"], serde_json::json!([]), "{check}");
+
+    // S3 -> another local repository.
+    let back = Env::new_local();
+    back.cmd()
+        .env("CAIRN_PASSWORD", BACK_PASSWORD)
+        .args(["init"])
+        .run()
+        .ok();
+    let r = s3
+        .cmd()
+        .env("CAIRN_PASSWORD", S3_PASSWORD)
+        .args(["copy", "--json", "--to"])
+        .arg(&back.repo)
+        .env("CAIRN_TO_PASSWORD", BACK_PASSWORD)
+        .run()
+        .ok()
+        .json();
+    assert_eq!(r["copied"][0]["source"], on_s3.as_str(), "{r}");
+    let on_back = back
+        .cmd()
+        .env("CAIRN_PASSWORD", BACK_PASSWORD)
+        .args(["snapshots", "--json"])
+        .run()
+        .ok()
+        .json();
+    let Value::Array(on_back) = on_back else {
+        panic!("{on_back}")
+    };
+    assert_eq!(on_back.len(), 1);
+    // Each copy names its immediate original.
+    assert_eq!(on_back[0]["meta"]["copied_from"], on_s3.as_str());
+    assert_eq!(on_back[0]["tags"], serde_json::json!(["nightly"]));
+    let dir = back.path("restored");
+    let out = back
+        .cmd()
+        .env("CAIRN_PASSWORD", BACK_PASSWORD)
+        .args([
+            "restore",
+            "--json",
+            &format!("latest:{}", src.display()),
+            "--target",
+        ])
+        .arg(&dir)
+        .run()
+        .ok()
+        .json();
+    assert_eq!(out["errors"], serde_json::json!([]), "{out}");
+    assert_same_tree(&manifest, &dir, Compare::default());
 }

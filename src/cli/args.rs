@@ -100,6 +100,8 @@ pub enum Command {
     Forget(super::forget::ForgetArgs),
     /// MySQL/MariaDB: back up databases table by table, restore tables.
     Mysql(super::mysql::MysqlArgs),
+    /// Copy snapshots to another repository (deduplicated, re-encrypted for its key).
+    Copy(super::copy::CopyArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -40,6 +40,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Repair(a) => super::maint::repair(g, a).await,
         Command::Forget(a) => super::forget::forget(g, a).await,
         Command::Mysql(a) => super::mysql::run(g, a).await,
+        Command::Copy(a) => super::copy::copy(g, a).await,
     }
 }
 
@@ -51,20 +52,26 @@ fn repo_url(g: &GlobalArgs) -> Result<String> {
 }
 
 fn backend(g: &GlobalArgs) -> Result<Arc<dyn cairn::backend::Backend>> {
-    let url = repo_url(g)?;
+    backend_at(g, &repo_url(g)?)
+}
+
+/// The backend of the repository at `url`, with the global (S3) options.
+pub(super) fn backend_at(g: &GlobalArgs, url: &str) -> Result<Arc<dyn cairn::backend::Backend>> {
     let o = cairn::backend::OpenBackendOptions {
-        s3: g.s3.options(connections(g), parse_duration)?,
+        s3: g.s3.options(connections_for(g, url), parse_duration)?,
     };
-    cairn::backend::open_with(&url, &o).map_err(|e| anyhow!(e))
+    cairn::backend::open_with(url, &o).map_err(|e| anyhow!(e))
 }
 
 /// Requests (S3) or packs (both) in flight: `--connections`, else 8 for S3 (latency-bound),
 /// 2 for a local disk.
 fn connections(g: &GlobalArgs) -> usize {
-    let default = match &g.repo {
-        Some(r) if cairn::backend::is_s3_url(r) => 8,
-        _ => 2,
-    };
+    connections_for(g, g.repo.as_deref().unwrap_or(""))
+}
+
+/// [`connections`] for the repository at `url`.
+pub(super) fn connections_for(g: &GlobalArgs, url: &str) -> usize {
+    let default = if cairn::backend::is_s3_url(url) { 8 } else { 2 };
     g.connections.unwrap_or(default).clamp(1, 64)
 }
 
@@ -79,19 +86,7 @@ fn password(g: &GlobalArgs, confirm: bool) -> std::result::Result<Zeroizing<Vec<
         return Ok(Zeroizing::new(p.into_vec()));
     }
     if let Some(f) = &g.password_file {
-        let data = Zeroizing::new(std::fs::read(f).map_err(|e| Error::Io {
-            path: f.clone(),
-            source: e,
-        })?);
-        let line = data.split(|&b| b == b'\n').next().unwrap_or(&[]);
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            return Err(Error::InvalidInput(format!(
-                "password file {} is empty",
-                f.display()
-            )));
-        }
-        return Ok(Zeroizing::new(line.to_vec()));
+        return password_from_file(f);
     }
     if !std::io::stdin().is_terminal() {
         return Err(Error::InvalidInput(
@@ -99,12 +94,37 @@ fn password(g: &GlobalArgs, confirm: bool) -> std::result::Result<Zeroizing<Vec<
                 .into(),
         ));
     }
-    let p = Zeroizing::new(
-        rpassword::prompt_password("enter repository password: ").map_err(|e| Error::Io {
-            path: PathBuf::from("/dev/tty"),
-            source: e,
-        })?,
-    );
+    prompt_password("enter repository password: ", confirm)
+}
+
+/// The first line of a password file.
+pub(super) fn password_from_file(
+    f: &std::path::Path,
+) -> std::result::Result<Zeroizing<Vec<u8>>, Error> {
+    let data = Zeroizing::new(std::fs::read(f).map_err(|e| Error::Io {
+        path: f.to_path_buf(),
+        source: e,
+    })?);
+    let line = data.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "password file {} is empty",
+            f.display()
+        )));
+    }
+    Ok(Zeroizing::new(line.to_vec()))
+}
+
+/// Ask on the terminal (twice if `confirm`).
+pub(super) fn prompt_password(
+    prompt: &str,
+    confirm: bool,
+) -> std::result::Result<Zeroizing<Vec<u8>>, Error> {
+    let p = Zeroizing::new(rpassword::prompt_password(prompt).map_err(|e| Error::Io {
+        path: PathBuf::from("/dev/tty"),
+        source: e,
+    })?);
     if confirm {
         let again = Zeroizing::new(
             rpassword::prompt_password("enter the password again: ").map_err(|e| Error::Io {
@@ -122,7 +142,7 @@ fn password(g: &GlobalArgs, confirm: bool) -> std::result::Result<Zeroizing<Vec<
     Ok(Zeroizing::new(p.as_bytes().to_vec()))
 }
 
-fn open_options(g: &GlobalArgs) -> OpenOptions {
+pub(super) fn open_options(g: &GlobalArgs) -> OpenOptions {
     let mut o = OpenOptions::new(g.cache_dir.clone().unwrap_or_else(default_cache_dir));
     // A local disk gains nothing from more than two writers at once, and every pack in flight
     // is 16 MiB of memory.

@@ -4,6 +4,7 @@
 
 mod args;
 mod commands;
+mod copy;
 mod forget;
 mod maint;
 mod mysql;

@@ -3,7 +3,9 @@
 //! Owns the schema and every query. The repository alone is the truth: the catalog is rebuilt
 //! from it when missing, stale or corrupt, and nothing is ever read from it that could not be
 //! read again from the repository. Snapshots are kept sealed, as in the repository, so the cache
-//! holds no plaintext file names.
+//! holds no plaintext file names. One table is a cache of something else: `copied`, where
+//! `cairn copy` remembers the id each source data blob has in this repository; it can always be
+//! learned again by reading the source, and an entry is used only while its blob is indexed.
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +32,8 @@ CREATE INDEX IF NOT EXISTS blobs_by_pack ON blobs(pack);
 CREATE TABLE IF NOT EXISTS condemned_objects(id BLOB PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS condemned(pack BLOB PRIMARY KEY, since INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS verified(pack BLOB PRIMARY KEY, time INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS copied(src_repo BLOB NOT NULL, src BLOB NOT NULL, dst BLOB NOT NULL,
+    PRIMARY KEY(src_repo, src)) WITHOUT ROWID;
 CREATE TEMP TABLE IF NOT EXISTS mark(id BLOB PRIMARY KEY) WITHOUT ROWID;
 ";
 
@@ -253,6 +257,37 @@ impl Catalog {
             ))
             .map_err(|e| self.err(e))?;
         st.exists([&id.0[..]]).map_err(|e| self.err(e))
+    }
+
+    /// The id in this repository of data blob `src` of repository `src_repo`, as a copy
+    /// recorded it (`ops::copy`). Only a hint: the caller checks that the blob is still indexed.
+    pub fn copied_blob(&self, src_repo: &Id, src: &Id) -> Result<Option<Id>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT dst FROM copied WHERE src_repo = ?1 AND src = ?2")
+            .map_err(|e| self.err(e))?;
+        let v: Option<Vec<u8>> = st
+            .query_row(params![&src_repo.0[..], &src.0[..]], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(v.and_then(|v| Id::from_slice(&v)))
+    }
+
+    /// Remember where data blobs of repository `src_repo` went in this one (source, target).
+    pub fn add_copied_blobs(&mut self, src_repo: &Id, pairs: &[(Id, Id)]) -> Result<()> {
+        let r: rusqlite::Result<()> = (|| {
+            let tx = self.conn.transaction()?;
+            {
+                let mut st = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO copied(src_repo, src, dst) VALUES(?1, ?2, ?3)",
+                )?;
+                for (s, d) in pairs {
+                    st.execute(params![&src_repo.0[..], &s.0[..], &d.0[..]])?;
+                }
+            }
+            tx.commit()
+        })();
+        r.map_err(|e| self.err(e))
     }
 
     /// Every pack with its size.
