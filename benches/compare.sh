@@ -6,6 +6,8 @@
 # Environment:
 #   WORK=DIR        scratch space (default /tmp/cairn-bench; needs ~4x the data size)
 #   WITH_BORG=1     also run borg
+#   WITH_S3=1       afterwards, run benches/s3.sh on the same sources (cairn and restic on a
+#                   real S3 server: throughput and requests per GiB)
 #   KEEP=1          keep the scratch directory
 #
 # Phases, each timed with /usr/bin/time (wall seconds, peak RSS): first backup, unchanged
@@ -157,3 +159,6 @@ for ph in ("first", "unchanged", "changed"):
     print(f"| {ph} | " + " | ".join(f"{t[x][ph+'-size']/2**20:.1f} MiB" for x in tools) + " |")
 PY
 [ "${KEEP:-0}" = 1 ] || rm -rf "$WORK"
+if [ "${WITH_S3:-0}" = 1 ]; then
+    WORK=$WORK-s3 "$ROOT/benches/s3.sh" "${SOURCES[@]}"
+fi
