@@ -12,7 +12,8 @@
 #
 # Phases, each timed with /usr/bin/time (wall seconds, peak RSS): first backup, unchanged
 # re-backup, changed re-backup (after a deterministic churn of the data), full restore of the
-# latest snapshot, and `check --read-data` (MiB/s of repository read). Page cache is dropped before each phase when permitted, so every tool starts
+# latest snapshot, `check --read-data` (MiB/s of repository read), and prune after forgetting
+# the first two snapshots (MiB/s of repository before the prune). Page cache is dropped before each phase when permitted, so every tool starts
 # cold. Prints a Markdown table; the repository sizes are `du -sb`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -127,6 +128,18 @@ run restic check-read-data "$(du -sb "$WORK/restic-repo" | cut -f1)" restic -q -
 if [ "${WITH_BORG:-0}" = 1 ]; then
     run borg check-read-data "$(du -sb "$WORK/borg-repo" | cut -f1)" borg check --verify-data "$WORK/borg-repo"
 fi
+# Prune: forget the first two snapshots (the changed one keeps most of their data), then prune;
+# cairn with --grace 0s so its space comes back in the same run, as restic's does.
+ids() { python3 -c 'import json,sys; s=sorted(json.load(sys.stdin), key=lambda x: x["time"]); print(" ".join(x["id"] for x in s[:2]))'; }
+# shellcheck disable=SC2046
+$CAIRN -q -r "$WORK/cairn-repo" forget $($CAIRN -r "$WORK/cairn-repo" snapshots --json | ids)
+# shellcheck disable=SC2046
+restic -q -r "$WORK/restic-repo" forget $(restic -r "$WORK/restic-repo" snapshots --json | ids)
+run cairn prune "$(du -sb "$WORK/cairn-repo" | cut -f1)" "$CAIRN" -q -r "$WORK/cairn-repo" prune --grace 0s
+run restic prune "$(du -sb "$WORK/restic-repo" | cut -f1)" restic -q -r "$WORK/restic-repo" prune
+for t in cairn restic; do
+    printf '%s\t%s\t%s\n' "$t" "prune-size" "$(du -sb "$WORK/$t-repo" | cut -f1)" >> "$RESULTS"
+done
 # Sanity: cairn's restore must equal the data.
 diff -r "$DATA" "$WORK/restore-cairn$DATA" >/dev/null || { echo "cairn restore differs from the data!" >&2; exit 1; }
 
@@ -144,8 +157,10 @@ tools = [x for x in ("cairn", "restic", "borg") if x in t]
 print(f"Data: {data_bytes/2**30:.2f} GiB in {data_files} files\n")
 print("| phase | " + " | ".join(f"{x} time | {x} MiB/s | {x} peak RSS" for x in tools) + " | cairn vs restic |")
 print("|---|" + "---|---|---|" * len(tools) + "---|")
-for ph in ("first", "unchanged", "changed", "restore", "check-read-data"):
+for ph in ("first", "unchanged", "changed", "restore", "check-read-data", "prune"):
     cells = []
+    if any(ph not in t[x] for x in tools):
+        continue
     for x in tools:
         s, rss, b = t[x][ph]
         cells += [f"{s:.1f} s", f"{b/2**20/s:.0f}" if s > 0 else "-", f"{rss/1024:.0f} MiB"]
@@ -155,8 +170,8 @@ for ph in ("first", "unchanged", "changed", "restore", "check-read-data"):
 print()
 print("| repository size after | " + " | ".join(tools) + " |")
 print("|---|" + "---|" * len(tools))
-for ph in ("first", "unchanged", "changed"):
-    print(f"| {ph} | " + " | ".join(f"{t[x][ph+'-size']/2**20:.1f} MiB" for x in tools) + " |")
+for ph in ("first", "unchanged", "changed", "prune"):
+    print(f"| {ph} | " + " | ".join(f"{t[x][ph+'-size']/2**20:.1f} MiB" if ph+'-size' in t[x] else "-" for x in tools) + " |")
 PY
 [ "${KEEP:-0}" = 1 ] || rm -rf "$WORK"
 if [ "${WITH_S3:-0}" = 1 ]; then

@@ -516,3 +516,65 @@ fn password_from_an_option_file() {
         .stdout_str();
     assert!(sql.contains("(7)"), "{sql}");
 }
+
+/// `--grants` stores users and grants as `mysql/_grants.sql`, which loads back with the client
+/// and gives the same grants; without it there is no such file.
+#[test]
+fn grants_are_stored_and_load_back() {
+    let Some(srv) = common::mysql::server() else {
+        return;
+    };
+    let env = Env::with_repo();
+    let db = srv.database("grants");
+    srv.sql(
+        Some(&db),
+        "CREATE TABLE t (x INT PRIMARY KEY); INSERT INTO t VALUES (1);",
+    );
+    let user = format!("app_{db}");
+    let account = format!("'{user}'@'localhost'");
+    srv.sql(
+        None,
+        &format!(
+            "CREATE USER {account} IDENTIFIED BY 'app s3cret';
+             GRANT SELECT, INSERT ON `{db}`.* TO {account};"
+        ),
+    );
+    let before = srv.sql(None, &format!("SHOW GRANTS FOR {account}"));
+    assert!(before.contains("GRANT SELECT, INSERT"), "{before}");
+
+    mysql_backup(&env, srv, &db, &[]).ok();
+    env.run(["dump", "latest", "mysql/_grants.sql"]).code(1);
+    mysql_backup(&env, srv, &db, &["--grants"]).ok();
+    let sql = env
+        .run(["dump", "latest", "mysql/_grants.sql"])
+        .ok()
+        .stdout_str();
+    assert!(
+        sql.contains(&format!("CREATE USER IF NOT EXISTS `{user}`@`localhost`")),
+        "{sql}"
+    );
+    assert!(sql.contains("GRANT SELECT, INSERT ON"), "{sql}");
+    assert!(!sql.contains("mariadb.sys"), "{sql}");
+    assert!(
+        !sql.contains("app s3cret"),
+        "the password itself must not be stored: {sql}"
+    );
+    let ls = env.run(["ls", "latest"]).ok().stdout_str();
+    assert!(ls.lines().any(|l| l == "/mysql/_grants.sql"), "{ls}");
+
+    // Drop the account, load the file through the client: the same grants and password.
+    srv.sql(None, &format!("DROP USER {account}"));
+    let mut load = srv.client();
+    load.stdin(std::process::Stdio::piped());
+    let mut child = load.spawn().unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(sql.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(srv.sql(None, &format!("SHOW GRANTS FOR {account}")), before);
+    srv.sql(None, &format!("DROP USER {account}"));
+}

@@ -93,6 +93,10 @@ pub struct MysqlBackupArgs {
     /// Upper bound of one INSERT statement in bytes (the dump tool's --net-buffer-length).
     #[arg(long)]
     pub insert_bytes: Option<u32>,
+    /// Also store users and their grants as mysql/_grants.sql (SHOW CREATE USER and SHOW
+    /// GRANTS, loadable with the client; needs read access to mysql.user).
+    #[arg(long)]
+    pub grants: bool,
     /// Compression: off, auto, max or a zstd level 1-22.
     #[arg(long, default_value = "auto")]
     pub compression: String,
@@ -176,6 +180,7 @@ async fn backup(g: &GlobalArgs, a: MysqlBackupArgs) -> Result<i32> {
         client_binary: a.conn.client_binary.clone(),
         chunk_avg: a.chunk_avg,
         insert_bytes: a.insert_bytes,
+        grants: a.grants,
     };
     let repo = open_repo(g).await?;
     let bar = ProgressBar::start(

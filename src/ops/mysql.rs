@@ -53,6 +53,8 @@ pub struct MysqlBackupOptions {
     pub chunk_avg: Option<u32>,
     /// Upper bound of one INSERT statement, in bytes (`--net-buffer-length`).
     pub insert_bytes: Option<u32>,
+    /// Also store users and grants as `mysql/_grants.sql`.
+    pub grants: bool,
 }
 
 /// The chunker for SQL streams: the repository's dump parameters (line-aligned), or the same
@@ -100,6 +102,7 @@ pub async fn backup(repo: &Arc<Repository>, opts: &MysqlBackupOptions) -> Result
         let conn = opts.conn.clone();
         let all = opts.all_databases;
         let given = opts.databases.clone();
+        let grants = opts.grants;
         tokio::task::spawn_blocking(move || -> Result<_> {
             let info = src::server_info(&tools.client, &conn)?;
             let dbs = if all {
@@ -108,12 +111,17 @@ pub async fn backup(repo: &Arc<Repository>, opts: &MysqlBackupOptions) -> Result
                 given
             };
             let version = tools.dump_version()?;
-            Ok((info, dbs, version))
+            // Accounts are not transactional data: read them just before the dump starts.
+            let grants = match grants {
+                true => Some(src::dump_grants(&tools.client, &conn)?),
+                false => None,
+            };
+            Ok((info, dbs, version, grants))
         })
         .await
         .map_err(|e| Error::Other(format!("connecting: {e}")))?
     };
-    let (info, databases, tool_version) =
+    let (info, databases, tool_version, grants) =
         pre.map_err(|e| Error::Other(format!("cannot reach the database server: {e}")))?;
     if databases.is_empty() {
         return Err(Error::invalid(
@@ -152,7 +160,16 @@ pub async fn backup(repo: &Arc<Repository>, opts: &MysqlBackupOptions) -> Result
             }
             Err(e) => return Err(process.abort().unwrap_or(e)),
         };
-        assemble(w, split, &dump_opts, meta)
+        let mut produced = assemble(w, split, &dump_opts, meta)?;
+        if let Some(g) = &grants {
+            let (content, size) = w.store_bytes(g)?;
+            produced.files.push(StreamFile {
+                path: src::grants_path(),
+                content,
+                size,
+            });
+        }
+        Ok(produced)
     })
     .await
 }

@@ -293,6 +293,93 @@ pub fn list_databases(client: &Path, conn: &Connection) -> Result<Vec<String>> {
     Ok(dbs)
 }
 
+/// Accounts the server creates for itself; their grants are not the operator's to restore.
+const SYSTEM_ACCOUNTS: &[&str] = &[
+    "mariadb.sys",
+    "mysql.sys",
+    "mysql.session",
+    "mysql.infoschema",
+];
+
+/// Undo the escaping of the client's batch output (`\n`, `\t`, `\0`, `\\`).
+fn unescape_batch(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    let mut chars = v.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('0') => out.push('\0'),
+            Some(o) => out.push(o),
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+/// Users and their grants as SQL that any client can load (`mysql/_grants.sql`): for every
+/// account but the server's own, sorted by user and host, `SHOW CREATE USER` made idempotent
+/// (`CREATE USER IF NOT EXISTS`) and its `SHOW GRANTS`. Works on MariaDB and MySQL alike. An
+/// account the server cannot show (a MariaDB role, say) is noted in a comment.
+pub fn dump_grants(client: &Path, conn: &Connection) -> Result<Vec<u8>> {
+    let rows = query(
+        client,
+        conn,
+        "SELECT HEX(user), HEX(host) FROM mysql.user ORDER BY user, host",
+    )?;
+    let mut out = String::from(
+        "-- cairn: users and grants (SHOW CREATE USER, SHOW GRANTS), sorted by user and host\n",
+    );
+    for row in rows {
+        let [user, host] = [0, 1].map(|i| {
+            row.get(i)
+                .and_then(|h| hex::decode(h.trim()).ok())
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        });
+        if user.is_empty() || SYSTEM_ACCOUNTS.contains(&user.as_str()) {
+            continue;
+        }
+        let account = format!("{}@{}", sql_string(&user), sql_string(&host));
+        let create = match query(client, conn, &format!("SHOW CREATE USER {account}")) {
+            Ok(r) => r,
+            Err(e) => {
+                out.push_str(&format!(
+                    "-- skipped {account}: {}\n",
+                    e.to_string().replace('\n', " ")
+                ));
+                continue;
+            }
+        };
+        out.push('\n');
+        for r in create {
+            let stmt = unescape_batch(&r.join("\t"));
+            let stmt = match stmt.strip_prefix("CREATE USER ") {
+                Some(rest) if !rest.starts_with("IF NOT EXISTS") => {
+                    format!("CREATE USER IF NOT EXISTS {rest}")
+                }
+                _ => stmt,
+            };
+            out.push_str(&stmt);
+            out.push_str(";\n");
+        }
+        for r in query(client, conn, &format!("SHOW GRANTS FOR {account}"))? {
+            out.push_str(&unescape_batch(&r.join("\t")));
+            out.push_str(";\n");
+        }
+    }
+    Ok(out.into_bytes())
+}
+
+/// The path of the users-and-grants file: `mysql/_grants.sql`.
+pub fn grants_path() -> Vec<String> {
+    vec!["mysql".into(), "_grants.sql".into()]
+}
+
 /// The tables (and views) of a database that exist now.
 pub fn list_tables(client: &Path, conn: &Connection, db: &str) -> Result<Vec<String>> {
     let rows = query(
@@ -551,6 +638,13 @@ pub fn decode_name(file: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_output_unescaped() {
+        assert_eq!(unescape_batch(r"a\tb\nc\\d\0e"), "a\tb\nc\\d\0e");
+        assert_eq!(unescape_batch("plain `x`@'%'"), "plain `x`@'%'");
+        assert_eq!(unescape_batch("trailing\\"), "trailing\\");
+    }
 
     #[test]
     fn names_round_trip_and_never_escape() {
