@@ -167,25 +167,11 @@ impl BlobCache {
 }
 
 fn remove_db(path: &Path) {
-    for suffix in ["", "-wal", "-shm", "-journal"] {
-        let mut p = path.as_os_str().to_owned();
-        p.push(suffix);
-        let _ = std::fs::remove_file(std::path::PathBuf::from(p));
-    }
+    super::catalog::remove_sqlite_files(path);
 }
 
 fn try_open(path: &Path) -> rusqlite::Result<Inner> {
-    use std::os::unix::fs::OpenOptionsExt;
-    // Created 0600 before SQLite opens it (its -wal and -shm files inherit the mode).
-    let _ = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path);
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let conn = super::catalog::open_private_sqlite(path, 10)?;
     // A lost write costs a download, never correctness: no fsync per insert.
     conn.pragma_update(None, "synchronous", "OFF")?;
     conn.execute_batch(SCHEMA)?;

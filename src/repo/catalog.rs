@@ -55,6 +55,31 @@ pub struct Catalog {
     path: PathBuf,
 }
 
+/// Open (or create) an SQLite database in WAL mode whose file is 0600 from the start (SQLite
+/// gives its -wal and -shm files the same permissions).
+pub(super) fn open_private_sqlite(path: &Path, busy_secs: u64) -> rusqlite::Result<Connection> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path);
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(busy_secs))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    Ok(conn)
+}
+
+/// Delete an SQLite database and its companion files.
+pub(super) fn remove_sqlite_files(path: &Path) {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(p));
+    }
+}
+
 fn id_from(v: Vec<u8>) -> rusqlite::Result<Id> {
     Id::from_slice(&v).ok_or(rusqlite::Error::InvalidColumnType(
         0,
@@ -71,11 +96,7 @@ impl Catalog {
             Ok(c) => Ok(c),
             Err(e) => {
                 tracing::warn!("catalog {} unusable ({e}); rebuilding it", path.display());
-                for suffix in ["", "-wal", "-shm", "-journal"] {
-                    let mut p = path.as_os_str().to_owned();
-                    p.push(suffix);
-                    let _ = std::fs::remove_file(PathBuf::from(p));
-                }
+                remove_sqlite_files(path);
                 Self::try_open(path).map_err(|e| Error::Catalog {
                     path: path.to_path_buf(),
                     message: e.to_string(),
@@ -85,18 +106,7 @@ impl Catalog {
     }
 
     fn try_open(path: &Path) -> rusqlite::Result<Catalog> {
-        use std::os::unix::fs::OpenOptionsExt;
-        // Create the file ourselves so it is 0600 from the start; SQLite gives its -wal and
-        // -shm files the same permissions.
-        let _ = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path);
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(60))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let conn = open_private_sqlite(path, 60)?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         // SQLite's default page cache is 2 MB; with a million blobs nearly every lookup then
         // became a pread (prune spent most of its time in the kernel copying pages). 64 MiB
