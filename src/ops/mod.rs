@@ -4,6 +4,8 @@ pub mod backup;
 pub mod check;
 pub mod forget;
 pub mod forget_run;
+#[doc(hidden)]
+pub mod model_fuzz;
 pub mod mysql;
 pub mod progress;
 pub mod prune;
