@@ -22,6 +22,7 @@ use cairn::format::pack::{self, BLOB_STORED, BLOB_ZSTD, BlobKind, PackEntry, Pac
 use cairn::format::snapshot::{Snapshot, Summary};
 use cairn::format::tree::{Extent, Node, NodeKind, Tree, Xattr};
 use cairn::format::{Kind, Timestamp, encode};
+use cairn::ops::model_fuzz::{self, Change, ForgetSpec, Scenario, Step};
 
 fn corpus_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -56,6 +57,46 @@ fn every_target_runs_on_its_seed_corpus() {
     }
 }
 
+/// The model target (fuzz/corpus/model/): every seed runs, and every fault a generated seed
+/// arms is injected (so the seeds go on testing what their names say).
+#[test]
+fn model_target_runs_on_its_seed_corpus() {
+    let dir = corpus_dir().join("model");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            run(
+                "model",
+                &path.display().to_string(),
+                model_fuzz::model,
+                &std::fs::read(&path).unwrap(),
+            );
+            n += 1;
+        }
+    }
+    assert!(n > 0, "seed corpus {} is empty", dir.display());
+}
+
+#[test]
+fn generated_model_seeds_run_and_fire_their_faults() {
+    for (name, scenario) in model_seeds() {
+        let data = scenario.encode();
+        assert_eq!(Scenario::decode(&data), scenario, "{name}");
+        let ran = std::panic::catch_unwind(|| model_fuzz::model_report(&data))
+            .unwrap_or_else(|_| panic!("the model target panicked on seed {name}"));
+        for r in ran.iter().filter(|r| r.fault.is_some()) {
+            assert!(r.fired, "{name}: the fault of {r:?} does not fire");
+        }
+        if std::env::var_os("CAIRN_SHOW_MODEL_RUNS").is_some() {
+            eprintln!("{name}:");
+            for r in &ran {
+                eprintln!("  {r:?}");
+            }
+        }
+    }
+}
+
 #[test]
 fn every_target_has_a_fuzz_binary() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -69,6 +110,8 @@ fn every_target_has_a_fuzz_binary() {
             "{target}.rs"
         );
     }
+    let src = std::fs::read_to_string(dir.join("model.rs")).expect("fuzz/fuzz_targets/model.rs");
+    assert!(src.contains("cairn::ops::model_fuzz::model("), "model.rs");
 }
 
 /// The generated seeds stay meaningful: the valid ones decode with the library as it is, and
@@ -130,7 +173,142 @@ fn write_seeds() {
             std::fs::write(dir.join(format!("{name}.bin")), data).unwrap();
         }
     }
+    let dir = corpus_dir().join("model");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, scenario) in model_seeds() {
+        std::fs::write(dir.join(format!("{name}.bin")), scenario.encode()).unwrap();
+    }
 }
+
+/// Scenarios for the model target, each named for what it exercises. Faults are numbered from
+/// the open of the repository; `CAIRN_SHOW_MODEL_RUNS=1 cargo test --test fuzz_seeds
+/// generated_model_seeds` prints how many backend operations each run makes.
+fn model_seeds() -> Vec<(&'static str, Scenario)> {
+    use cairn::backend::FaultKind::*;
+    let write = |name, seed, len| Change::Write { name, seed, len };
+    let append = |name, seed, len| Change::Append { name, seed, len };
+    let first = || {
+        Step::Backup(vec![
+            write(0, 1, 9000),
+            write(1, 2, 3000),
+            write(3, 1, 5000),
+            write(5, 3, 20000),
+        ])
+    };
+    let second = || {
+        Step::Backup(vec![
+            append(0, 4, 2000),
+            write(2, 5, 12000),
+            Change::Delete { name: 1 },
+        ])
+    };
+    let fault = |at, kind| Step::Fault { at, kind };
+    let scenario = |steps| Scenario {
+        unencrypted: false,
+        steps,
+    };
+    let prune = |grace| Step::Prune {
+        max_unused: 0,
+        grace,
+    };
+    let check = Step::Check { read_data: true };
+    vec![
+        (
+            "backup-backup-forget-prune",
+            scenario(vec![
+                first(),
+                second(),
+                Step::Forget(ForgetSpec::Nth(0)),
+                prune(false),
+                check.clone(),
+            ]),
+        ),
+        (
+            "crash-mid-backup-then-backup",
+            scenario(vec![
+                first(),
+                fault(CRASH_BACKUP, Crash),
+                second(),
+                Step::Backup(vec![]),
+            ]),
+        ),
+        (
+            "crash-mid-prune-then-prune",
+            scenario(vec![
+                first(),
+                second(),
+                Step::Forget(ForgetSpec::Nth(0)),
+                fault(CRASH_PRUNE, Crash),
+                prune(false),
+                prune(false),
+            ]),
+        ),
+        (
+            "crash-after-the-snapshot-is-written",
+            scenario(vec![
+                first(),
+                fault(CRASH_AFTER_COMMIT, Crash),
+                second(),
+                check.clone(),
+            ]),
+        ),
+        (
+            "flip-read-during-check",
+            scenario(vec![
+                first(),
+                second(),
+                fault(FLIP_CHECK, FlipRead),
+                check.clone(),
+            ]),
+        ),
+        (
+            "drop-write-then-check",
+            scenario(vec![
+                first(),
+                fault(DROP_BACKUP, DropWrite),
+                second(),
+                check.clone(),
+            ]),
+        ),
+        (
+            "truncate-write-then-prune",
+            scenario(vec![
+                first(),
+                fault(DROP_BACKUP, TruncateWrite),
+                second(),
+                Step::Forget(ForgetSpec::KeepLast(1)),
+                prune(false),
+                check.clone(),
+            ]),
+        ),
+        (
+            "transient-in-forget-grace-wait-prune",
+            Scenario {
+                unencrypted: true,
+                steps: vec![
+                    first(),
+                    second(),
+                    fault(TRANSIENT_FORGET, Transient),
+                    Step::Forget(ForgetSpec::KeepLast(1)),
+                    prune(true),
+                    Step::Wait { tens_of_minutes: 7 },
+                    Step::DropCache,
+                    first(),
+                    prune(true),
+                    check,
+                ],
+            },
+        ),
+    ]
+}
+
+const CRASH_BACKUP: u8 = 12;
+const CRASH_PRUNE: u8 = 20;
+/// The last operation of the second backup: the lease's release.
+const CRASH_AFTER_COMMIT: u8 = 16;
+const FLIP_CHECK: u8 = 22;
+const DROP_BACKUP: u8 = 12;
+const TRANSIENT_FORGET: u8 = 8;
 
 type Seeds = BTreeMap<&'static str, Vec<(String, Vec<u8>)>>;
 

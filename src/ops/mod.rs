@@ -5,6 +5,8 @@ pub mod check;
 pub mod copy;
 pub mod forget;
 pub mod forget_run;
+#[doc(hidden)]
+pub mod model_fuzz;
 pub mod mysql;
 pub mod progress;
 pub mod prune;
