@@ -109,6 +109,22 @@ pub fn compress_append(data: &[u8], mode: Compression, out: &mut Vec<u8>) -> boo
 }
 
 /// Decompress a zstd frame, refusing output longer than `max_len`.
+/// [`decompress`] into a caller's buffer (replacing its contents), reusing its allocation.
+pub fn decompress_into(data: &[u8], max_len: usize, out: &mut Vec<u8>) -> Result<(), String> {
+    out.clear();
+    out.reserve(max_len);
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?);
+        }
+        let d = slot.as_mut().ok_or("zstd decompressor")?;
+        d.decompress_to_buffer(data, out)
+            .map(|_| ())
+            .map_err(|e| format!("zstd: {e}"))
+    })
+}
+
 pub fn decompress(data: &[u8], max_len: usize) -> Result<Vec<u8>, String> {
     DECOMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();

@@ -285,6 +285,15 @@ impl Sealer {
 
     /// Verify and open a seal made by [`Sealer::seal`] with the same key and `ad`.
     pub fn open(&self, ad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
+        let mut buf = Vec::new();
+        self.open_into(ad, sealed, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// [`Sealer::open`] into a caller's buffer (cleared first), so a loop over many objects can
+    /// reuse one allocation.
+    pub fn open_into(&self, ad: &[u8], sealed: &[u8], buf: &mut Vec<u8>) -> Result<(), OpenError> {
+        buf.clear();
         match &self.aead {
             Some(aead) => {
                 if sealed.len() < SEAL_OVERHEAD_ENCRYPTED {
@@ -292,13 +301,14 @@ impl Sealer {
                 }
                 let (nonce, rest) = sealed.split_at(NONCE_LEN);
                 let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
-                let mut buf = ct.to_vec();
+                buf.extend_from_slice(ct);
                 let nonce = XNonce::try_from(nonce).map_err(|_| OpenError)?;
                 let tag = chacha20poly1305::Tag::try_from(tag).map_err(|_| OpenError)?;
                 match aead.decrypt_inout_detached(&nonce, ad, buf.as_mut_slice().into(), &tag) {
-                    Ok(()) => Ok(buf),
+                    Ok(()) => Ok(()),
                     Err(_) => {
                         buf.zeroize();
+                        buf.clear();
                         Err(OpenError)
                     }
                 }
@@ -310,7 +320,8 @@ impl Sealer {
                 let (data, mac) = sealed.split_at(sealed.len() - TAG_LEN);
                 let want = self.mac(ad, data);
                 if constant_time_eq(&want, mac) {
-                    Ok(data.to_vec())
+                    buf.extend_from_slice(data);
+                    Ok(())
                 } else {
                     Err(OpenError)
                 }

@@ -25,7 +25,7 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::format::Timestamp;
 use crate::format::keyfile::KeyFile;
-use crate::format::pack::{PackEntry, decode_pack, open_blob};
+use crate::format::pack::{PackEntry, decode_pack, verify_blob};
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::{Extent, NodeKind};
 use crate::id::Id;
@@ -272,7 +272,11 @@ pub async fn check(repo: &Arc<Repository>, opts: &CheckOptions) -> Result<CheckR
                 Ok::<_, Error>((id, out))
             }
         })
-        .buffer_unordered(if to_read.is_empty() { conns * 4 } else { conns })
+        .buffer_unordered(if to_read.is_empty() {
+            conns * 4
+        } else {
+            conns * 2
+        })
         .try_collect()
         .await?;
     for (id, out) in outcomes {
@@ -560,7 +564,7 @@ async fn read_pack(repo: &Repository, id: &Id, size: u64) -> Result<PackOutcome>
                 let start = e.offset as usize;
                 let end = start + e.length as usize;
                 let r = match data.get(start..end) {
-                    Some(sealed) => open_blob(&keys, &e.id, sealed, e.raw_len).map(|_| ()),
+                    Some(sealed) => verify_blob(&keys, &e.id, sealed, e.raw_len),
                     None => Err(Error::corrupt(&key, "blob beyond the end of the pack")),
                 };
                 verified.fetch_add(1, Ordering::Relaxed);
