@@ -46,6 +46,16 @@ impl ChunkerParams {
         align_lines: true,
     };
 
+    /// The dump parameters `init` chose before the 16 KiB default; repositories made then keep
+    /// them in their config, and the test vectors were made with them.
+    pub const DUMPS_64K: ChunkerParams = ChunkerParams {
+        min_size: 16 * 1024,
+        avg_size: 64 * 1024,
+        max_size: 1024 * 1024,
+        normalization: 1,
+        align_lines: true,
+    };
+
     pub fn validate(&self) -> Result<(), String> {
         let ok = self.min_size >= 64
             && self.min_size < self.avg_size

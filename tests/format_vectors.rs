@@ -30,16 +30,6 @@ use cairn::format::tree::{Extent, Node, NodeKind, Tree, Xattr};
 use cairn::format::{self as fmt, Kind, Timestamp};
 use cairn::id::Id;
 
-/// The dump chunker parameters the vectors were made with (the default before 16 KiB): the
-/// vectors pin the format, not today's defaults.
-const DUMPS_64K: ChunkerParams = ChunkerParams {
-    min_size: 16 * 1024,
-    avg_size: 64 * 1024,
-    max_size: 1024 * 1024,
-    normalization: 1,
-    align_lines: true,
-};
-
 // ---------------------------------------------------------------------------------------------
 // Fixed inputs
 // ---------------------------------------------------------------------------------------------
@@ -277,7 +267,7 @@ fn expected_config() -> Config {
         repo_id: Id(std::array::from_fn(|i| 0x30 + i as u8)),
         created: T0,
         chunker_files: ChunkerParams::FILES,
-        chunker_dumps: DUMPS_64K,
+        chunker_dumps: ChunkerParams::DUMPS_64K,
         pack_size: Config::DEFAULT_PACK_SIZE,
     }
 }
@@ -569,7 +559,7 @@ fn build_all() -> Vec<(String, Vec<u8>)> {
     );
     put(
         "chunks-dumps.txt",
-        chunk_lengths(DUMPS_64K, &k, &input).into_bytes(),
+        chunk_lengths(ChunkerParams::DUMPS_64K, &k, &input).into_bytes(),
     );
     let mut gear = String::new();
     for v in k.gear_table() {
@@ -1249,7 +1239,7 @@ fn chunker() {
     let input = chunker_input();
     for (file, params) in [
         ("chunks-files.txt", ChunkerParams::FILES),
-        ("chunks-dumps.txt", DUMPS_64K),
+        ("chunks-dumps.txt", ChunkerParams::DUMPS_64K),
     ] {
         let want: Vec<usize> = read_text(file)
             .lines()

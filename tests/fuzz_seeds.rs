@@ -24,16 +24,6 @@ use cairn::format::tree::{Extent, Node, NodeKind, Tree, Xattr};
 use cairn::format::{Kind, Timestamp, encode};
 use cairn::ops::model_fuzz::{self, Change, ForgetSpec, Scenario, Step};
 
-/// The dump chunker parameters the vectors were made with (the default before 16 KiB): the
-/// vectors pin the format, not today's defaults.
-const DUMPS_64K: ChunkerParams = ChunkerParams {
-    min_size: 16 * 1024,
-    avg_size: 64 * 1024,
-    max_size: 1024 * 1024,
-    normalization: 1,
-    align_lines: true,
-};
-
 fn corpus_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fuzz")
@@ -394,7 +384,7 @@ fn seeds() -> Seeds {
         repo_id: id(1),
         created: ts(1_800_000_000),
         chunker_files: ChunkerParams::FILES,
-        chunker_dumps: DUMPS_64K,
+        chunker_dumps: ChunkerParams::DUMPS_64K,
         pack_size: Config::DEFAULT_PACK_SIZE,
     };
     sealed_seeds(&mut s, "config", Kind::Config, encode(&config));

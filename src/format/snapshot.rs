@@ -55,6 +55,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Whether the snapshot is from `host` (any host if `None`) and carries every tag of `tags`.
+    pub fn matches(&self, host: Option<&str>, tags: &[String]) -> bool {
+        host.is_none_or(|h| self.host == h) && tags.iter().all(|t| self.tags.contains(t))
+    }
+
     pub fn encode(&self, sealer: &Sealer) -> Vec<u8> {
         seal_object(Kind::Snapshot, sealer, self)
     }

@@ -110,8 +110,7 @@ pub fn select_snapshots(
     let mut out: Vec<(Id, Snapshot)> = if specs.is_empty() {
         repo.snapshots()?
             .into_iter()
-            .filter(|(_, s)| host.is_none_or(|h| s.host == h))
-            .filter(|(_, s)| tags.iter().all(|t| s.tags.contains(t)))
+            .filter(|(_, s)| s.matches(host, tags))
             .collect()
     } else {
         specs

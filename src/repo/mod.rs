@@ -640,9 +640,7 @@ impl Repository {
         if spec == "latest" {
             return all
                 .into_iter()
-                .rfind(|(_, s)| {
-                    host.is_none_or(|h| s.host == h) && tags.iter().all(|t| s.tags.contains(t))
-                })
+                .rfind(|(_, s)| s.matches(host, tags))
                 .ok_or_else(|| {
                     Error::not_found(
                         "snapshot \"latest\" (the repository has no matching snapshot)",
@@ -737,22 +735,16 @@ impl Repository {
                     e.into()
                 }
             })?;
-        let keys = self.keys.clone();
-        let id = *id;
-        if sealed.len() < 256 * 1024 {
-            let plain = open_blob(&keys, &id, &sealed, loc.raw_len)?;
-            if cached {
-                self.blob_cache.put(&id, &sealed);
-            }
-            return Ok(plain);
-        }
-        let (plain, sealed) = tokio::task::spawn_blocking(move || {
-            open_blob(&keys, &id, &sealed, loc.raw_len).map(|p| (p, sealed))
-        })
-        .await
-        .map_err(|e| Error::Other(e.to_string()))??;
+        let plain = if sealed.len() < 256 * 1024 {
+            open_blob(&self.keys, id, &sealed, loc.raw_len)?
+        } else {
+            let (keys, id, sealed) = (self.keys.clone(), *id, sealed.clone());
+            tokio::task::spawn_blocking(move || open_blob(&keys, &id, &sealed, loc.raw_len))
+                .await
+                .map_err(|e| Error::Other(e.to_string()))??
+        };
         if cached {
-            self.blob_cache.put(&id, &sealed);
+            self.blob_cache.put(id, &sealed);
         }
         Ok(plain)
     }
