@@ -137,6 +137,59 @@ pub fn decompress(data: &[u8], max_len: usize) -> Result<Vec<u8>, String> {
     })
 }
 
+/// Compress `data` with `base` as zstd's prefix (a raw-content dictionary: matches may point
+/// into it), appending one frame to `out`. Returns `false`, leaving `out` as it was, when
+/// compression is off or the frame would not be smaller than `data`.
+pub fn compress_delta_append(
+    data: &[u8],
+    base: &[u8],
+    mode: Compression,
+    out: &mut Vec<u8>,
+) -> bool {
+    use zstd::zstd_safe::{CCtx, CParameter};
+    let Some(level) = mode.level() else {
+        return false;
+    };
+    let start = out.len();
+    let mut c = CCtx::create();
+    let done = c.set_parameter(CParameter::CompressionLevel(level)).is_ok()
+        && c.set_parameter(CParameter::ContentSizeFlag(true)).is_ok()
+        && c.set_pledged_src_size(Some(data.len() as u64)).is_ok()
+        && c.ref_prefix(base).is_ok()
+        && {
+            out.reserve(data.len());
+            let mut cursor = std::io::Cursor::new(&mut *out);
+            cursor.set_position(start as u64);
+            matches!(c.compress2(&mut cursor, data), Ok(n) if n < data.len())
+        };
+    if !done {
+        out.truncate(start);
+    }
+    done
+}
+
+/// Decompress a frame written by [`compress_delta_append`] against the same `base`, into
+/// `out` (replacing its contents), refusing output longer than `max_len`.
+pub fn decompress_delta_into(
+    data: &[u8],
+    base: &[u8],
+    max_len: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    use zstd::zstd_safe::DCtx;
+    out.clear();
+    out.reserve(max_len);
+    let mut d = DCtx::create();
+    d.ref_prefix(base)
+        .map_err(|c| format!("zstd: {}", zstd::zstd_safe::get_error_name(c)))?;
+    d.decompress(out, data)
+        .map_err(|c| format!("zstd: {}", zstd::zstd_safe::get_error_name(c)))?;
+    if out.len() > max_len {
+        return Err(format!("zstd: more than {max_len} bytes"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +232,47 @@ mod tests {
         let mut out = vec![1u8; 3];
         assert!(!compress_append(&random, Compression::Level(3), &mut out));
         assert_eq!(out, vec![1u8; 3]);
+    }
+
+    #[test]
+    fn delta_against_a_similar_base_is_small_and_round_trips() {
+        let base: Vec<u8> = (0..2000u32)
+            .flat_map(|i| format!("({i},'row {i}',{}),\n", i * 7919 % 1000).into_bytes())
+            .collect();
+        let mut data = base.clone();
+        data[5000..5010].copy_from_slice(b"CHANGED!!!");
+        let mut plain = Vec::new();
+        let mut out = vec![7u8; 3];
+        assert!(compress_delta_append(
+            &data,
+            &base,
+            Compression::Auto,
+            &mut out
+        ));
+        let alone = compress(&data, Compression::Auto).unwrap();
+        assert!(
+            out.len() - 3 < alone.len() / 10,
+            "{} vs {}",
+            out.len(),
+            alone.len()
+        );
+        decompress_delta_into(&out[3..], &base, data.len(), &mut plain).unwrap();
+        assert_eq!(plain, data);
+        // Another base, a shorter bound, or no base at all: refused, never wrong bytes.
+        let mut other = base.clone();
+        other[100] ^= 1;
+        assert!(
+            decompress_delta_into(&out[3..], &other, data.len(), &mut plain).is_err()
+                || plain != data
+        );
+        assert!(decompress_delta_into(&out[3..], &base, data.len() - 1, &mut plain).is_err());
+        assert!(decompress(&out[3..], data.len()).is_err());
+        assert!(!compress_delta_append(
+            &data,
+            &base,
+            Compression::Off,
+            &mut out
+        ));
     }
 
     #[test]

@@ -22,8 +22,8 @@ use cairn::format::index::{IndexObject, IndexPack};
 use cairn::format::keyfile::KeyFile;
 use cairn::format::lease::{Lease, LeaseKind};
 use cairn::format::pack::{
-    self, BLOB_STORED, BLOB_ZSTD, BlobKind, PACK_PREFIX, PACK_TRAILER, PackBuilder, PackEntry,
-    PackHeader,
+    self, BLOB_STORED, BLOB_ZSTD, BLOB_ZSTD_DELTA, BlobKind, PACK_PREFIX, PACK_TRAILER,
+    PackBuilder, PackEntry, PackHeader,
 };
 use cairn::format::snapshot::{Snapshot, Summary};
 use cairn::format::tree::{Extent, Node, NodeKind, Tree, Xattr};
@@ -63,6 +63,9 @@ const N_PACK_HEADER: u8 = b'H';
 const N_BLOB_ZSTD: u8 = b'1';
 const N_BLOB_STORED: u8 = b'2';
 const N_BLOB_TREE: u8 = b'3';
+const N_BLOB_BASE: u8 = b'4';
+const N_BLOB_DELTA: u8 = b'5';
+const N_DELTA_HEADER: u8 = b'G';
 
 /// 2026-11-02T03:04:05.123456789Z
 const T0: Timestamp = Timestamp {
@@ -129,6 +132,47 @@ fn data_zstd_plain() -> Vec<u8> {
         );
     }
     out
+}
+
+/// Plaintext of the delta blob: the zstd blob's rows with one changed and one appended.
+fn data_delta_plain() -> Vec<u8> {
+    let text = String::from_utf8(data_zstd_plain()).unwrap();
+    let mut out = text.replace("'user7@example.com'", "'seven@example.org'");
+    out.push_str("INSERT INTO `users` VALUES (40,'user40','user40@example.com');\n");
+    out.into_bytes()
+}
+
+/// `pack-delta.bin`: the zstd data blob as a base, then a delta blob against it (in that
+/// order), with its sealed header. Returns the pack and its header.
+fn delta_pack(k: &Keys) -> (Vec<u8>, PackHeader) {
+    let (base, plain) = (data_zstd_plain(), data_delta_plain());
+    let (base_id, id) = (k.blob_id(&base), k.blob_id(&plain));
+    let mut b = PackBuilder::new();
+    let mut inner = vec![BLOB_ZSTD];
+    inner.extend_from_slice(&compress::compress(&base, Compression::Auto).unwrap());
+    let mut sealed = Vec::new();
+    k.sealer()
+        .seal_into_with_nonce(base_id.as_bytes(), &inner, nonce(N_BLOB_BASE), &mut sealed);
+    b.add(BlobKind::Data, base_id, sealed, base.len() as u32);
+    let mut inner = vec![BLOB_ZSTD_DELTA];
+    assert!(compress::compress_delta_append(
+        &plain,
+        &base,
+        Compression::Auto,
+        &mut inner
+    ));
+    let mut sealed = Vec::new();
+    k.sealer()
+        .seal_into_with_nonce(id.as_bytes(), &inner, nonce(N_BLOB_DELTA), &mut sealed);
+    b.add_entry(
+        BlobKind::Data,
+        id,
+        sealed,
+        plain.len() as u32,
+        Some(base_id),
+    );
+    let (bytes, entries) = b.finish_with_nonce(k.sealer(), &[0, 1], nonce(N_DELTA_HEADER));
+    (bytes, PackHeader { entries })
 }
 
 /// Plaintext of the incompressible data blob: 300 bytes of BLAKE3 output.
@@ -322,6 +366,7 @@ fn other_index_pack() -> IndexPack {
                 offset: 5,
                 length: 1_048_616,
                 raw_len: 1_048_576,
+                base: None,
             },
             PackEntry {
                 kind: BlobKind::Tree,
@@ -329,6 +374,7 @@ fn other_index_pack() -> IndexPack {
                 offset: 1_048_621,
                 length: 300,
                 raw_len: 700,
+                base: None,
             },
         ],
     }
@@ -488,6 +534,9 @@ fn build_all() -> Vec<(String, Vec<u8>)> {
         pack_bytes[hoff as usize..(hoff + hlen) as usize].to_vec(),
     );
     put("pack-header.plain.bin", fmt::encode(&header));
+    let (delta_bytes, delta_header) = delta_pack(&k);
+    put("pack-delta.bin", delta_bytes);
+    put("pack-delta-header.plain.bin", fmt::encode(&delta_header));
 
     // Index.
     let index = IndexObject {
@@ -1196,7 +1245,7 @@ fn pack() {
         let sealed = &data[e.offset as usize..(e.offset + e.length) as usize];
         assert_eq!(nonce_at(sealed, 0), nonce(n));
         assert_eq!(
-            pack::open_blob(&k, &e.id, sealed, e.raw_len).unwrap(),
+            pack::open_blob(&k, &e.id, sealed, e.raw_len, None).unwrap(),
             plain
         );
         // Inside the seal: the compression byte, then the payload.
@@ -1214,7 +1263,7 @@ fn pack() {
             _ => assert_eq!(&inner[1..], &plain[..]),
         }
         // A blob cannot pass for another id.
-        assert!(pack::open_blob(&k, &Id([0; 32]), sealed, e.raw_len).is_err());
+        assert!(pack::open_blob(&k, &Id([0; 32]), sealed, e.raw_len, None).is_err());
         let mut resealed = Vec::new();
         k.sealer().seal_into_with_nonce(
             e.id.as_bytes(),
@@ -1231,6 +1280,53 @@ fn pack() {
     assert_eq!(entries, h.entries);
     assert_eq!(again, data);
     assert_rejects_version_2(&data, |d| pack::decode_pack(k.sealer(), d, "p").map(|_| ()));
+}
+
+/// A delta blob: its entry names its base (kind variant 2), its compression byte is 2, and it
+/// opens only against the base's plaintext.
+#[test]
+fn pack_with_a_delta_blob() {
+    let k = keys(Encryption::Repokey);
+    let data = read("pack-delta.bin");
+    let h = pack::decode_pack(k.sealer(), &data, "pack").unwrap();
+    let plain_header = read("pack-delta-header.plain.bin");
+    assert_eq!(fmt::encode(&h), plain_header);
+    let (base, plain) = (data_zstd_plain(), data_delta_plain());
+    let base_id = k.blob_id(&base);
+    assert_eq!(h.entries.len(), 2);
+    assert_eq!((h.entries[0].id, h.entries[0].base), (base_id, None));
+    assert_eq!(
+        (h.entries[1].id, h.entries[1].base),
+        (k.blob_id(&plain), Some(base_id))
+    );
+    // The header's first entry starts with kind 0 (Data); the second with kind 2 and the base.
+    assert_eq!(plain_header[0], 2, "two entries");
+    assert_eq!(plain_header[1], 0);
+    let second = 1 + fmt::encode(&h.entries[0]).len();
+    assert_eq!(plain_header[second], 2);
+    assert_eq!(&plain_header[second + 1..second + 33], base_id.as_bytes());
+    let e = &h.entries[1];
+    let sealed = &data[e.offset as usize..(e.offset + e.length) as usize];
+    assert_eq!(nonce_at(sealed, 0), nonce(N_BLOB_DELTA));
+    let inner = k.sealer().open(e.id.as_bytes(), sealed).unwrap();
+    assert_eq!(inner[0], BLOB_ZSTD_DELTA);
+    assert_eq!(&inner[1..5], &[0x28, 0xb5, 0x2f, 0xfd], "zstd frame magic");
+    // Much smaller than the blob compressed alone.
+    let alone = compress::compress(&plain, Compression::Auto).unwrap();
+    assert!(
+        inner.len() * 4 < alone.len(),
+        "{} vs {}",
+        inner.len(),
+        alone.len()
+    );
+    assert_eq!(
+        pack::open_blob(&k, &e.id, sealed, e.raw_len, Some(&base)).unwrap(),
+        plain
+    );
+    assert!(pack::open_blob(&k, &e.id, sealed, e.raw_len, None).is_err());
+    assert!(pack::open_blob(&k, &e.id, sealed, e.raw_len, Some(&data_stored_plain())).is_err());
+    // Rebuilt from the same inputs, byte for byte.
+    assert_eq!(delta_pack(&k).0, data);
 }
 
 #[test]

@@ -18,7 +18,9 @@ use cairn::format::fuzz::{self, MASTER, TARGETS, keys, seal_fixed, seal_object_f
 use cairn::format::index::{IndexObject, IndexPack};
 use cairn::format::keyfile::KeyFile;
 use cairn::format::lease::{Lease, LeaseKind};
-use cairn::format::pack::{self, BLOB_STORED, BLOB_ZSTD, BlobKind, PackEntry, PackHeader};
+use cairn::format::pack::{
+    self, BLOB_STORED, BLOB_ZSTD, BLOB_ZSTD_DELTA, BlobKind, PackEntry, PackHeader,
+};
 use cairn::format::snapshot::{Snapshot, Summary};
 use cairn::format::tree::{Extent, Node, NodeKind, Tree, Xattr};
 use cairn::format::{Kind, Timestamp, encode};
@@ -157,7 +159,7 @@ fn generated_seeds_decode_and_run() {
         assert_eq!(h.entries.len(), 3);
         for e in &h.entries {
             let sealed = &p[e.offset as usize..(e.offset + e.length) as usize];
-            pack::open_blob(keys, &e.id, sealed, e.raw_len).unwrap();
+            pack::open_blob(keys, &e.id, sealed, e.raw_len, None).unwrap();
         }
     }
 }
@@ -452,6 +454,7 @@ fn seeds() -> Seeds {
         offset,
         length,
         raw_len: length * 2,
+        base: None,
     };
     let idx = IndexObject {
         supersedes: vec![id(9)],
@@ -475,6 +478,9 @@ fn seeds() -> Seeds {
     let mut beyond = idx.clone();
     beyond.packs[1].size = 100;
     add(&mut s, "index", "body-entry-beyond-pack", encode(&beyond));
+    let mut delta = idx.clone();
+    delta.packs[0].entries[0].base = Some(id(3));
+    add(&mut s, "index", "body-delta-entry", encode(&delta));
 
     // tree
     let mut file = Node::new(b"data.sql".to_vec(), NodeKind::File);
@@ -587,6 +593,7 @@ fn seeds() -> Seeds {
                 offset: p.len() as u32,
                 length: sealed.len() as u32,
                 raw_len: plain.len() as u32,
+                base: None,
             });
             p.extend_from_slice(&sealed);
         }
@@ -620,6 +627,14 @@ fn seeds() -> Seeds {
         ],
     };
     add(&mut s, "pack", "plain-header", with_filler(30, &fits));
+    let mut with_delta = fits.clone();
+    with_delta.entries[0].base = Some(id(3));
+    add(
+        &mut s,
+        "pack",
+        "plain-header-delta",
+        with_filler(30, &with_delta),
+    );
     let mut overlap = fits.clone();
     overlap.entries[1].offset = 10;
     add(
@@ -702,6 +717,28 @@ fn seeds() -> Seeds {
         blob(4, b"\x07tiny"),
     );
     add(&mut s, "blob", "empty", Vec::new());
+    // A delta blob: zstd against the base every fuzzed delta blob is opened against.
+    let mut changed = fuzz::FUZZ_BASE.to_vec();
+    changed.extend_from_slice(b"(4,'delta',NULL),\n");
+    let mut delta = vec![BLOB_ZSTD_DELTA];
+    assert!(compress::compress_delta_append(
+        &changed,
+        fuzz::FUZZ_BASE,
+        Compression::Max,
+        &mut delta
+    ));
+    add(
+        &mut s,
+        "blob",
+        "plain-zstd-delta",
+        blob(changed.len(), &delta),
+    );
+    add(
+        &mut s,
+        "blob",
+        "plain-zstd-delta-short",
+        blob(changed.len() - 1, &delta),
+    );
 
     // chunker: 8 bytes of parameters and read pattern, then the data.
     let chunk = |head: [u8; 8], data: &[u8]| {

@@ -357,7 +357,7 @@ fn open_pack_blobs(keys: &Keys, pack_bytes: &[u8], h: &PackHeader) {
         else {
             panic!("entry beyond the pack");
         };
-        let r = pack::open_blob(keys, &e.id, sealed, e.raw_len);
+        let r = pack::open_blob(keys, &e.id, sealed, e.raw_len, e.base.map(|_| FUZZ_BASE));
         expect_damage(&r, "blob");
     }
 }
@@ -411,6 +411,11 @@ pub fn pack(data: &[u8]) {
     }
 }
 
+/// The base plaintext every fuzzed delta blob is opened against (the seeds' delta blobs were
+/// made against it).
+pub const FUZZ_BASE: &[u8] =
+    b"INSERT INTO `t` VALUES (1,'alpha',NULL),\n(2,'beta',0x00ff),\n(3,'gamma','\xc3\xa9'),\n";
+
 /// Sealed blobs: `open_blob`. Input: `raw_len` (u32 LE), then the bytes. They are tried as a
 /// sealed blob, and as the plaintext inside the seal (compression byte, payload): then the
 /// blob is sealed under the id of what it should open to, and must open to exactly that.
@@ -421,7 +426,7 @@ pub fn blob(data: &[u8]) {
     };
     for keys in keys() {
         let id = Id([0x42; 32]);
-        let r = pack::open_blob(keys, &id, rest, raw_len);
+        let r = pack::open_blob(keys, &id, rest, raw_len, Some(FUZZ_BASE));
         expect_damage(&r, "blob");
         if let Ok(p) = r {
             assert_eq!(keys.blob_id(&p), id);
@@ -432,6 +437,12 @@ pub fn blob(data: &[u8]) {
             _ if raw_len > pack::MAX_BLOB_RAW => None,
             Some((&pack::BLOB_STORED, p)) => Some(p.to_vec()),
             Some((&pack::BLOB_ZSTD, z)) => crate::compress::decompress(z, raw_len as usize).ok(),
+            Some((&pack::BLOB_ZSTD_DELTA, z)) => {
+                let mut p = Vec::new();
+                crate::compress::decompress_delta_into(z, FUZZ_BASE, raw_len as usize, &mut p)
+                    .ok()
+                    .map(|_| p)
+            }
             _ => None,
         }
         .filter(|p| p.len() == raw_len as usize);
@@ -440,7 +451,7 @@ pub fn blob(data: &[u8]) {
             None => id,
         };
         let sealed = seal_fixed(keys.sealer(), id.as_bytes(), rest);
-        let r = pack::open_blob(keys, &id, &sealed, raw_len);
+        let r = pack::open_blob(keys, &id, &sealed, raw_len, Some(FUZZ_BASE));
         expect_damage(&r, "blob");
         match (&expected, r) {
             (Some(p), Ok(q)) => assert_eq!(p, &q),

@@ -45,7 +45,7 @@ impl BlobKind {
 }
 
 /// Where one blob sits in its pack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, bincode::Encode, bincode::Decode)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PackEntry {
     pub kind: BlobKind,
     pub id: Id,
@@ -55,7 +55,74 @@ pub struct PackEntry {
     pub length: u32,
     /// Length of the blob's plaintext (after decompression).
     pub raw_len: u32,
+    /// For a delta blob (compression `BLOB_ZSTD_DELTA`): the data blob whose plaintext it was
+    /// compressed against, which must be read first. Only data blobs have a base, and a base
+    /// is never itself a delta blob.
+    pub base: Option<Id>,
 }
+
+/// How a [`PackEntry`] is stored (format-spec/pack.md §4): the kind is an enum whose third
+/// variant, a delta data blob, carries its base. Entries without a base encode exactly as
+/// before the variant existed.
+#[derive(bincode::Encode, bincode::Decode)]
+enum WireKind {
+    Data,
+    Tree,
+    DataDelta(Id),
+}
+
+#[derive(bincode::Encode, bincode::Decode)]
+struct WireEntry {
+    kind: WireKind,
+    id: Id,
+    offset: u32,
+    length: u32,
+    raw_len: u32,
+}
+
+impl bincode::Encode for PackEntry {
+    fn encode<E: bincode::enc::Encoder>(
+        &self,
+        encoder: &mut E,
+    ) -> Result<(), bincode::error::EncodeError> {
+        let kind = match (self.kind, self.base) {
+            (BlobKind::Data, Some(b)) => WireKind::DataDelta(b),
+            (BlobKind::Data, None) => WireKind::Data,
+            (BlobKind::Tree, _) => WireKind::Tree,
+        };
+        WireEntry {
+            kind,
+            id: self.id,
+            offset: self.offset,
+            length: self.length,
+            raw_len: self.raw_len,
+        }
+        .encode(encoder)
+    }
+}
+
+impl<C> bincode::Decode<C> for PackEntry {
+    fn decode<D: bincode::de::Decoder<Context = C>>(
+        decoder: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        let w = WireEntry::decode(decoder)?;
+        let (kind, base) = match w.kind {
+            WireKind::Data => (BlobKind::Data, None),
+            WireKind::Tree => (BlobKind::Tree, None),
+            WireKind::DataDelta(b) => (BlobKind::Data, Some(b)),
+        };
+        Ok(PackEntry {
+            kind,
+            id: w.id,
+            offset: w.offset,
+            length: w.length,
+            raw_len: w.raw_len,
+            base,
+        })
+    }
+}
+
+bincode::impl_borrow_decode!(PackEntry);
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, bincode::Encode, bincode::Decode)]
 pub struct PackHeader {
@@ -65,6 +132,8 @@ pub struct PackHeader {
 /// Compression byte values inside a sealed blob.
 pub const BLOB_STORED: u8 = 0;
 pub const BLOB_ZSTD: u8 = 1;
+/// zstd against a base: the frame was compressed with the base blob's plaintext as its prefix.
+pub const BLOB_ZSTD_DELTA: u8 = 2;
 
 /// Length of the pack's leading magic and version.
 pub const PACK_PREFIX: usize = 5;
@@ -93,14 +162,49 @@ pub fn seal_blob(keys: &Keys, id: &Id, plaintext: &[u8], compression: Compressio
     buf
 }
 
+/// Seal a data blob as a delta against `base` (the plaintext of the blob its entry will name
+/// as base), if that is smaller than `limit` bytes of sealed blob; `None` otherwise.
+pub fn seal_blob_delta(
+    keys: &Keys,
+    id: &Id,
+    plaintext: &[u8],
+    base: &[u8],
+    level: Compression,
+    limit: usize,
+) -> Option<Vec<u8>> {
+    let sealer = keys.sealer();
+    let head = sealer.headroom();
+    let mut buf = Vec::with_capacity(head + 1 + plaintext.len() / 4 + crate::crypto::TAG_LEN);
+    buf.resize(head, 0);
+    buf.push(BLOB_ZSTD_DELTA);
+    if !compress::compress_delta_append(plaintext, base, level, &mut buf) {
+        return None;
+    }
+    if buf.len() + crate::crypto::TAG_LEN >= limit {
+        return None;
+    }
+    sealer.seal_in_place(id.as_bytes(), &mut buf);
+    buf.shrink_to_fit();
+    Some(buf)
+}
+
 /// No blob's plaintext is larger than this (chunks are at most 64 MiB, trees 128 MiB), so no
 /// index entry can make a reader allocate more.
 pub const MAX_BLOB_RAW: u32 = 128 * 1024 * 1024;
 
 /// Open a sealed blob and check that its plaintext hashes to `id`.
-pub fn open_blob(keys: &Keys, id: &Id, sealed: &[u8], raw_len: u32) -> Result<Vec<u8>> {
+///
+/// A delta blob (compression `BLOB_ZSTD_DELTA`) needs `base`, the plaintext of the base its
+/// entry names; other blobs ignore it.
+pub fn open_blob(
+    keys: &Keys,
+    id: &Id,
+    sealed: &[u8],
+    raw_len: u32,
+    base: Option<&[u8]>,
+) -> Result<Vec<u8>> {
     let (mut inner, mut plain) = (Vec::new(), Vec::new());
-    open_blob_with(keys, id, sealed, raw_len, &mut inner, &mut plain)?;
+    open_blob_with(keys, id, sealed, raw_len, base, &mut inner, &mut plain)?;
     Ok(plain)
 }
 
@@ -113,10 +217,16 @@ thread_local! {
 /// Check a sealed blob exactly as [`open_blob`] does, without keeping its plaintext. The
 /// buffers are per thread and reused: verifying a repository's blobs (`check --read-data`)
 /// otherwise allocated, page-faulted and freed two fresh buffers per blob.
-pub fn verify_blob(keys: &Keys, id: &Id, sealed: &[u8], raw_len: u32) -> Result<()> {
+pub fn verify_blob(
+    keys: &Keys,
+    id: &Id,
+    sealed: &[u8],
+    raw_len: u32,
+    base: Option<&[u8]>,
+) -> Result<()> {
     VERIFY_BUFFERS.with(|b| {
         let (inner, plain) = &mut *b.borrow_mut();
-        let r = open_blob_with(keys, id, sealed, raw_len, inner, plain);
+        let r = open_blob_with(keys, id, sealed, raw_len, base, inner, plain);
         // Keep the buffers for the next blob, but not a pathological one's 128 MiB.
         if inner.capacity() > 32 << 20 {
             *inner = Vec::new();
@@ -133,6 +243,7 @@ fn open_blob_with(
     id: &Id,
     sealed: &[u8],
     raw_len: u32,
+    base: Option<&[u8]>,
     inner: &mut Vec<u8>,
     plain: &mut Vec<u8>,
 ) -> Result<()> {
@@ -153,6 +264,13 @@ fn open_blob_with(
         }
         Some(&BLOB_ZSTD) => compress::decompress_into(&inner[1..], raw_len as usize, plain)
             .map_err(|e| Error::corrupt(object(), e))?,
+        Some(&BLOB_ZSTD_DELTA) => {
+            let base = base.ok_or_else(|| {
+                Error::corrupt(object(), "a delta blob, but its entry names no base")
+            })?;
+            compress::decompress_delta_into(&inner[1..], base, raw_len as usize, plain)
+                .map_err(|e| Error::corrupt(object(), e))?
+        }
         _ => return Err(Error::corrupt(object(), "unknown compression")),
     };
     if plain.len() != raw_len as usize {
@@ -180,6 +298,18 @@ impl PackBuilder {
     }
 
     pub fn add(&mut self, kind: BlobKind, id: Id, sealed: Vec<u8>, raw_len: u32) {
+        self.add_entry(kind, id, sealed, raw_len, None)
+    }
+
+    /// [`PackBuilder::add`] for a blob that may be a delta against `base`.
+    pub fn add_entry(
+        &mut self,
+        kind: BlobKind,
+        id: Id,
+        sealed: Vec<u8>,
+        raw_len: u32,
+        base: Option<Id>,
+    ) {
         self.size += sealed.len();
         let entry = PackEntry {
             kind,
@@ -187,6 +317,7 @@ impl PackBuilder {
             offset: 0,
             length: sealed.len() as u32,
             raw_len,
+            base,
         };
         self.blobs.push((entry, sealed));
     }
@@ -356,15 +487,15 @@ mod tests {
                 let id = keys.blob_id(plain);
                 let sealed = seal_blob(&keys, &id, plain, Compression::Auto);
                 let n = plain.len() as u32;
-                verify_blob(&keys, &id, &sealed, n).unwrap();
-                assert_eq!(&open_blob(&keys, &id, &sealed, n).unwrap(), plain);
-                assert!(verify_blob(&keys, &id, &sealed, n + 1).is_err());
+                verify_blob(&keys, &id, &sealed, n, None).unwrap();
+                assert_eq!(&open_blob(&keys, &id, &sealed, n, None).unwrap(), plain);
+                assert!(verify_blob(&keys, &id, &sealed, n + 1, None).is_err());
                 let mut bad = sealed.clone();
                 let last = bad.len() - 1;
                 bad[last] ^= 1;
-                assert!(verify_blob(&keys, &id, &bad, n).is_err());
+                assert!(verify_blob(&keys, &id, &bad, n, None).is_err());
                 let other = keys.blob_id(b"something else");
-                assert!(verify_blob(&keys, &other, &sealed, n).is_err());
+                assert!(verify_blob(&keys, &other, &sealed, n, None).is_err());
             }
         }
     }
@@ -392,11 +523,11 @@ mod tests {
             assert_eq!(h.entries, entries);
             for e in &h.entries {
                 let sealed = &pack[e.offset as usize..(e.offset + e.length) as usize];
-                let plain = open_blob(&keys, &e.id, sealed, e.raw_len).unwrap();
+                let plain = open_blob(&keys, &e.id, sealed, e.raw_len, None).unwrap();
                 assert!(blobs.iter().any(|(id, p)| *id == e.id && *p == plain));
                 // A blob cannot be passed off under another id.
                 let other = blobs.iter().find(|(id, _)| *id != e.id).unwrap().0;
-                assert!(open_blob(&keys, &other, sealed, e.raw_len).is_err());
+                assert!(open_blob(&keys, &other, sealed, e.raw_len, None).is_err());
             }
             let mut bad = pack.clone();
             let n = bad.len();
@@ -404,5 +535,84 @@ mod tests {
             assert!(decode_pack(keys.sealer(), &bad, "p").is_err());
             assert!(decode_pack(keys.sealer(), &pack[..3], "p").is_err());
         }
+    }
+
+    #[test]
+    fn delta_blobs_open_only_against_their_base_and_entries_keep_it() {
+        for mode in [Encryption::Repokey, Encryption::None] {
+            let keys = Keys::derive(&MasterKey::from_bytes([6; 32]), mode);
+            let base: Vec<u8> = (0..3000u32)
+                .flat_map(|i| format!("({i},'name {i}',{}),\n", i % 97).into_bytes())
+                .collect();
+            let mut plain = base.clone();
+            plain[20_000..20_008].copy_from_slice(b"(1,'x'),");
+            let (id, base_id) = (keys.blob_id(&plain), keys.blob_id(&base));
+            let alone = seal_blob(&keys, &id, &plain, Compression::Auto);
+            let delta = seal_blob_delta(&keys, &id, &plain, &base, Compression::Auto, alone.len())
+                .expect("a delta against a near copy is smaller");
+            assert!(
+                delta.len() * 20 < alone.len(),
+                "{} vs {}",
+                delta.len(),
+                alone.len()
+            );
+            let n = plain.len() as u32;
+            assert_eq!(
+                open_blob(&keys, &id, &delta, n, Some(&base)).unwrap(),
+                plain
+            );
+            verify_blob(&keys, &id, &delta, n, Some(&base)).unwrap();
+            assert!(open_blob(&keys, &id, &delta, n, None).is_err());
+            // Against anything else it fails (or could only give bytes with the right id).
+            assert!(open_blob(&keys, &id, &delta, n, Some(&base[..base.len() / 2])).is_err());
+            assert!(open_blob(&keys, &id, &delta, n, Some(b"unrelated")).is_err());
+            // A limit the delta does not beat: no delta.
+            assert!(seal_blob_delta(&keys, &id, &plain, &base, Compression::Auto, 20).is_none());
+            assert!(
+                seal_blob_delta(&keys, &id, &plain, &base, Compression::Off, 1 << 20).is_none()
+            );
+            // In a pack, the entry carries the base through the header.
+            let mut b = PackBuilder::new();
+            b.add_entry(BlobKind::Data, id, delta, n, Some(base_id));
+            b.add(
+                BlobKind::Data,
+                base_id,
+                seal_blob(&keys, &base_id, &base, Compression::Auto),
+                base.len() as u32,
+            );
+            let (pack, entries) = b.finish(keys.sealer(), &[0, 1]);
+            let h = decode_pack(keys.sealer(), &pack, "p").unwrap();
+            assert_eq!(h.entries, entries);
+            assert_eq!(h.entries[0].base, Some(base_id));
+            assert_eq!(h.entries[1].base, None);
+        }
+    }
+
+    #[test]
+    fn entry_encoding_without_a_base_is_unchanged_and_with_one_is_variant_two() {
+        let mut e = PackEntry {
+            kind: BlobKind::Data,
+            id: Id([0xAA; 32]),
+            offset: 5,
+            length: 300,
+            raw_len: 251,
+            base: None,
+        };
+        let plain = encode(&e);
+        assert_eq!(plain[0], 0); // Data
+        assert_eq!(&plain[33..], &[5, 251, 44, 1, 251, 251, 0]);
+        e.base = Some(Id([0xBB; 32]));
+        let delta = encode(&e);
+        assert_eq!(delta[0], 2); // DataDelta(base)
+        assert_eq!(&delta[1..33], &[0xBB; 32]);
+        assert_eq!(&delta[33..], &plain[1..]);
+        let back: PackEntry = decode(&delta, "entry").unwrap();
+        assert_eq!(back, e);
+        // A tree entry has no base, whatever the struct says.
+        e.kind = BlobKind::Tree;
+        assert_eq!(encode(&e)[0], 1);
+        let mut bad = delta.clone();
+        bad[0] = 3;
+        assert!(decode::<PackEntry>(&bad, "entry").is_err());
     }
 }

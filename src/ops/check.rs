@@ -332,9 +332,11 @@ pub async fn check(repo: &Arc<Repository>, opts: &CheckOptions) -> Result<CheckR
     snaps.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
     report.stats.snapshots = snaps.len() as u64;
     let indexed_blobs = repo.catalog().blob_ids_sorted()?;
+    let delta_bases = repo.catalog().delta_bases()?;
     let mut walker = Walker {
         repo,
         indexed: &indexed_blobs,
+        delta_bases: &delta_bases,
         bad: &bad,
         memo: HashMap::new(),
         pending_marks: Vec::new(),
@@ -358,6 +360,7 @@ pub async fn check(repo: &Arc<Repository>, opts: &CheckOptions) -> Result<CheckR
         }
     }
     walker.flush_marks()?;
+    repo.catalog().mark_bases()?;
     report.stats.trees = walker.trees;
     drop(walker);
 
@@ -526,6 +529,27 @@ async fn read_pack(repo: &Repository, id: &Id, size: u64) -> Result<PackOutcome>
     let data = repo.backend().get(&key).await?;
     out.bytes_read = data.len() as u64;
     let indexed = repo.catalog().pack_entries(id)?;
+    // A delta blob is verified by opening it against its base, read (and verified) first.
+    let mut bases: HashMap<Id, std::result::Result<Vec<u8>, String>> = HashMap::new();
+    for e in &indexed {
+        if let Some(b) = e.base
+            && !bases.contains_key(&b)
+        {
+            let r = repo.read_base(&b, &e.id).await;
+            if let Err(err) = &r
+                && !matches!(
+                    err.kind(),
+                    crate::error::ErrorKind::Corrupt | crate::error::ErrorKind::NotFound
+                )
+            {
+                return Err(r.unwrap_err());
+            }
+            bases.insert(
+                b,
+                r.map_err(|err| format!("its base cannot be read: {err}")),
+            );
+        }
+    }
     let keys = repo.keys().clone();
     let id = *id;
     tokio::task::spawn_blocking(move || {
@@ -563,9 +587,16 @@ async fn read_pack(repo: &Repository, id: &Id, size: u64) -> Result<PackOutcome>
             .filter_map(|e| {
                 let start = e.offset as usize;
                 let end = start + e.length as usize;
-                let r = match data.get(start..end) {
-                    Some(sealed) => verify_blob(&keys, &e.id, sealed, e.raw_len),
-                    None => Err(Error::corrupt(&key, "blob beyond the end of the pack")),
+                let r = match (data.get(start..end), e.base.map(|b| &bases[&b])) {
+                    (None, _) => Err(Error::corrupt(&key, "blob beyond the end of the pack")),
+                    (Some(_), Some(Err(why))) => Err(Error::corrupt(format!("blob {}", e.id), why)),
+                    (Some(sealed), base) => verify_blob(
+                        &keys,
+                        &e.id,
+                        sealed,
+                        e.raw_len,
+                        base.and_then(|b| b.as_ref().ok()).map(|b| b.as_slice()),
+                    ),
                 };
                 verified.fetch_add(1, Ordering::Relaxed);
                 r.err().map(|err| (e.id, format!("{err} (in {key})")))
@@ -618,6 +649,8 @@ struct Walker<'a> {
     repo: &'a Repository,
     /// Every indexed blob id, sorted.
     indexed: &'a [Id],
+    /// The base of every delta blob.
+    delta_bases: &'a HashMap<Id, Id>,
     /// Blob locations known to be unreadable.
     bad: &'a HashMap<Id, Vec<(Id, String)>>,
     memo: HashMap<Id, Arc<Vec<RelDamage>>>,
@@ -642,8 +675,20 @@ impl Walker<'_> {
         Ok(())
     }
 
-    /// Why a blob cannot be read, if it cannot.
+    /// Why a blob cannot be read, if it cannot: its own problem, or its base's.
     fn blob_problem(&self, id: &Id) -> Result<Option<String>> {
+        if let Some(p) = self.own_blob_problem(id)? {
+            return Ok(Some(p));
+        }
+        match self.delta_bases.get(id) {
+            Some(base) => Ok(self
+                .own_blob_problem(base)?
+                .map(|p| format!("blob {id} is a delta against {base}: {p}"))),
+            None => Ok(None),
+        }
+    }
+
+    fn own_blob_problem(&self, id: &Id) -> Result<Option<String>> {
         let Some(bad) = self.bad.get(id) else {
             return Ok(match self.indexed.binary_search(id) {
                 Ok(_) => None,

@@ -234,7 +234,7 @@ fn split_dump<R: Read>(w: &StreamWriter, stdout: R) -> Result<SplitDump> {
             Section::Table(name) => {
                 let d = db.clone().ok_or_else(|| outside("a table"))?;
                 tracing::info!("dumping {d}.{name}");
-                let (content, size) = w.store(&mut sp)?;
+                let (content, size) = w.store_like(&mut sp, &table_path(&d, &name))?;
                 out.tables.push(TableStream {
                     db: d,
                     name,

@@ -188,6 +188,8 @@ async fn mark(repo: &Repository) -> Result<u64> {
     pending.sort_unstable();
     pending.dedup();
     marked += repo.catalog().mark(&pending)? as u64;
+    // A delta blob needs its base.
+    marked += repo.catalog().mark_bases()? as u64;
     // One anti-join instead of a lookup per blob; naming the snapshot is the rare slow path.
     let unindexed = repo.catalog().first_unindexed_mark()?;
     if let Some(blob) = unindexed {
@@ -524,6 +526,15 @@ async fn repack_blobs(
         let key = keys::pack(id);
         let data = repo.backend().get(&key).await?;
         let entries = entries_of.get(id).cloned().unwrap_or_default();
+        // Delta blobs are opened against their bases, so damage is never copied.
+        let mut bases: HashMap<Id, Vec<u8>> = HashMap::new();
+        for e in &entries {
+            if let Some(b) = e.base
+                && !bases.contains_key(&b)
+            {
+                bases.insert(b, repo.read_base(&b, &e.id).await?);
+            }
+        }
         let keys_ = repo.keys().clone();
         let data2 = data.clone();
         let key2 = key.clone();
@@ -536,7 +547,8 @@ async fn repack_blobs(
                     let sealed = data2
                         .get(s..s + e.length as usize)
                         .ok_or_else(|| Error::corrupt(&key2, "blob beyond the end of the pack"))?;
-                    open_blob(&keys_, &e.id, sealed, e.raw_len).map_err(|err| {
+                    let base = e.base.and_then(|b| bases.get(&b)).map(|b| b.as_slice());
+                    open_blob(&keys_, &e.id, sealed, e.raw_len, base).map_err(|err| {
                         Error::Other(format!(
                             "{err} (in {key2}); prune stops rather than copy damage \
                              (run `cairn check --read-data`)"
@@ -551,7 +563,7 @@ async fn repack_blobs(
         let kind = plan[id].kind;
         for (e, s) in sealed {
             let b = builders.entry(kind).or_default();
-            b.add(e.kind, e.id, s, e.raw_len);
+            b.add_entry(e.kind, e.id, s, e.raw_len, e.base);
             if b.size() >= target {
                 let full = std::mem::take(b);
                 out.push(upload(repo, full, report).await?);

@@ -649,6 +649,16 @@ async fn restore_read(
             return Ok((0, errors));
         }
     };
+    // Delta blobs are opened against their bases, read first.
+    let mut bases: HashMap<Id, std::result::Result<Vec<u8>, String>> = HashMap::new();
+    for b in &group {
+        if let Some(base) = b.loc.base
+            && !bases.contains_key(&base)
+        {
+            let r = repo.read_base(&base, &b.id).await;
+            bases.insert(base, r.map_err(|e| e.to_string()));
+        }
+    }
     let ctx = ctx.clone();
     // One blocking task per read: opening blobs is CPU work, writing small files is
     // system-call latency, and several of these run at once.
@@ -658,7 +668,18 @@ async fn restore_read(
         for b in &group {
             let off = (b.loc.offset as u64 - start) as usize;
             let sealed = &data[off..off + b.loc.length as usize];
-            let plain = match open_blob(&ctx.keys, &b.id, sealed, b.loc.raw_len) {
+            let opened = match b.loc.base.map(|base| &bases[&base]) {
+                Some(Err(e)) => Err(e.clone()),
+                base => open_blob(
+                    &ctx.keys,
+                    &b.id,
+                    sealed,
+                    b.loc.raw_len,
+                    base.and_then(|r| r.as_ref().ok()).map(|v| v.as_slice()),
+                )
+                .map_err(|e| e.to_string()),
+            };
+            let plain = match opened {
                 Ok(p) => p,
                 Err(e) => {
                     for t in &b.targets {

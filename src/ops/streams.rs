@@ -12,6 +12,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use rayon::prelude::*;
 
 use super::backup::{BackupOptions, BackupOutcome, JobError, Session, new_snapshot, save_tree};
 use super::progress::Progress;
@@ -19,6 +22,7 @@ use crate::chunker::Chunker;
 use crate::error::{Error, Result};
 use crate::format::Timestamp;
 use crate::format::lease::LeaseKind;
+use crate::format::pack::BlobKind;
 use crate::format::tree::{Extent, Node, NodeKind, valid_name};
 use crate::id::Id;
 use crate::repo::Repository;
@@ -45,9 +49,96 @@ pub struct StreamWriter<'a> {
     sink: &'a BlobSink,
     chunker: &'a Chunker,
     progress: &'a Progress,
+    /// The parent snapshot's files by path (`/a/b`): what changed chunks are compressed against.
+    previous: &'a HashMap<String, Node>,
+    runtime: tokio::runtime::Handle,
+    bases: BaseCache,
 }
 
 impl StreamWriter<'_> {
+    /// Chunk and store a stream that is the new version of the parent snapshot's file at
+    /// `path`: a new chunk is stored as a delta against the chunk it replaces (the previous
+    /// version's chunk at the same place), when that is much smaller (format-spec/pack.md §3).
+    /// A night's few changed rows then cost about their own size, not a chunk each.
+    pub fn store_like<R: Read>(&self, reader: R, path: &[String]) -> Result<(Vec<Extent>, u64)> {
+        let Some(prev) = self.previous.get(&format!("/{}", path.join("/"))) else {
+            return self.store(reader);
+        };
+        let mut reference = Reference::new(&prev.content);
+        let keys = self.sink.repo().keys().clone();
+        let mut stream = self.chunker.stream(reader, 16 << 20, 0);
+        let mut extents = Vec::new();
+        let mut total = 0u64;
+        loop {
+            let batch = match stream.next_batch() {
+                Ok(Some(b)) => b,
+                Ok(None) => break,
+                Err(e) => return Err(Error::Other(format!("reading the stream: {e}"))),
+            };
+            let ids: Vec<Id> = batch.par_iter().map(|c| keys.blob_id(c)).collect();
+            let mut candidates = Vec::with_capacity(batch.len());
+            for (c, id) in batch.iter().zip(&ids) {
+                candidates.push(reference.candidate(id, total));
+                total += c.len() as u64;
+            }
+            let stored: Vec<Result<()>> = batch
+                .par_iter()
+                .zip(&ids)
+                .zip(&candidates)
+                .map(|((chunk, id), cand)| self.save_chunk(chunk, *id, *cand))
+                .collect();
+            for r in stored {
+                r?;
+            }
+            let n: u64 = batch.iter().map(|c| c.len() as u64).sum();
+            self.progress.bytes.fetch_add(n, Ordering::Relaxed);
+            self.progress.read_bytes.fetch_add(n, Ordering::Relaxed);
+            for (c, id) in batch.iter().zip(ids) {
+                extents.push(Extent::Data {
+                    id,
+                    len: c.len() as u32,
+                });
+            }
+        }
+        Ok((extents, total))
+    }
+
+    /// Store one chunk unless it is stored already, as a delta against `candidate` (or the
+    /// candidate's own base) when one can be read.
+    fn save_chunk(&self, chunk: &[u8], id: Id, candidate: Option<Id>) -> Result<()> {
+        let sink = self.sink;
+        if !sink.claim(&id, BlobKind::Data)? {
+            return Ok(());
+        }
+        let repo = sink.repo();
+        let base = match candidate {
+            Some(c) if c != id => match repo.lookup_blob(&c)? {
+                // Bases are never deltas themselves: a chunk replacing a delta blob is
+                // compressed against that blob's base.
+                Some(loc) => Some(loc.base.unwrap_or(c)),
+                None => None,
+            },
+            _ => None,
+        };
+        // Only against a base in a pack that is not condemned, as for dedup: a prune may be
+        // about to delete the others.
+        let base = match base {
+            Some(b) if repo.has_blob(&b, BlobKind::Data)? => b,
+            _ => return sink.add_claimed(BlobKind::Data, id, chunk),
+        };
+        let plain = match self.bases.get(&base) {
+            Some(p) => p,
+            None => match self.runtime.block_on(repo.read_base(&base, &id)) {
+                Ok(p) => self.bases.put(base, p),
+                Err(e) => {
+                    tracing::warn!("chunk {id}: base {base} unreadable ({e}); storing it whole");
+                    return sink.add_claimed(BlobKind::Data, id, chunk);
+                }
+            },
+        };
+        sink.add_claimed_delta(id, chunk, base, &plain).map(|_| ())
+    }
+
     /// Chunk and store a stream; returns its extents and length. A failure to read the stream
     /// is an error like any other: the caller decides whether the backup goes on.
     pub fn store<R: Read>(&self, reader: R) -> Result<(Vec<Extent>, u64)> {
@@ -62,6 +153,79 @@ impl StreamWriter<'_> {
     /// Store bytes held in memory.
     pub fn store_bytes(&self, data: &[u8]) -> Result<(Vec<Extent>, u64)> {
         self.store(data)
+    }
+}
+
+/// The previous version of a stream, for choosing delta bases: the chunk a new chunk most
+/// likely replaces is the one at the same place, where places are lined up again at every
+/// chunk the two versions share.
+struct Reference {
+    /// Start offset and id of each data chunk of the previous version, by offset.
+    starts: Vec<(u64, Id)>,
+    len: u64,
+    /// Where each previous chunk starts.
+    at: HashMap<Id, u64>,
+    /// Previous offset minus new offset, as of the last shared chunk.
+    shift: i128,
+}
+
+impl Reference {
+    fn new(content: &[Extent]) -> Reference {
+        let (mut starts, mut at, mut off) = (Vec::new(), HashMap::new(), 0u64);
+        for e in content {
+            if let Extent::Data { id, .. } = e {
+                starts.push((off, *id));
+                at.entry(*id).or_insert(off);
+            }
+            off += e.len();
+        }
+        Reference {
+            starts,
+            len: off,
+            at,
+            shift: 0,
+        }
+    }
+
+    /// The previous chunk to compress the new chunk `id` at `offset` against, if any.
+    fn candidate(&mut self, id: &Id, offset: u64) -> Option<Id> {
+        if let Some(&prev) = self.at.get(id) {
+            self.shift = prev as i128 - offset as i128;
+            return None;
+        }
+        let pos = u64::try_from(offset as i128 + self.shift).ok()?;
+        if pos >= self.len {
+            return None;
+        }
+        let i = self
+            .starts
+            .partition_point(|(s, _)| *s <= pos)
+            .checked_sub(1)?;
+        Some(self.starts[i].1)
+    }
+}
+
+/// The last few bases read, shared by the threads storing one stream (neighbouring new chunks
+/// often replace the same old one).
+#[derive(Default)]
+struct BaseCache(std::sync::Mutex<Vec<(Id, Arc<Vec<u8>>)>>);
+
+impl BaseCache {
+    const KEEP: usize = 8;
+
+    fn get(&self, id: &Id) -> Option<Arc<Vec<u8>>> {
+        let v = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        v.iter().find(|(i, _)| i == id).map(|(_, p)| p.clone())
+    }
+
+    fn put(&self, id: Id, plain: Vec<u8>) -> Arc<Vec<u8>> {
+        let plain = Arc::new(plain);
+        let mut v = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if v.len() >= Self::KEEP {
+            v.remove(0);
+        }
+        v.push((id, plain.clone()));
+        plain
     }
 }
 
@@ -123,8 +287,17 @@ where
             sink: &sink,
             chunker: &chunker,
             progress: &progress,
+            previous: &previous,
+            runtime: tokio::runtime::Handle::current(),
+            bases: BaseCache::default(),
         };
         let mut produced = produce(&writer)?;
+        let deltas = sink.stats.delta_blobs.load(Ordering::Relaxed);
+        if deltas > 0 {
+            produced
+                .meta
+                .push(("delta_blobs".into(), deltas.to_string()));
+        }
         let (root, dirs) = build_tree(&sink, &mut produced.files, time, &previous)?;
         let bytes = produced.files.iter().map(|f| f.size).sum();
         Ok((root, produced, dirs, bytes))

@@ -17,7 +17,7 @@ use crate::format::pack::{BlobKind, PackEntry};
 use crate::id::Id;
 
 /// Bump when the schema changes; an older catalog is then rebuilt.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB);
@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS index_objects(id BLOB PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS packs(id BLOB PRIMARY KEY, kind INTEGER NOT NULL, size INTEGER NOT NULL, index_id BLOB);
 CREATE TABLE IF NOT EXISTS blobs(
     id BLOB NOT NULL, pack BLOB NOT NULL, kind INTEGER NOT NULL,
-    offset INTEGER NOT NULL, length INTEGER NOT NULL, raw_len INTEGER NOT NULL,
+    offset INTEGER NOT NULL, length INTEGER NOT NULL, raw_len INTEGER NOT NULL, base BLOB,
     PRIMARY KEY(id, pack)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS snapshots(id BLOB PRIMARY KEY, time INTEGER NOT NULL, sealed BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS blobs_by_pack ON blobs(pack);
@@ -48,6 +48,8 @@ pub struct BlobLocation {
     pub offset: u32,
     pub length: u32,
     pub raw_len: u32,
+    /// The base of a delta blob ([`PackEntry::base`]).
+    pub base: Option<Id>,
 }
 
 pub struct Catalog {
@@ -78,6 +80,34 @@ pub(super) fn remove_sqlite_files(path: &Path) {
         p.push(suffix);
         let _ = std::fs::remove_file(PathBuf::from(p));
     }
+}
+
+/// A `PackEntry` from the columns `id, kind, offset, length, raw_len, base` starting at `at`.
+fn entry_from(r: &rusqlite::Row, at: usize) -> rusqlite::Result<PackEntry> {
+    Ok(PackEntry {
+        id: id_from(r.get(at)?)?,
+        kind: BlobKind::from_u8(r.get(at + 1)?).unwrap_or(BlobKind::Data),
+        offset: r.get(at + 2)?,
+        length: r.get(at + 3)?,
+        raw_len: r.get(at + 4)?,
+        base: r
+            .get::<_, Option<Vec<u8>>>(at + 5)?
+            .map(id_from)
+            .transpose()?,
+    })
+}
+
+/// A `BlobLocation` from the columns `pack, kind, offset, length, raw_len, base`.
+fn location_from(r: &rusqlite::Row) -> rusqlite::Result<BlobLocation> {
+    let e = entry_from(r, 0)?;
+    Ok(BlobLocation {
+        pack: e.id,
+        kind: e.kind,
+        offset: e.offset,
+        length: e.length,
+        raw_len: e.raw_len,
+        base: e.base,
+    })
 }
 
 fn id_from(v: Vec<u8>) -> rusqlite::Result<Id> {
@@ -170,7 +200,8 @@ impl Catalog {
                     "INSERT OR REPLACE INTO packs(id, kind, size, index_id) VALUES(?1, ?2, ?3, ?4)",
                 )?;
                 let mut ins_blob = tx.prepare_cached(
-                    "INSERT OR REPLACE INTO blobs(id, pack, kind, offset, length, raw_len) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT OR REPLACE INTO blobs(id, pack, kind, offset, length, raw_len, base) \
+                     VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )?;
                 for p in packs {
                     let kind = p.entries.first().map(|e| e.kind.as_u8()).unwrap_or(0);
@@ -187,7 +218,8 @@ impl Catalog {
                             e.kind.as_u8(),
                             e.offset,
                             e.length,
-                            e.raw_len
+                            e.raw_len,
+                            e.base.map(|b| b.0.to_vec())
                         ])?;
                     }
                 }
@@ -214,21 +246,13 @@ impl Catalog {
         let mut st = self
             .conn
             .prepare_cached(
-                "SELECT pack, kind, offset, length, raw_len FROM blobs WHERE id = ?1 \
+                "SELECT pack, kind, offset, length, raw_len, base FROM blobs WHERE id = ?1 \
                  ORDER BY pack IN (SELECT pack FROM condemned) LIMIT 1",
             )
             .map_err(|e| self.err(e))?;
-        st.query_row([&id.0[..]], |r| {
-            Ok(BlobLocation {
-                pack: id_from(r.get(0)?)?,
-                kind: BlobKind::from_u8(r.get(1)?).unwrap_or(BlobKind::Data),
-                offset: r.get(2)?,
-                length: r.get(3)?,
-                raw_len: r.get(4)?,
-            })
-        })
-        .optional()
-        .map_err(|e| self.err(e))
+        st.query_row([&id.0[..]], location_from)
+            .optional()
+            .map_err(|e| self.err(e))
     }
 
     /// The first 8 bytes of every indexed blob id, sorted: a compact set for checking many ids
@@ -323,18 +347,12 @@ impl Catalog {
     pub fn pack_entries(&self, pack: &Id) -> Result<Vec<PackEntry>> {
         let mut st = self
             .conn
-            .prepare_cached("SELECT id, kind, offset, length, raw_len FROM blobs WHERE pack = ?1")
+            .prepare_cached(
+                "SELECT id, kind, offset, length, raw_len, base FROM blobs WHERE pack = ?1",
+            )
             .map_err(|e| self.err(e))?;
         let rows = st
-            .query_map([&pack.0[..]], |r| {
-                Ok(PackEntry {
-                    id: id_from(r.get(0)?)?,
-                    kind: BlobKind::from_u8(r.get(1)?).unwrap_or(BlobKind::Data),
-                    offset: r.get(2)?,
-                    length: r.get(3)?,
-                    raw_len: r.get(4)?,
-                })
-            })
+            .query_map([&pack.0[..]], |r| entry_from(r, 0))
             .map_err(|e| self.err(e))?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .map_err(|e| self.err(e))
@@ -407,20 +425,12 @@ impl Catalog {
         let mut st = self
             .conn
             .prepare_cached(
-                "SELECT pack, kind, offset, length, raw_len FROM blobs WHERE id = ?1 \
+                "SELECT pack, kind, offset, length, raw_len, base FROM blobs WHERE id = ?1 \
                  ORDER BY pack IN (SELECT pack FROM condemned), pack",
             )
             .map_err(|e| self.err(e))?;
         let rows = st
-            .query_map([&id.0[..]], |r| {
-                Ok(BlobLocation {
-                    pack: id_from(r.get(0)?)?,
-                    kind: BlobKind::from_u8(r.get(1)?).unwrap_or(BlobKind::Data),
-                    offset: r.get(2)?,
-                    length: r.get(3)?,
-                    raw_len: r.get(4)?,
-                })
-            })
+            .query_map([&id.0[..]], location_from)
             .map_err(|e| self.err(e))?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .map_err(|e| self.err(e))
@@ -526,7 +536,9 @@ impl Catalog {
     ) -> Result<()> {
         let mut blobs = self
             .conn
-            .prepare("SELECT id, pack, kind, offset, length, raw_len FROM blobs ORDER BY id, pack")
+            .prepare(
+                "SELECT pack, id, kind, offset, length, raw_len, base FROM blobs ORDER BY id, pack",
+            )
             .map_err(|e| self.err(e))?;
         let mut marks = self
             .conn
@@ -544,19 +556,9 @@ impl Catalog {
         };
         let mut mark = next_mark(self)?;
         while let Some(r) = brows.next().map_err(|e| self.err(e))? {
-            let (pack, entry) = (|| {
-                Ok::<_, rusqlite::Error>((
-                    id_from(r.get(1)?)?,
-                    PackEntry {
-                        id: id_from(r.get(0)?)?,
-                        kind: BlobKind::from_u8(r.get(2)?).unwrap_or(BlobKind::Data),
-                        offset: r.get(3)?,
-                        length: r.get(4)?,
-                        raw_len: r.get(5)?,
-                    },
-                ))
-            })()
-            .map_err(|e| self.err(e))?;
+            let (pack, entry) =
+                (|| Ok::<_, rusqlite::Error>((id_from(r.get(0)?)?, entry_from(r, 1)?)))()
+                    .map_err(|e| self.err(e))?;
             while mark.is_some_and(|m| m < entry.id) {
                 mark = next_mark(self)?;
             }
@@ -623,6 +625,31 @@ impl Catalog {
         Ok(n)
     }
 
+    /// Every delta blob with its base (for a blob stored more than once, one of its bases).
+    pub fn delta_bases(&self) -> Result<std::collections::HashMap<Id, Id>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id, base FROM blobs WHERE base IS NOT NULL")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| Ok((id_from(r.get(0)?)?, id_from(r.get(1)?)?)))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Mark the base of every marked delta blob; returns how many were not marked before.
+    /// One pass suffices: a base is never itself a delta blob.
+    pub fn mark_bases(&self) -> Result<usize> {
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO temp.mark(id) SELECT DISTINCT b.base FROM blobs b \
+                 JOIN temp.mark m ON b.id = m.id WHERE b.base IS NOT NULL",
+                [],
+            )
+            .map_err(|e| self.err(e))
+    }
+
     pub fn is_marked(&self, id: &Id) -> Result<bool> {
         let mut st = self
             .conn
@@ -679,11 +706,20 @@ mod tests {
             offset: 5,
             length: 100,
             raw_len: 80,
+            base: None,
+        };
+        let d = PackEntry {
+            kind: BlobKind::Data,
+            id: Id([4; 32]),
+            offset: 105,
+            length: 50,
+            raw_len: 900,
+            base: Some(Id([3; 32])),
         };
         let p = IndexPack {
             id: Id([9; 32]),
             size: 200,
-            entries: vec![e],
+            entries: vec![e, d],
         };
         c.add_index(Some(&Id([7; 32])), &[p]).unwrap();
         assert_eq!(c.index_ids().unwrap(), vec![Id([7; 32])]);
@@ -691,9 +727,21 @@ mod tests {
         assert_eq!(loc.pack, Id([9; 32]));
         assert_eq!(loc.kind, BlobKind::Tree);
         assert!(c.has_blob(&Id([1; 32])).unwrap());
-        assert_eq!(c.blob_prefixes().unwrap(), vec![u64::from_be_bytes([1; 8])]);
+        assert_eq!(
+            c.blob_prefixes().unwrap(),
+            vec![u64::from_be_bytes([1; 8]), u64::from_be_bytes([4; 8])]
+        );
         assert!(!c.has_blob(&Id([2; 32])).unwrap());
-        assert_eq!(c.pack_entries(&Id([9; 32])).unwrap(), vec![e]);
+        let mut entries = c.pack_entries(&Id([9; 32])).unwrap();
+        entries.sort_by_key(|e| e.id);
+        assert_eq!(entries, vec![e, d]);
+        assert_eq!(c.lookup(&d.id).unwrap().unwrap().base, d.base);
+        // Marking a delta blob and then its bases marks the base (and only it).
+        c.mark(&[d.id]).unwrap();
+        assert_eq!(c.mark_bases().unwrap(), 1);
+        assert!(c.is_marked(&Id([3; 32])).unwrap());
+        assert!(!c.is_marked(&e.id).unwrap());
+        assert_eq!(c.mark_bases().unwrap(), 0);
         drop(c);
         {
             use std::os::unix::fs::PermissionsExt;

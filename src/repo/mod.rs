@@ -709,14 +709,45 @@ impl Repository {
     }
 
     /// Read, verify and return one blob's plaintext. Tree blobs come from the local blob cache
-    /// when it has them (verified like a download), and go into it when downloaded.
+    /// when it has them (verified like a download), and go into it when downloaded. A delta
+    /// blob's base is read first.
     pub async fn read_blob(&self, id: &Id) -> Result<Vec<u8>> {
         let loc = self
             .lookup_blob(id)?
             .ok_or_else(|| Error::not_found(format!("blob {id} (not in the index)")))?;
+        let base = match &loc.base {
+            Some(b) => Some(self.read_base(b, id).await?),
+            None => None,
+        };
+        self.read_blob_at(id, loc, base).await
+    }
+
+    /// The plaintext of `base`, the base of delta blob `of`. A base must not itself be a delta
+    /// blob, so reading one never recurses.
+    pub async fn read_base(&self, base: &Id, of: &Id) -> Result<Vec<u8>> {
+        let loc = self.lookup_blob(base)?.ok_or_else(|| {
+            Error::not_found(format!(
+                "blob {base}, the base of delta blob {of} (not in the index)"
+            ))
+        })?;
+        if loc.base.is_some() {
+            return Err(Error::corrupt(
+                format!("blob {of}"),
+                format!("its base {base} is itself a delta blob"),
+            ));
+        }
+        self.read_blob_at(base, loc, None).await
+    }
+
+    async fn read_blob_at(
+        &self,
+        id: &Id,
+        loc: BlobLocation,
+        base: Option<Vec<u8>>,
+    ) -> Result<Vec<u8>> {
         let cached = loc.kind == BlobKind::Tree;
         if cached && let Some(sealed) = self.blob_cache.get(id) {
-            match open_blob(&self.keys, id, &sealed, loc.raw_len) {
+            match open_blob(&self.keys, id, &sealed, loc.raw_len, None) {
                 Ok(plain) => return Ok(plain),
                 Err(e) => {
                     tracing::warn!("cached copy of blob {id} unusable ({e}); downloading it");
@@ -736,12 +767,14 @@ impl Repository {
                 }
             })?;
         let plain = if sealed.len() < 256 * 1024 {
-            open_blob(&self.keys, id, &sealed, loc.raw_len)?
+            open_blob(&self.keys, id, &sealed, loc.raw_len, base.as_deref())?
         } else {
             let (keys, id, sealed) = (self.keys.clone(), *id, sealed.clone());
-            tokio::task::spawn_blocking(move || open_blob(&keys, &id, &sealed, loc.raw_len))
-                .await
-                .map_err(|e| Error::Other(e.to_string()))??
+            tokio::task::spawn_blocking(move || {
+                open_blob(&keys, &id, &sealed, loc.raw_len, base.as_deref())
+            })
+            .await
+            .map_err(|e| Error::Other(e.to_string()))??
         };
         if cached {
             self.blob_cache.put(id, &sealed);
