@@ -112,12 +112,9 @@ impl StreamWriter<'_> {
         }
         let repo = sink.repo();
         let base = match candidate {
-            Some(c) if c != id => match repo.lookup_blob(&c)? {
-                // Bases are never deltas themselves: a chunk replacing a delta blob is
-                // compressed against that blob's base.
-                Some(loc) => Some(loc.base.unwrap_or(c)),
-                None => None,
-            },
+            // Bases are never deltas themselves: a chunk replacing a delta blob is compressed
+            // against that blob's base.
+            Some(c) if c != id => repo.lookup_blob(&c)?.map(|loc| loc.base.unwrap_or(c)),
             _ => None,
         };
         // Only against a base in a pack that is not condemned, as for dedup: a prune may be
