@@ -7,13 +7,16 @@
 #   NIGHTS (default 5) nightly changes after the first backup; ROWS (default 200000) rows in
 #   each of the two busy tables.
 # Environment: WORK=DIR scratch space (default /tmp/cairn-dumps-bench), KEEP=1 keep it,
-#   CHUNK_AVG=N cairn's --chunk-avg for the SQL streams (default: the repository's, 64 KiB).
+#   CHUNK_AVG=N cairn's --chunk-avg for the SQL streams (default: the repository's, 16 KiB),
+#   CAIRN=PATH a cairn binary to use instead of building the release one.
 #
 # Starts a private MariaDB (no networking, its own socket and data directory) and stops it.
 # Database `shop`: `orders` (ROWS rows of ~150 bytes), `events` (an append-only log, ROWS rows),
 # `products` (ROWS/10 rows, never touched). Each night: 2% new rows appended to `events`, 0.5%
 # of `orders` updated, 80% of them among its newest 10%. Prints the growth of each repository
-# per night (du -sb) and the ratio.
+# per night (du -sb): cairn mysql backup, restic and cairn each with the whole dump on stdin, and
+# the night's new and changed rows dumped alone and compressed with `zstd -3` (issue 4's yardstick:
+# a night should cost cairn at most 3x that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -23,8 +26,11 @@ WORK=${WORK:-/tmp/cairn-dumps-bench}
 command -v restic >/dev/null || apt-get install -y restic >/dev/null
 command -v mariadbd >/dev/null || PATH=$PATH:/usr/sbin
 command -v mariadbd >/dev/null || .ci/install-mariadb.sh
-cargo build --release --locked -q
-CAIRN=$ROOT/target/release/cairn
+command -v zstd >/dev/null || apt-get install -y zstd >/dev/null
+if [ -z "${CAIRN:-}" ]; then
+    cargo build --release --locked -q
+    CAIRN=$ROOT/target/release/cairn
+fi
 
 rm -rf "$WORK"; mkdir -p "$WORK"
 SOCK=$WORK/mysqld.sock
@@ -57,30 +63,38 @@ INSERT INTO products SELECT seq, CONCAT('product ', seq), seq / 3, REPEAT(MD5(se
 export CAIRN_PASSWORD=bench RESTIC_PASSWORD=bench
 export CAIRN_CACHE_DIR=$WORK/cairn-cache RESTIC_CACHE_DIR=$WORK/restic-cache
 $CAIRN -q -r "$WORK/cairn-repo" init
+$CAIRN -q -r "$WORK/cairn-stdin-repo" init
 restic -q -r "$WORK/restic-repo" init
 size() { du -sb "$1" | cut -f1; }
 
-night() { # n: apply night n's changes
-    local n=$1 add=$((ROWS / 50)) base
+D="mariadb-dump --no-defaults --socket=$SOCK --user=root --single-transaction"
+night() { # n: apply night n's changes; writes the changed rows' zstd size to $WORK/rows
+    local n=$1 add=$((ROWS / 50)) base where
     base=$($M -N shop -e "SELECT MAX(id) FROM events")
+    where="(id > $((ROWS * 9 / 10)) AND (id + $n * 7) % 50 = 0) OR (id <= $((ROWS * 9 / 10)) AND (id + $n * 13) % 900 = 0)"
     $M shop -e "
 INSERT INTO events SELECT $base + seq, '2026-06-01 00:00:00' + INTERVAL ($base + seq) SECOND, 'buy',
     CONCAT('{\"user\": ', seq % 5000, ', \"night\": $n, \"h\": \"', MD5(seq + $n), '\"}') FROM seq_1_to_${add};
 UPDATE orders SET status = 'refunded', note = CONCAT(note, ' n$n'), updated = updated + INTERVAL 1 DAY
-    WHERE (id > $((ROWS * 9 / 10)) AND (id + $n * 7) % 50 = 0) OR (id <= $((ROWS * 9 / 10)) AND (id + $n * 13) % 900 = 0);"
+    WHERE $where;"
+    { $D --skip-comments --no-create-info --where="$where" shop orders
+      $D --skip-comments --no-create-info --where="id > $base" shop events; } \
+        | grep -E '^(INSERT|\()' | zstd -3 -c | wc -c > "$WORK/rows"
 }
 
-printf 'night\tcairn_bytes\trestic_bytes\n' > "$WORK/growth.tsv"
-prev_c=$(size "$WORK/cairn-repo"); prev_r=$(size "$WORK/restic-repo")
+printf 'night\tcairn_bytes\trestic_bytes\tcairn_stdin_bytes\trows_zst\n' > "$WORK/growth.tsv"
+prev_c=$(size "$WORK/cairn-repo"); prev_r=$(size "$WORK/restic-repo"); prev_s=$(size "$WORK/cairn-stdin-repo")
+echo 0 > "$WORK/rows"
 for n in $(seq 0 "$NIGHTS"); do
     [ "$n" -gt 0 ] && night "$n"
     $CAIRN -q -r "$WORK/cairn-repo" mysql backup --databases shop --socket "$SOCK" --user root \
         ${CHUNK_AVG:+--chunk-avg "$CHUNK_AVG"}
-    mariadb-dump --no-defaults --socket="$SOCK" --user=root --single-transaction --databases shop \
-        | restic -q -r "$WORK/restic-repo" backup --stdin --stdin-filename shop.sql
-    c=$(size "$WORK/cairn-repo"); r=$(size "$WORK/restic-repo")
-    printf '%s\t%s\t%s\n' "$n" "$((c - prev_c))" "$((r - prev_r))" | tee -a "$WORK/growth.tsv" >&2
-    prev_c=$c; prev_r=$r
+    $D --databases shop | restic -q -r "$WORK/restic-repo" backup --stdin --stdin-filename shop.sql
+    $D --databases shop | $CAIRN -q -r "$WORK/cairn-stdin-repo" backup --stdin --stdin-name shop.sql
+    c=$(size "$WORK/cairn-repo"); r=$(size "$WORK/restic-repo"); s=$(size "$WORK/cairn-stdin-repo")
+    printf '%s\t%s\t%s\t%s\t%s\n' "$n" "$((c - prev_c))" "$((r - prev_r))" "$((s - prev_s))" \
+        "$(cat "$WORK/rows")" | tee -a "$WORK/growth.tsv" >&2
+    prev_c=$c; prev_r=$r; prev_s=$s
 done
 DUMP=$(mariadb-dump --no-defaults --socket="$SOCK" --user=root --single-transaction --databases shop | wc -c)
 
@@ -89,15 +103,17 @@ import sys
 rows = [l.split() for l in open(sys.argv[1]).read().splitlines()[1:]]
 n, dump = int(sys.argv[2]), int(sys.argv[3])
 print(f"{n} rows in orders and events, {n // 10} in products; whole dump now {dump / 2**20:.1f} MiB\n")
-print("| night | cairn growth | restic growth (whole dump on stdin) | cairn / restic |")
-print("|---|---:|---:|---:|")
-tc = tr = 0
-for night, c, r in rows:
-    c, r = int(c), int(r)
+print("| night | cairn mysql backup | restic, dump on stdin | cairn, dump on stdin | cairn / restic "
+      "| changed rows' SQL, zstd -3 | cairn / changed rows |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+tc = tr = ts = tz = 0
+for night, c, r, s, z in rows:
+    c, r, s, z = int(c), int(r), int(s), int(z)
     label = "first backup" if night == "0" else f"night {night}"
-    print(f"| {label} | {c:,} | {r:,} | {c / r:.2f} |")
+    per = f"{c / z:.2f}" if z else ""
+    print(f"| {label} | {c:,} | {r:,} | {s:,} | {c / r:.2f} | {z:,} | {per} |")
     if night != "0":
-        tc += c; tr += r
+        tc += c; tr += r; ts += s; tz += z
 if tr:
-    print(f"| all nights | {tc:,} | {tr:,} | {tc / tr:.2f} |")
+    print(f"| all nights | {tc:,} | {tr:,} | {ts:,} | {tc / tr:.2f} | {tz:,} | {tc / tz:.2f} |")
 PY
