@@ -8,7 +8,9 @@
 #   each of the two busy tables.
 # Environment: WORK=DIR scratch space (default /tmp/cairn-dumps-bench), KEEP=1 keep it,
 #   CHUNK_AVG=N cairn's --chunk-avg for the SQL streams (default: the repository's, 16 KiB),
-#   CAIRN=PATH a cairn binary to use instead of building the release one.
+#   CAIRN=PATH a cairn binary to use instead of building the release one,
+#   NIGHT=uniform: each night updates 1% of `orders`, spread uniformly, and nothing else
+#   (default NIGHT=web, the night described below).
 #
 # Starts a private MariaDB (no networking, its own socket and data directory) and stops it.
 # Database `shop`: `orders` (ROWS rows of ~150 bytes), `events` (an append-only log, ROWS rows),
@@ -72,9 +74,14 @@ night() { # n: apply night n's changes; writes the changed rows' zstd size to $W
     local n=$1 add=$((ROWS / 50)) base where
     base=$($M -N shop -e "SELECT MAX(id) FROM events")
     where="(id > $((ROWS * 9 / 10)) AND (id + $n * 7) % 50 = 0) OR (id <= $((ROWS * 9 / 10)) AND (id + $n * 13) % 900 = 0)"
-    $M shop -e "
+    if [ "${NIGHT:-web}" = uniform ]; then
+        where="(id * 7919 + $n * 104729) % 100 = 0"
+        add=0
+    fi
+    [ "$add" -gt 0 ] && $M shop -e "
 INSERT INTO events SELECT $base + seq, '2026-06-01 00:00:00' + INTERVAL ($base + seq) SECOND, 'buy',
-    CONCAT('{\"user\": ', seq % 5000, ', \"night\": $n, \"h\": \"', MD5(seq + $n), '\"}') FROM seq_1_to_${add};
+    CONCAT('{\"user\": ', seq % 5000, ', \"night\": $n, \"h\": \"', MD5(seq + $n), '\"}') FROM seq_1_to_${add};"
+    $M shop -e "
 UPDATE orders SET status = 'refunded', note = CONCAT(note, ' n$n'), updated = updated + INTERVAL 1 DAY
     WHERE $where;"
     { $D --skip-comments --no-create-info --where="$where" shop orders

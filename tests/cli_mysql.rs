@@ -646,11 +646,11 @@ fn a_web_app_night_costs_about_its_changed_rows() {
         "first backup {full} bytes; night {stored} bytes; changed rows' SQL {} bytes, {changed_zst} compressed",
         changed.len()
     );
+    let snaps = env.snapshots();
     assert!(
         stored <= 3 * changed_zst,
         "night {stored} > 3 x {changed_zst}"
     );
-    let snaps = env.snapshots();
     let deltas: u64 = meta(&snaps[1], "delta_blobs").unwrap().parse().unwrap();
     assert!(deltas > 0, "{}", snaps[1]);
 

@@ -78,7 +78,7 @@ impl StreamWriter<'_> {
             let ids: Vec<Id> = batch.par_iter().map(|c| keys.blob_id(c)).collect();
             let mut candidates = Vec::with_capacity(batch.len());
             for (c, id) in batch.iter().zip(&ids) {
-                candidates.push(reference.candidate(id, total));
+                candidates.push(reference.candidate(id, total, c.len() as u64));
                 total += c.len() as u64;
             }
             let stored: Vec<Result<()>> = batch
@@ -111,17 +111,26 @@ impl StreamWriter<'_> {
             return Ok(());
         }
         let repo = sink.repo();
-        let base = match candidate {
-            // Bases are never deltas themselves: a chunk replacing a delta blob is compressed
-            // against that blob's base.
-            Some(c) if c != id => repo.lookup_blob(&c)?.map(|loc| loc.base.unwrap_or(c)),
-            _ => None,
+        // Bases are never deltas themselves: a chunk replacing a delta blob is compressed
+        // against that blob's base, and carries what the replaced delta had gathered.
+        let (base, carried) = match candidate {
+            Some(c) if c != id => match repo.lookup_blob(&c)? {
+                Some(loc) => match loc.base {
+                    Some(b) => (Some(b), Some(loc.length as usize)),
+                    None => (Some(c), None),
+                },
+                None => (None, None),
+            },
+            _ => (None, None),
         };
         // Only against a base in a pack that is not condemned, as for dedup: a prune may be
         // about to delete the others.
         let base = match base {
             Some(b) if repo.has_blob(&b, BlobKind::Data)? => b,
-            _ => return sink.add_claimed(BlobKind::Data, id, chunk),
+            _ => {
+                tracing::trace!("chunk {id}: {} bytes, no base", chunk.len());
+                return sink.add_claimed(BlobKind::Data, id, chunk);
+            }
         };
         let plain = match self.bases.get(&base) {
             Some(p) => p,
@@ -133,7 +142,8 @@ impl StreamWriter<'_> {
                 }
             },
         };
-        sink.add_claimed_delta(id, chunk, base, &plain).map(|_| ())
+        sink.add_claimed_delta(id, chunk, base, &plain, carried)
+            .map(|_| ())
     }
 
     /// Chunk and store a stream; returns its extents and length. A failure to read the stream
@@ -154,12 +164,13 @@ impl StreamWriter<'_> {
 }
 
 /// The previous version of a stream, for choosing delta bases: the chunk a new chunk most
-/// likely replaces is the one at the same place, where places are lined up again at every
-/// chunk the two versions share.
+/// likely replaces is the one that overlaps most with the same place, where places are lined
+/// up again at every chunk the two versions share. (Overlap, not the chunk at the new chunk's
+/// start: with no shared chunk for a while, places drift by the bytes changed rows gained or
+/// lost, and the previous file may start with a short preamble the new stream lacks.)
 struct Reference {
-    /// Start offset and id of each data chunk of the previous version, by offset.
-    starts: Vec<(u64, Id)>,
-    len: u64,
+    /// Start, end and id of each data chunk of the previous version, by offset.
+    chunks: Vec<(u64, u64, Id)>,
     /// Where each previous chunk starts.
     at: HashMap<Id, u64>,
     /// Previous offset minus new offset, as of the last shared chunk.
@@ -168,37 +179,36 @@ struct Reference {
 
 impl Reference {
     fn new(content: &[Extent]) -> Reference {
-        let (mut starts, mut at, mut off) = (Vec::new(), HashMap::new(), 0u64);
+        let (mut chunks, mut at, mut off) = (Vec::new(), HashMap::new(), 0u64);
         for e in content {
             if let Extent::Data { id, .. } = e {
-                starts.push((off, *id));
+                chunks.push((off, off + e.len(), *id));
                 at.entry(*id).or_insert(off);
             }
             off += e.len();
         }
         Reference {
-            starts,
-            len: off,
+            chunks,
             at,
             shift: 0,
         }
     }
 
-    /// The previous chunk to compress the new chunk `id` at `offset` against, if any.
-    fn candidate(&mut self, id: &Id, offset: u64) -> Option<Id> {
+    /// The previous chunk to compress the new chunk `id` (`len` bytes at `offset`) against.
+    fn candidate(&mut self, id: &Id, offset: u64, len: u64) -> Option<Id> {
         if let Some(&prev) = self.at.get(id) {
             self.shift = prev as i128 - offset as i128;
             return None;
         }
-        let pos = u64::try_from(offset as i128 + self.shift).ok()?;
-        if pos >= self.len {
-            return None;
-        }
-        let i = self
-            .starts
-            .partition_point(|(s, _)| *s <= pos)
-            .checked_sub(1)?;
-        Some(self.starts[i].1)
+        let start = u64::try_from(offset as i128 + self.shift).ok()?;
+        let end = start + len;
+        let overlap = |c: &(u64, u64, Id)| c.1.min(end).saturating_sub(c.0.max(start));
+        let first = self.chunks.partition_point(|c| c.1 <= start);
+        self.chunks[first..]
+            .iter()
+            .take_while(|c| c.0 < end)
+            .max_by_key(|c| overlap(c))
+            .map(|c| c.2)
     }
 }
 

@@ -25,6 +25,18 @@ use crate::format::index::{IndexObject, IndexPack};
 use crate::format::pack::{BlobKind, PackBuilder, PackEntry, seal_blob, seal_blob_delta};
 use crate::id::Id;
 
+/// When deltas are kept. Bases are never deltas themselves, so a chunk that changes every night
+/// is a delta that carries every night's changes since its base. If a chunk of sealed size F
+/// gains d bytes of delta a night, storing it whole every K nights costs F/K + dK/2 a night on
+/// average, least at K = sqrt(2F/d), where the carried delta is sqrt(2d/F) of F: about a fifth
+/// for a 64 KiB chunk of SQL in which a dozen rows change a night. So a chunk replacing a delta
+/// that had grown past 1/`DELTA_REBASE` of the new chunk sealed alone is stored whole (and
+/// becomes the next base); otherwise the delta is kept when it is at most `DELTA_KEEP_PERCENT`
+/// of the chunk sealed alone (a delta that is mostly new rows, at the end of a growing table,
+/// is still worth it, and counts as carried the next night).
+pub const DELTA_REBASE: usize = 5;
+pub const DELTA_KEEP_PERCENT: usize = 75;
+
 /// Index objects are written after this many packs, so a crashed backup repeats little.
 pub const INDEX_EVERY_PACKS: usize = 8;
 
@@ -161,8 +173,9 @@ impl BlobSink {
     }
 
     /// Seal and pack a data blob already claimed, as a delta against `base` (an indexed data
-    /// blob with no base of its own, whose plaintext is `base_plain`) when the delta is at most
-    /// three quarters of the blob sealed alone; otherwise as [`BlobSink::add_claimed`] does.
+    /// blob with no base of its own, whose plaintext is `base_plain`) when that pays (see
+    /// [`DELTA_REBASE`]); otherwise as [`BlobSink::add_claimed`] does. `carried` is the sealed
+    /// length of the delta blob this chunk replaces, if it replaces one against the same base.
     /// Returns whether it was stored as a delta.
     pub fn add_claimed_delta(
         &self,
@@ -170,6 +183,7 @@ impl BlobSink {
         plaintext: &[u8],
         base: Id,
         base_plain: &[u8],
+        carried: Option<usize>,
     ) -> Result<bool> {
         self.count(BlobKind::Data, plaintext);
         if self.dry_run {
@@ -178,8 +192,19 @@ impl BlobSink {
         let alone = seal_blob(self.repo.keys(), &id, plaintext, self.compression);
         let keys = self.repo.keys();
         let raw_len = plaintext.len() as u32;
-        let limit = alone.len() / 4 * 3;
-        match seal_blob_delta(keys, &id, plaintext, base_plain, self.compression, limit) {
+        let rebase = carried.is_some_and(|c| c * DELTA_REBASE > alone.len());
+        let limit = alone.len() * DELTA_KEEP_PERCENT / 100;
+        let delta = match rebase {
+            true => None,
+            false => seal_blob_delta(keys, &id, plaintext, base_plain, self.compression, limit),
+        };
+        tracing::trace!(
+            "chunk {id}: {} bytes, {} sealed alone, delta {:?}, carried {carried:?}",
+            plaintext.len(),
+            alone.len(),
+            delta.as_ref().map(|d| d.len())
+        );
+        match delta {
             Some(delta) => {
                 self.stats.delta_blobs.fetch_add(1, Ordering::Relaxed);
                 self.pack(BlobKind::Data, id, delta, raw_len, Some(base))?;
