@@ -429,3 +429,42 @@ fn build_tree(
     let (id, _) = save(sink, root, &stamp, &mut count)?;
     Ok((id, count))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(b: u8, len: u32) -> Extent {
+        Extent::Data {
+            id: Id([b; 32]),
+            len,
+        }
+    }
+
+    #[test]
+    fn candidates_overlap_most_and_realign_at_shared_chunks() {
+        // The previous file: a 600-byte preamble, then chunks 1..=4 of 10,000 bytes each.
+        let prev = [
+            data(9, 600),
+            data(1, 10_000),
+            data(2, 10_000),
+            data(3, 10_000),
+            data(4, 10_000),
+        ];
+        let mut r = Reference::new(&prev);
+        // The new stream lacks the preamble and each changed chunk grew by 5 bytes: with no
+        // shared chunk yet, a new chunk still maps to the old chunk it overlaps most.
+        let c = |b: u8| Some(Id([b; 32]));
+        assert_eq!(r.candidate(&Id([11; 32]), 0, 10_005), c(1));
+        assert_eq!(r.candidate(&Id([12; 32]), 10_005, 10_005), c(2));
+        // A shared chunk (3, unchanged) lines places up again.
+        assert_eq!(r.candidate(&Id([3; 32]), 20_010, 10_000), None);
+        assert_eq!(r.shift, 20_600 - 20_010);
+        assert_eq!(r.candidate(&Id([14; 32]), 30_010, 12_000), c(4));
+        // Past the end of the previous version (rows appended): nothing to compare with.
+        assert_eq!(r.candidate(&Id([15; 32]), 42_010, 5_000), None);
+        // A previous version with no data has no candidates.
+        let mut empty = Reference::new(&[]);
+        assert_eq!(empty.candidate(&Id([1; 32]), 0, 100), None);
+    }
+}
