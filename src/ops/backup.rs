@@ -199,7 +199,7 @@ impl Drop for Readers {
     }
 }
 
-/// Chunk a stream and store its new chunks; returns its extents and length.
+/// Chunk and store a stream: every new chunk is stored, every known one deduplicated.
 pub(crate) fn store_stream<R: Read>(
     sink: &BlobSink,
     chunker: &Chunker,
@@ -208,6 +208,32 @@ pub(crate) fn store_stream<R: Read>(
     progress: &Progress,
 ) -> std::result::Result<(Vec<Extent>, u64), JobError> {
     let keys = sink.repo().keys().clone();
+    chunk_stream(chunker, reader, size_hint, progress, |batch| {
+        let one = |chunk: &bytes::Bytes| -> Result<Id> {
+            let id = keys.blob_id(chunk);
+            sink.save(BlobKind::Data, id, chunk)?;
+            Ok(id)
+        };
+        // Several chunks: spread them over the CPU pool. One chunk (every small file): do it
+        // here, since handing it to another thread costs more than it saves.
+        if batch.len() > 1 {
+            batch.par_iter().map(one).collect()
+        } else {
+            batch.iter().map(one).collect()
+        }
+    })
+}
+
+/// Cut a stream into chunks and hand them to `store` a batch at a time (up to 16 MiB, so
+/// memory stays bounded on any input); `store` stores them and returns their ids in order.
+/// Returns the stream's extents and length.
+pub(crate) fn chunk_stream<R: Read>(
+    chunker: &Chunker,
+    reader: R,
+    size_hint: u64,
+    progress: &Progress,
+    mut store: impl FnMut(&[bytes::Bytes]) -> Result<Vec<Id>>,
+) -> std::result::Result<(Vec<Extent>, u64), JobError> {
     let mut stream = chunker.stream(reader, BATCH_BYTES, size_hint);
     let mut extents = Vec::new();
     let mut total = 0u64;
@@ -217,27 +243,16 @@ pub(crate) fn store_stream<R: Read>(
             Ok(None) => break,
             Err(e) => return Err(JobError::Source(e.to_string())),
         };
-        let one = |chunk: &bytes::Bytes| -> Result<Extent> {
-            let id = keys.blob_id(chunk);
-            sink.save(BlobKind::Data, id, chunk)?;
-            Ok(Extent::Data {
-                id,
-                len: chunk.len() as u32,
-            })
-        };
-        // Several chunks: spread them over the CPU pool. One chunk (every small file): do it
-        // here, since handing it to another thread costs more than it saves.
-        let ids: Vec<Result<Extent>> = if batch.len() > 1 {
-            batch.par_iter().map(one).collect()
-        } else {
-            batch.iter().map(one).collect()
-        };
+        let ids = store(&batch).map_err(JobError::Fatal)?;
         let n: u64 = batch.iter().map(|c| c.len() as u64).sum();
         total += n;
         progress.bytes.fetch_add(n, Ordering::Relaxed);
         progress.read_bytes.fetch_add(n, Ordering::Relaxed);
-        for r in ids {
-            extents.push(r.map_err(JobError::Fatal)?);
+        for (c, id) in batch.iter().zip(ids) {
+            extents.push(Extent::Data {
+                id,
+                len: c.len() as u32,
+            });
         }
     }
     Ok((extents, total))

@@ -66,41 +66,23 @@ impl StreamWriter<'_> {
         };
         let mut reference = Reference::new(&prev.content);
         let keys = self.sink.repo().keys().clone();
-        let mut stream = self.chunker.stream(reader, 16 << 20, 0);
-        let mut extents = Vec::new();
-        let mut total = 0u64;
-        loop {
-            let batch = match stream.next_batch() {
-                Ok(Some(b)) => b,
-                Ok(None) => break,
-                Err(e) => return Err(Error::Other(format!("reading the stream: {e}"))),
-            };
+        let mut offset = 0u64;
+        let stored = super::backup::chunk_stream(self.chunker, reader, 0, self.progress, |batch| {
             let ids: Vec<Id> = batch.par_iter().map(|c| keys.blob_id(c)).collect();
             let mut candidates = Vec::with_capacity(batch.len());
             for (c, id) in batch.iter().zip(&ids) {
-                candidates.push(reference.candidate(id, total, c.len() as u64));
-                total += c.len() as u64;
+                candidates.push(reference.candidate(id, offset, c.len() as u64));
+                offset += c.len() as u64;
             }
-            let stored: Vec<Result<()>> = batch
+            batch
                 .par_iter()
                 .zip(&ids)
                 .zip(&candidates)
                 .map(|((chunk, id), cand)| self.save_chunk(chunk, *id, *cand))
-                .collect();
-            for r in stored {
-                r?;
-            }
-            let n: u64 = batch.iter().map(|c| c.len() as u64).sum();
-            self.progress.bytes.fetch_add(n, Ordering::Relaxed);
-            self.progress.read_bytes.fetch_add(n, Ordering::Relaxed);
-            for (c, id) in batch.iter().zip(ids) {
-                extents.push(Extent::Data {
-                    id,
-                    len: c.len() as u32,
-                });
-            }
-        }
-        Ok((extents, total))
+                .collect::<Result<Vec<()>>>()?;
+            Ok(ids)
+        });
+        stored.map_err(stream_error)
     }
 
     /// Store one chunk unless it is stored already, as a delta against `candidate` (or the
@@ -149,17 +131,21 @@ impl StreamWriter<'_> {
     /// Chunk and store a stream; returns its extents and length. A failure to read the stream
     /// is an error like any other: the caller decides whether the backup goes on.
     pub fn store<R: Read>(&self, reader: R) -> Result<(Vec<Extent>, u64)> {
-        super::backup::store_stream(self.sink, self.chunker, reader, 0, self.progress).map_err(
-            |e| match e {
-                JobError::Source(msg) => Error::Other(format!("reading the stream: {msg}")),
-                JobError::Fatal(e) => e,
-            },
-        )
+        super::backup::store_stream(self.sink, self.chunker, reader, 0, self.progress)
+            .map_err(stream_error)
     }
 
     /// Store bytes held in memory.
     pub fn store_bytes(&self, data: &[u8]) -> Result<(Vec<Extent>, u64)> {
         self.store(data)
+    }
+}
+
+/// A producer's stream that could not be read is an error like any other.
+fn stream_error(e: JobError) -> Error {
+    match e {
+        JobError::Source(msg) => Error::Other(format!("reading the stream: {msg}")),
+        JobError::Fatal(e) => e,
     }
 }
 

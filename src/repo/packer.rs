@@ -192,7 +192,11 @@ impl BlobSink {
         let alone = seal_blob(self.repo.keys(), &id, plaintext, self.compression);
         let keys = self.repo.keys();
         let raw_len = plaintext.len() as u32;
-        let rebase = carried.is_some_and(|c| c * DELTA_REBASE > alone.len());
+        // The limit varies from 0.6 to 1.4 times 1/DELTA_REBASE with the chunk's id: chunks
+        // that change at the same pace (all of a table's newest rows) then are not all stored
+        // whole on the same night.
+        let jitter = 60 + 80 * id.0[0] as usize / 255;
+        let rebase = carried.is_some_and(|c| c * DELTA_REBASE * 100 > alone.len() * jitter);
         let limit = alone.len() * DELTA_KEEP_PERCENT / 100;
         let delta = match rebase {
             true => None,
