@@ -32,10 +32,11 @@ use crate::id::Id;
 /// for a 64 KiB chunk of SQL in which a dozen rows change a night. So a chunk replacing a delta
 /// that had grown past 1/`DELTA_REBASE` of the new chunk sealed alone is stored whole (and
 /// becomes the next base); otherwise the delta is kept when it is at most `DELTA_KEEP_PERCENT`
-/// of the chunk sealed alone (a delta that is mostly new rows, at the end of a growing table,
-/// is still worth it, and counts as carried the next night).
+/// of the chunk sealed alone. A delta that is mostly new rows, at the end of a growing table,
+/// is still worth it; one that is half the chunk usually means the chunk merged two old ones
+/// (a cut point vanished), and as a delta it would be stored whole again the next night.
 pub const DELTA_REBASE: usize = 5;
-pub const DELTA_KEEP_PERCENT: usize = 75;
+pub const DELTA_KEEP_PERCENT: usize = 50;
 
 /// Index objects are written after this many packs, so a crashed backup repeats little.
 pub const INDEX_EVERY_PACKS: usize = 8;
