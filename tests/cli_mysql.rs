@@ -665,13 +665,44 @@ fn a_web_app_night_costs_about_its_changed_rows() {
     assert_eq!(mtime(&id1, "products"), mtime(&id2, "products"));
     assert_ne!(mtime(&id1, "orders"), mtime(&id2, "orders"));
 
-    // Restores are exact; then again after the first snapshot is forgotten and pruned (the
-    // bases of the night's delta blobs are the first backup's chunks).
-    let check_restores = |label: &str| {
+    // A second night updates rows in the same chunks: their new versions are deltas against
+    // the first night's deltas (chains of two), and cost about their rows again.
+    let orders2 = dump(&id2, "orders");
+    srv.sql(
+        Some(&db),
+        "UPDATE orders SET status = 'lost', updated = '2026-11-27 03:00:00'
+            WHERE (id > 36000 AND id % 25 = 9) OR (id <= 36000 AND id % 900 = 13);",
+    );
+    let checksums2: Vec<(&str, Option<String>)> = ["orders", "events", "products"]
+        .into_iter()
+        .map(|t| (t, srv.checksum(&db, t)))
+        .collect();
+    let night2 = mysql_backup(&env, srv, &db, &[]).ok().json();
+    let id3 = night2["snapshot_id"].as_str().unwrap().to_string();
+    let changed2 = new_lines(&orders2, &dump(&id3, "orders"));
+    let changed2_zst = cairn::compress::compress(changed2.as_bytes(), Default::default())
+        .unwrap()
+        .len() as u64;
+    let stored2 = night2["summary"]["bytes_added_stored"].as_u64().unwrap();
+    eprintln!("second night {stored2} bytes; changed rows {changed2_zst} bytes compressed");
+    assert!(
+        stored2 <= 3 * changed2_zst,
+        "second night {stored2} > 3 x {changed2_zst}"
+    );
+    let deltas: u64 = meta(&env.snapshots()[2], "delta_blobs")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(deltas > 0);
+
+    // Restores are exact; then again after the first two snapshots are forgotten and pruned
+    // (the second night's deltas are read through the first night's and the first backup's
+    // chunks, which the prune must keep).
+    let check_restores = |label: &str, id: &str, sums: &[(&str, Option<String>)]| {
         let target = srv.database("night_restored");
-        for (t, sum) in &checksums {
+        for (t, sum) in sums {
             env.cmd()
-                .args(["mysql", "restore", &id2, "--database", &db, "--table", t])
+                .args(["mysql", "restore", id, "--database", &db, "--table", t])
                 .args(["--into", &target])
                 .args(srv.cairn_args())
                 .run()
@@ -679,11 +710,12 @@ fn a_web_app_night_costs_about_its_changed_rows() {
             assert_eq!(&srv.checksum(&target, t), sum, "{label}: table {t}");
         }
     };
-    check_restores("before prune");
-    env.run(["forget", &id1]).ok();
+    check_restores("night 1", &id2, &checksums);
+    check_restores("night 2", &id3, &checksums2);
+    env.run(["forget", &id1, &id2]).ok();
     env.run(["prune", "--grace", "0s"]).ok();
     env.run(["check", "--read-data"]).ok();
-    check_restores("after prune");
+    check_restores("night 2 after prune", &id3, &checksums2);
 }
 
 /// A delta blob is only as readable as its base: with the packs of the first backup gone, a
@@ -718,6 +750,16 @@ fn a_delta_is_only_as_good_as_its_base() {
         deltas >= 3 && deltas + 2 >= added,
         "{deltas} deltas of {added}"
     );
+    // A second night changes other rows of the same chunks: its deltas are read through the
+    // first night's, and so through the first backup's chunks too.
+    srv.sql(Some(&db), "UPDATE t SET n = n + 200 WHERE id % 50 = 1");
+    let night2 = mysql_backup(&env, srv, &db, &[]).ok().json();
+    let id3 = night2["snapshot_id"].as_str().unwrap().to_string();
+    let deltas: u64 = meta(&env.snapshots()[2], "delta_blobs")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(deltas >= 3, "{deltas} deltas on the second night");
     for p in &first_packs {
         std::fs::remove_file(env.repo.join(p)).unwrap();
     }
@@ -733,23 +775,23 @@ fn a_delta_is_only_as_good_as_its_base() {
     let out = env.cmd().args(["check", "--json"]).run();
     assert_eq!(out.code, 1, "{out}");
     let report = out.json();
-    let damaged: Vec<String> = report["damaged_snapshots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|d| d["id"] == id2.as_str())
-        .flat_map(|d| d["paths"].as_array().unwrap().iter())
-        .map(|p| format!("{} {}", p["path"], p["reason"]))
-        .collect();
-    let table = format!("/mysql/{db}/t.sql");
-    assert!(
-        damaged
+    for id in [&id2, &id3] {
+        let damaged: Vec<String> = report["damaged_snapshots"]
+            .as_array()
+            .unwrap()
             .iter()
-            .any(|d| d.contains(&table) && d.contains("delta")),
-        "{damaged:?}"
-    );
-    let out = env
-        .run(["dump", &id2, &format!("mysql/{db}/t.sql")])
-        .code(1);
-    assert!(out.stderr.contains("the base of delta blob"), "{out}");
+            .filter(|d| d["id"] == id.as_str())
+            .flat_map(|d| d["paths"].as_array().unwrap().iter())
+            .map(|p| format!("{} {}", p["path"], p["reason"]))
+            .collect();
+        let table = format!("/mysql/{db}/t.sql");
+        assert!(
+            damaged
+                .iter()
+                .any(|d| d.contains(&table) && d.contains("delta")),
+            "{id}: {damaged:?}"
+        );
+        let out = env.run(["dump", id, &format!("mysql/{db}/t.sql")]).code(1);
+        assert!(out.stderr.contains("the base of delta blob"), "{out}");
+    }
 }

@@ -56,8 +56,8 @@ pub struct PackEntry {
     /// Length of the blob's plaintext (after decompression).
     pub raw_len: u32,
     /// For a delta blob (compression `BLOB_ZSTD_DELTA`): the data blob whose plaintext it was
-    /// compressed against, which must be read first. Only data blobs have a base, and a base
-    /// is never itself a delta blob.
+    /// compressed against, which must be read first. Only data blobs have a base; a base may
+    /// be a delta blob itself, up to [`MAX_DELTA_CHAIN`] deltas from a blob stored whole.
     pub base: Option<Id>,
 }
 
@@ -134,6 +134,10 @@ pub const BLOB_STORED: u8 = 0;
 pub const BLOB_ZSTD: u8 = 1;
 /// zstd against a base: the frame was compressed with the base blob's plaintext as its prefix.
 pub const BLOB_ZSTD_DELTA: u8 = 2;
+/// The most delta blobs a reader opens to read one blob: following bases from any blob reaches
+/// a blob stored whole after at most this many deltas (the blob itself counted), or the chain
+/// is corrupt (format-spec/pack.md §3). Also what ends a cycle in a damaged index.
+pub const MAX_DELTA_CHAIN: usize = 16;
 
 /// Length of the pack's leading magic and version.
 pub const PACK_PREFIX: usize = 5;

@@ -25,7 +25,7 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::format::Timestamp;
 use crate::format::keyfile::KeyFile;
-use crate::format::pack::{PackEntry, decode_pack, verify_blob};
+use crate::format::pack::{MAX_DELTA_CHAIN, PackEntry, decode_pack, verify_blob};
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::{Extent, NodeKind};
 use crate::id::Id;
@@ -675,17 +675,27 @@ impl Walker<'_> {
         Ok(())
     }
 
-    /// Why a blob cannot be read, if it cannot: its own problem, or its base's.
+    /// Why a blob cannot be read, if it cannot: its own problem, or one of its bases'.
     fn blob_problem(&self, id: &Id) -> Result<Option<String>> {
         if let Some(p) = self.own_blob_problem(id)? {
             return Ok(Some(p));
         }
-        match self.delta_bases.get(id) {
-            Some(base) => Ok(self
-                .own_blob_problem(base)?
-                .map(|p| format!("blob {id} is a delta against {base}: {p}"))),
-            None => Ok(None),
+        let mut next = id;
+        for _ in 0..MAX_DELTA_CHAIN {
+            let Some(base) = self.delta_bases.get(next) else {
+                return Ok(None);
+            };
+            if let Some(p) = self.own_blob_problem(base)? {
+                return Ok(Some(format!("blob {id} is a delta against {base}: {p}")));
+            }
+            next = base;
         }
+        Ok(match self.delta_bases.contains_key(next) {
+            true => Some(format!(
+                "blob {id} opens only through more than {MAX_DELTA_CHAIN} delta blobs"
+            )),
+            false => None,
+        })
     }
 
     fn own_blob_problem(&self, id: &Id) -> Result<Option<String>> {

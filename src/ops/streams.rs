@@ -26,7 +26,7 @@ use crate::format::pack::BlobKind;
 use crate::format::tree::{Extent, Node, NodeKind, valid_name};
 use crate::id::Id;
 use crate::repo::Repository;
-use crate::repo::packer::BlobSink;
+use crate::repo::packer::{BlobSink, DeltaBase, delta_chain_limit};
 use crate::source::fs::NameCache;
 
 /// One file of a stream snapshot: its path components and its contents.
@@ -85,47 +85,63 @@ impl StreamWriter<'_> {
         stored.map_err(stream_error)
     }
 
-    /// Store one chunk unless it is stored already, as a delta against `candidate` (or the
-    /// candidate's own base) when one can be read.
+    /// Store one chunk unless it is stored already, as a delta against `candidate` (itself
+    /// perhaps a delta) when it can be read and that pays.
     fn save_chunk(&self, chunk: &[u8], id: Id, candidate: Option<Id>) -> Result<()> {
         let sink = self.sink;
         if !sink.claim(&id, BlobKind::Data)? {
             return Ok(());
         }
         let repo = sink.repo();
-        // Bases are never deltas themselves: a chunk replacing a delta blob is compressed
-        // against that blob's base, and carries what the replaced delta had gathered.
-        let (base, carried) = match candidate {
-            Some(c) if c != id => match repo.lookup_blob(&c)? {
-                Some(loc) => match loc.base {
-                    Some(b) => (Some(b), Some(loc.length as usize)),
-                    None => (Some(c), None),
-                },
-                None => (None, None),
-            },
-            _ => (None, None),
-        };
         // Only against a base in a pack that is not condemned, as for dedup: a prune may be
         // about to delete the others.
-        let base = match base {
-            Some(b) if repo.has_blob(&b, BlobKind::Data)? => b,
+        let base = match candidate {
+            Some(c) if c != id && repo.has_blob(&c, BlobKind::Data)? => c,
             _ => {
                 tracing::trace!("chunk {id}: {} bytes, no base", chunk.len());
                 return sink.add_claimed(BlobKind::Data, id, chunk);
             }
         };
-        let plain = match self.bases.get(&base) {
-            Some(p) => p,
-            None => match self.runtime.block_on(repo.read_base(&base, &id)) {
-                Ok(p) => self.bases.put(base, p),
-                Err(e) => {
-                    tracing::warn!("chunk {id}: base {base} unreadable ({e}); storing it whole");
-                    return sink.add_claimed(BlobKind::Data, id, chunk);
-                }
-            },
+        let read = |base: Id| -> Result<(Arc<Vec<u8>>, usize)> {
+            if let Some(hit) = self.bases.get(&base) {
+                return Ok(hit);
+            }
+            let (_, depth) = repo.delta_root(&base)?;
+            let plain = self.runtime.block_on(repo.read_blob(&base))?;
+            Ok(self.bases.put(base, plain, depth))
         };
-        sink.add_claimed_delta(id, chunk, base, &plain, carried)
-            .map(|_| ())
+        let (plain, depth) = match read(base) {
+            Ok(hit) => hit,
+            Err(e) => {
+                tracing::warn!("chunk {id}: base {base} unreadable ({e}); storing it whole");
+                return sink.add_claimed(BlobKind::Data, id, chunk);
+            }
+        };
+        // The root is needed only when the chunk would make the base's chain too long.
+        let root = match depth >= delta_chain_limit(&id) {
+            true => match repo.delta_root(&base) {
+                Ok((root, _)) if repo.has_blob(&root, BlobKind::Data)? => match read(root) {
+                    Ok(r) => Some((root, r)),
+                    Err(e) => {
+                        tracing::warn!("chunk {id}: root {root} unreadable ({e})");
+                        None
+                    }
+                },
+                _ => None,
+            },
+            false => None,
+        };
+        let base = DeltaBase {
+            id: base,
+            plain: &plain,
+            depth,
+        };
+        let root = root.as_ref().map(|(id, (plain, depth))| DeltaBase {
+            id: *id,
+            plain,
+            depth: *depth,
+        });
+        sink.add_claimed_delta(id, chunk, base, root).map(|_| ())
     }
 
     /// Chunk and store a stream; returns its extents and length. A failure to read the stream
@@ -201,24 +217,30 @@ impl Reference {
 /// The last few bases read, shared by the threads storing one stream (neighbouring new chunks
 /// often replace the same old one).
 #[derive(Default)]
-struct BaseCache(std::sync::Mutex<Vec<(Id, Arc<Vec<u8>>)>>);
+struct BaseCache(std::sync::Mutex<Vec<CachedBase>>);
+
+/// A base's id, plaintext, and how many deltas reading it opens.
+type CachedBase = (Id, Arc<Vec<u8>>, usize);
 
 impl BaseCache {
     const KEEP: usize = 8;
 
-    fn get(&self, id: &Id) -> Option<Arc<Vec<u8>>> {
+    /// A base's plaintext and how many deltas reading it opens.
+    fn get(&self, id: &Id) -> Option<(Arc<Vec<u8>>, usize)> {
         let v = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        v.iter().find(|(i, _)| i == id).map(|(_, p)| p.clone())
+        v.iter()
+            .find(|(i, _, _)| i == id)
+            .map(|(_, p, depth)| (p.clone(), *depth))
     }
 
-    fn put(&self, id: Id, plain: Vec<u8>) -> Arc<Vec<u8>> {
+    fn put(&self, id: Id, plain: Vec<u8>, depth: usize) -> (Arc<Vec<u8>>, usize) {
         let plain = Arc::new(plain);
         let mut v = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if v.len() >= Self::KEEP {
             v.remove(0);
         }
-        v.push((id, plain.clone()));
-        plain
+        v.push((id, plain.clone(), depth));
+        (plain, depth)
     }
 }
 

@@ -638,16 +638,25 @@ impl Catalog {
             .map_err(|e| self.err(e))
     }
 
-    /// Mark the base of every marked delta blob; returns how many were not marked before.
-    /// One pass suffices: a base is never itself a delta blob.
+    /// Mark the base of every marked delta blob, and their bases in turn, to the end of each
+    /// chain; returns how many were not marked before. Each pass goes one link further, so it
+    /// takes at most a chain's length of passes (a cycle adds nothing new and ends too).
     pub fn mark_bases(&self) -> Result<usize> {
-        self.conn
-            .execute(
-                "INSERT OR IGNORE INTO temp.mark(id) SELECT DISTINCT b.base FROM blobs b \
-                 JOIN temp.mark m ON b.id = m.id WHERE b.base IS NOT NULL",
-                [],
-            )
-            .map_err(|e| self.err(e))
+        let mut total = 0;
+        loop {
+            let n = self
+                .conn
+                .execute(
+                    "INSERT OR IGNORE INTO temp.mark(id) SELECT DISTINCT b.base FROM blobs b \
+                     JOIN temp.mark m ON b.id = m.id WHERE b.base IS NOT NULL",
+                    [],
+                )
+                .map_err(|e| self.err(e))?;
+            if n == 0 {
+                return Ok(total);
+            }
+            total += n;
+        }
     }
 
     pub fn is_marked(&self, id: &Id) -> Result<bool> {
@@ -742,6 +751,33 @@ mod tests {
         assert!(c.is_marked(&Id([3; 32])).unwrap());
         assert!(!c.is_marked(&e.id).unwrap());
         assert_eq!(c.mark_bases().unwrap(), 0);
+        // A chain is marked to its end; a cycle (only a damaged index has one) ends too.
+        let delta = |id: u8, base: u8, offset: u32| PackEntry {
+            kind: BlobKind::Data,
+            id: Id([id; 32]),
+            offset,
+            length: 10,
+            raw_len: 100,
+            base: Some(Id([base; 32])),
+        };
+        let p2 = IndexPack {
+            id: Id([11; 32]),
+            size: 40,
+            entries: vec![
+                delta(5, 12, 0),
+                delta(12, 4, 10),
+                delta(6, 8, 20),
+                delta(8, 6, 30),
+            ],
+        };
+        c.add_index(Some(&Id([10; 32])), &[p2]).unwrap();
+        c.mark(&[Id([5; 32]), Id([6; 32])]).unwrap();
+        assert_eq!(c.mark_bases().unwrap(), 2, "12 and 8 (4 and 3 were marked)");
+        assert!(c.is_marked(&Id([12; 32])).unwrap());
+        assert!(c.is_marked(&Id([8; 32])).unwrap());
+        c.mark_clear().unwrap();
+        c.mark(&[Id([5; 32])]).unwrap();
+        assert_eq!(c.mark_bases().unwrap(), 3, "12, 4 and 3");
         drop(c);
         {
             use std::os::unix::fs::PermissionsExt;

@@ -27,7 +27,7 @@ use crate::format::condemned::Condemned;
 use crate::format::config::Config;
 use crate::format::index::IndexObject;
 use crate::format::keyfile::KeyFile;
-use crate::format::pack::{BlobKind, PackHeader, open_blob};
+use crate::format::pack::{BlobKind, MAX_DELTA_CHAIN, PackHeader, open_blob};
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::Tree;
 use crate::id::Id;
@@ -712,31 +712,74 @@ impl Repository {
     /// when it has them (verified like a download), and go into it when downloaded. A delta
     /// blob's base is read first.
     pub async fn read_blob(&self, id: &Id) -> Result<Vec<u8>> {
-        let loc = self
-            .lookup_blob(id)?
-            .ok_or_else(|| Error::not_found(format!("blob {id} (not in the index)")))?;
-        let base = match &loc.base {
-            Some(b) => Some(self.read_base(b, id).await?),
-            None => None,
-        };
-        self.read_blob_at(id, loc, base).await
+        self.read_chain(self.delta_chain(id, None)?).await
     }
 
-    /// The plaintext of `base`, the base of delta blob `of`. A base must not itself be a delta
-    /// blob, so reading one never recurses.
+    /// The plaintext of `base`, the base of delta blob `of`, read through its own bases if it
+    /// is a delta blob too.
     pub async fn read_base(&self, base: &Id, of: &Id) -> Result<Vec<u8>> {
-        let loc = self.lookup_blob(base)?.ok_or_else(|| {
-            Error::not_found(format!(
-                "blob {base}, the base of delta blob {of} (not in the index)"
-            ))
-        })?;
-        if loc.base.is_some() {
-            return Err(Error::corrupt(
-                format!("blob {of}"),
-                format!("its base {base} is itself a delta blob"),
-            ));
+        self.read_chain(self.delta_chain(base, Some(of))?).await
+    }
+
+    /// The end of blob `id`'s chain of bases (the blob stored whole that reading `id` starts
+    /// from: `id` itself unless it is a delta blob), and how many delta blobs reading `id` opens.
+    pub fn delta_root(&self, id: &Id) -> Result<(Id, usize)> {
+        let chain = self.delta_chain(id, None)?;
+        Ok((chain[chain.len() - 1].0, chain.len() - 1))
+    }
+
+    /// The blobs read to read blob `id` (format-spec/pack.md §3): `id` first, then its base,
+    /// and so on to a blob stored whole. `of`, when given, is the delta blob whose base `id` is;
+    /// it counts towards [`MAX_DELTA_CHAIN`] and errors name it.
+    fn delta_chain(&self, id: &Id, of: Option<&Id>) -> Result<Vec<(Id, BlobLocation)>> {
+        let start = of.unwrap_or(id);
+        let mut deltas = usize::from(of.is_some());
+        let mut chain: Vec<(Id, BlobLocation)> = Vec::new();
+        let mut next = *id;
+        loop {
+            let loc = self.lookup_blob(&next)?.ok_or_else(|| {
+                Error::not_found(match (chain.is_empty(), of) {
+                    (true, None) => format!("blob {next} (not in the index)"),
+                    (true, Some(of)) => {
+                        format!("blob {next}, the base of delta blob {of} (not in the index)")
+                    }
+                    (false, _) => format!(
+                        "blob {next}, the base of delta blob {} that delta blob {start} is \
+                         read through (not in the index)",
+                        chain[chain.len() - 1].0
+                    ),
+                })
+            })?;
+            let base = loc.base;
+            chain.push((next, loc));
+            let Some(base) = base else {
+                return Ok(chain);
+            };
+            deltas += 1;
+            if deltas > MAX_DELTA_CHAIN {
+                return Err(Error::corrupt(
+                    format!("blob {start}"),
+                    format!(
+                        "reading it opens more than {MAX_DELTA_CHAIN} delta blobs (a chain of \
+                         bases too long, or a cycle)"
+                    ),
+                ));
+            }
+            next = base;
         }
-        self.read_blob_at(base, loc, None).await
+    }
+
+    /// Read a chain from [`Self::delta_chain`]: its last blob (stored whole) first, then each
+    /// delta against the plaintext before it.
+    async fn read_chain(&self, mut chain: Vec<(Id, BlobLocation)>) -> Result<Vec<u8>> {
+        let Some((id, loc)) = chain.pop() else {
+            return Err(Error::Other("an empty chain of blobs".into()));
+        };
+        let mut plain = self.read_blob_at(&id, loc, None).await?;
+        while let Some((id, loc)) = chain.pop() {
+            plain = self.read_blob_at(&id, loc, Some(plain)).await?;
+        }
+        Ok(plain)
     }
 
     async fn read_blob_at(

@@ -22,21 +22,43 @@ use crate::backend::BackendErrorKind;
 use crate::compress::Compression;
 use crate::error::{Error, Result};
 use crate::format::index::{IndexObject, IndexPack};
-use crate::format::pack::{BlobKind, PackBuilder, PackEntry, seal_blob, seal_blob_delta};
+use crate::format::pack::{
+    BlobKind, MAX_DELTA_CHAIN, PackBuilder, PackEntry, seal_blob, seal_blob_delta,
+};
 use crate::id::Id;
 
-/// When deltas are kept. Bases are never deltas themselves, so a chunk that changes every night
-/// is a delta that carries every night's changes since its base. If a chunk of sealed size F
-/// gains d bytes of delta a night, storing it whole every K nights costs F/K + dK/2 a night on
-/// average, least at K = sqrt(2F/d), where the carried delta is sqrt(2d/F) of F: about a fifth
-/// for a 64 KiB chunk of SQL in which a dozen rows change a night. So a chunk replacing a delta
-/// that had grown past 1/`DELTA_REBASE` of the new chunk sealed alone is stored whole (and
-/// becomes the next base); otherwise the delta is kept when it is at most `DELTA_KEEP_PERCENT`
-/// of the chunk sealed alone. A delta that is mostly new rows, at the end of a growing table,
-/// is still worth it; one that is half the chunk usually means the chunk merged two old ones
-/// (a cut point vanished), and as a delta it would be stored whole again the next night.
-pub const DELTA_REBASE: usize = 5;
+/// When deltas are kept. A changed chunk is a delta against the chunk it replaces, which may be
+/// a delta itself, so a chunk that changes every night costs about that night's changes, d.
+/// Reading it opens the whole chain, so a chain ends once the chunk would be its `L`th delta,
+/// `L` between `DELTA_CHAIN_MIN` and [`MAX_DELTA_CHAIN`] (what readers accept), varied with the
+/// new chunk's id so that chunks changing at the same pace (all of a table's newest rows) do not
+/// all end their chains on the same night. A chunk that ends a chain is stored as a delta
+/// against the chain's root, the chunk stored whole that it started from, if that delta (all
+/// changes since the root) is at most `DELTA_REROOT_PERCENT` of the chunk sealed alone, F, and
+/// becomes the first delta of a new chain; otherwise it is stored whole and becomes a new root.
+/// A chunk where one row changes a night then costs d a night plus a growing delta every L
+/// nights, stored whole only every few chains; one where a dozen rows change a night costs
+/// d + F/L, as its root delta is about F by then. Any other delta is kept when it is at most
+/// `DELTA_KEEP_PERCENT` of F: one that is mostly new rows, at the end of a growing table, is
+/// still worth it; one that is half the chunk usually means the chunk merged two old ones (a
+/// cut point vanished).
+pub const DELTA_CHAIN_MIN: usize = 10;
+pub const DELTA_REROOT_PERCENT: usize = 40;
 pub const DELTA_KEEP_PERCENT: usize = 50;
+
+/// The longest chain of deltas the writer makes ending in chunk `id` ([`DELTA_CHAIN_MIN`]).
+pub fn delta_chain_limit(id: &Id) -> usize {
+    DELTA_CHAIN_MIN + id.0[0] as usize % (MAX_DELTA_CHAIN - DELTA_CHAIN_MIN + 1)
+}
+
+/// A blob a new chunk may be stored as a delta against: its id, its plaintext, and how many
+/// delta blobs reading it opens.
+#[derive(Debug, Clone, Copy)]
+pub struct DeltaBase<'a> {
+    pub id: Id,
+    pub plain: &'a [u8],
+    pub depth: usize,
+}
 
 /// Index objects are written after this many packs, so a crashed backup repeats little.
 pub const INDEX_EVERY_PACKS: usize = 8;
@@ -173,18 +195,16 @@ impl BlobSink {
         self.pack(kind, id, sealed, plaintext.len() as u32, None)
     }
 
-    /// Seal and pack a data blob already claimed, as a delta against `base` (an indexed data
-    /// blob with no base of its own, whose plaintext is `base_plain`) when that pays (see
-    /// [`DELTA_REBASE`]); otherwise as [`BlobSink::add_claimed`] does. `carried` is the sealed
-    /// length of the delta blob this chunk replaces, if it replaces one against the same base.
-    /// Returns whether it was stored as a delta.
+    /// Seal and pack a data blob already claimed, as a delta against `base` (the chunk it
+    /// replaces), or, when that would make `base`'s chain too long, against `root` (the end of
+    /// that chain), when that pays (see [`DELTA_CHAIN_MIN`]); otherwise as
+    /// [`BlobSink::add_claimed`] does. Returns whether it was stored as a delta.
     pub fn add_claimed_delta(
         &self,
         id: Id,
         plaintext: &[u8],
-        base: Id,
-        base_plain: &[u8],
-        carried: Option<usize>,
+        base: DeltaBase,
+        root: Option<DeltaBase>,
     ) -> Result<bool> {
         self.count(BlobKind::Data, plaintext);
         if self.dry_run {
@@ -193,24 +213,24 @@ impl BlobSink {
         let alone = seal_blob(self.repo.keys(), &id, plaintext, self.compression);
         let keys = self.repo.keys();
         let raw_len = plaintext.len() as u32;
-        // The limit varies from 0.6 to 1.4 times 1/DELTA_REBASE with the chunk's id: chunks
-        // that change at the same pace (all of a table's newest rows) then are not all stored
-        // whole on the same night.
-        let jitter = 60 + 80 * id.0[0] as usize / 255;
-        let rebase = carried.is_some_and(|c| c * DELTA_REBASE * 100 > alone.len() * jitter);
-        let limit = alone.len() * DELTA_KEEP_PERCENT / 100;
-        let delta = match rebase {
-            true => None,
-            false => seal_blob_delta(keys, &id, plaintext, base_plain, self.compression, limit),
+        let (against, percent) = match base.depth < delta_chain_limit(&id) {
+            true => (Some(base), DELTA_KEEP_PERCENT),
+            false => (root.filter(|r| r.depth == 0), DELTA_REROOT_PERCENT),
         };
+        let delta = against.and_then(|b| {
+            let limit = alone.len() * percent / 100;
+            seal_blob_delta(keys, &id, plaintext, b.plain, self.compression, limit)
+                .map(|d| (d, b.id))
+        });
         tracing::trace!(
-            "chunk {id}: {} bytes, {} sealed alone, delta {:?}, carried {carried:?}",
+            "chunk {id}: {} bytes, {} sealed alone, delta {:?}, base depth {}",
             plaintext.len(),
             alone.len(),
-            delta.as_ref().map(|d| d.len())
+            delta.as_ref().map(|d| (d.0.len(), d.1 != base.id)),
+            base.depth
         );
         match delta {
-            Some(delta) => {
+            Some((delta, base)) => {
                 self.stats.delta_blobs.fetch_add(1, Ordering::Relaxed);
                 self.pack(BlobKind::Data, id, delta, raw_len, Some(base))?;
                 Ok(true)
@@ -381,4 +401,166 @@ async fn upload_loop(
         summary.index_objects.push(repo.save_index(&idx).await?);
     }
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::MemoryBackend;
+    use crate::crypto::KdfParams;
+    use crate::error::ErrorKind;
+    use crate::repo::{InitOptions, OpenOptions};
+
+    /// A chunk of SQL-like lines; each version after the first changes `per` more rows.
+    fn version(v: usize, per: usize) -> Vec<u8> {
+        let mut edits = [0usize; 700];
+        for e in 1..=v {
+            for j in 0..per {
+                edits[(e * 37 + j * 101 + 11) % 700] += 1;
+            }
+        }
+        let mut out = Vec::new();
+        for (row, n) in edits.iter().enumerate() {
+            // Like hash columns: a changed row hardly compresses against its old version.
+            let h = |k: u64| {
+                (row as u64 * 1000 + *n as u64 * 7 + k).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            };
+            let line = format!("({row},'{:016x}','{:016x}'),\n", h(1), h(2));
+            out.extend_from_slice(line.as_bytes());
+        }
+        out
+    }
+
+    async fn repo() -> (tempfile::TempDir, Arc<Repository>) {
+        let cache = tempfile::tempdir().unwrap();
+        let init = InitOptions {
+            kdf: KdfParams::INSECURE_FOR_TESTS,
+            ..Default::default()
+        };
+        let backend = Arc::new(MemoryBackend::new());
+        let open = OpenOptions::new(cache.path());
+        let repo = Repository::init(backend, b"pw", &init, &open)
+            .await
+            .unwrap();
+        (cache, Arc::new(repo))
+    }
+
+    /// Store `plain` in a session of its own, as a delta against `base` if given; `depth`
+    /// stands for the base's depth (a test may lie, as a damaged writer could); `root` is the
+    /// plaintext of the end of the base's chain.
+    async fn store(
+        repo: &Arc<Repository>,
+        plain: &[u8],
+        base: Option<(&[u8], usize)>,
+        root: Option<&[u8]>,
+    ) -> Id {
+        let id = repo.keys().blob_id(plain);
+        let (sink, uploader) = BlobSink::start(repo.clone(), Compression::Auto, false).unwrap();
+        assert!(sink.claim(&id, BlobKind::Data).unwrap());
+        match base {
+            Some((b, depth)) => {
+                let base = DeltaBase {
+                    id: repo.keys().blob_id(b),
+                    plain: b,
+                    depth,
+                };
+                let root = root.map(|r| DeltaBase {
+                    id: repo.keys().blob_id(r),
+                    plain: r,
+                    depth: 0,
+                });
+                sink.add_claimed_delta(id, plain, base, root).unwrap();
+            }
+            None => sink.add_claimed(BlobKind::Data, id, plain).unwrap(),
+        }
+        sink.flush().await.unwrap();
+        drop(sink);
+        uploader.finish().await.unwrap();
+        id
+    }
+
+    /// Stores 30 nightly versions of a chunk as the backup does; returns how many versions
+    /// started a new chain against the old root, how many were stored whole, and the bytes
+    /// stored against those of the first version.
+    async fn nights(per: usize) -> (usize, usize, u64, u64) {
+        let (_cache, repo) = repo().await;
+        let mut prev = version(0, per);
+        let first = store(&repo, &prev, None, None).await;
+        assert_eq!(repo.delta_root(&first).unwrap(), (first, 0));
+        let (mut rerooted, mut whole) = (0, 0);
+        for v in 1..=30 {
+            let plain = version(v, per);
+            let (root, base_depth) = repo.delta_root(&repo.keys().blob_id(&prev)).unwrap();
+            let root_plain = repo.read_blob(&root).await.unwrap();
+            let id = store(&repo, &plain, Some((&prev, base_depth)), Some(&root_plain)).await;
+            let (new_root, depth) = repo.delta_root(&id).unwrap();
+            if base_depth < delta_chain_limit(&id) {
+                assert_eq!((new_root, depth), (root, base_depth + 1), "version {v}");
+            } else if depth == 1 {
+                assert_eq!(new_root, root, "version {v} starts a chain on the old root");
+                rerooted += 1;
+            } else {
+                assert_eq!((new_root, depth), (id, 0), "version {v} is stored whole");
+                whole += 1;
+            }
+            assert!(depth <= MAX_DELTA_CHAIN);
+            assert_eq!(repo.read_blob(&id).await.unwrap(), plain, "version {v}");
+            prev = plain;
+        }
+        assert_eq!(repo.read_blob(&first).await.unwrap(), version(0, per));
+        let first_len = repo.catalog().lookup(&first).unwrap().unwrap().length as u64;
+        let (_, stored) = repo.catalog().blob_totals().unwrap();
+        (rerooted, whole, stored, first_len)
+    }
+
+    #[tokio::test]
+    async fn a_chunk_changing_a_little_every_night_starts_new_chains_on_its_root() {
+        let (rerooted, whole, stored, first) = nights(1).await;
+        assert!(
+            rerooted >= 1 && whole == 0,
+            "{rerooted} new chains, {whole} whole"
+        );
+        // 31 versions cost about one chunk and the changes, not 31 chunks.
+        assert!(
+            stored < 2 * first,
+            "{stored} bytes for 31 versions of {first}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_chunk_changing_much_every_night_is_stored_whole_when_its_chain_ends() {
+        let (rerooted, whole, stored, first) = nights(40).await;
+        assert!(
+            whole >= 1 && rerooted == 0,
+            "{rerooted} new chains, {whole} whole"
+        );
+        // Whole chunks where chains end, and each night's changes (here a twentieth of it).
+        let bound = (1 + whole as u64) * first + 30 * first / 10;
+        assert!(stored < bound, "{stored} bytes for 31 versions of {first}");
+    }
+
+    #[tokio::test]
+    async fn a_chain_longer_than_readers_accept_is_corrupt() {
+        let (_cache, repo) = repo().await;
+        let mut prev = version(0, 1);
+        store(&repo, &prev, None, None).await;
+        let mut ids = Vec::new();
+        for v in 1..=MAX_DELTA_CHAIN + 1 {
+            let plain = version(v, 1);
+            // Lying about the base's depth makes the writer extend the chain past the limit.
+            ids.push(store(&repo, &plain, Some((&prev, 0)), None).await);
+            prev = plain;
+        }
+        let last_good = ids[MAX_DELTA_CHAIN - 1];
+        assert_eq!(repo.delta_root(&last_good).unwrap().1, MAX_DELTA_CHAIN);
+        assert_eq!(
+            repo.read_blob(&last_good).await.unwrap(),
+            version(MAX_DELTA_CHAIN, 1)
+        );
+        let too_long = ids[MAX_DELTA_CHAIN];
+        let e = repo.read_blob(&too_long).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+        assert!(e.to_string().contains(&too_long.to_string()), "{e}");
+        assert!(repo.delta_root(&too_long).is_err());
+    }
 }
