@@ -1,7 +1,9 @@
-//! A size-bounded local cache of tree blobs (issue 3: metadata cache).
+//! A size-bounded local cache of tree blobs and delta blobs (issue 3: metadata cache).
 //!
 //! `ls`, `find`, `restore` of one path and the parent walk of an incremental backup read tree
-//! blobs, a few hundred bytes each, and on S3 every one would otherwise be a ranged GET. The
+//! blobs, a few hundred bytes each, and on S3 every one would otherwise be a ranged GET. Delta
+//! blobs (format-spec/pack.md §3) are as small, and each is read through by every later version
+//! of its chunk until its chain ends, so they are kept too. The
 //! cache keeps them beside the catalog in `<cache dir>/<repo id>/blobs.sqlite`, **sealed** as
 //! they are in their pack (so the cache holds no plaintext names, as the catalog holds
 //! snapshots sealed), and every hit is opened and verified against its id like a download.

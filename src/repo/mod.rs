@@ -788,9 +788,11 @@ impl Repository {
         loc: BlobLocation,
         base: Option<Vec<u8>>,
     ) -> Result<Vec<u8>> {
-        let cached = loc.kind == BlobKind::Tree;
+        // Trees and delta blobs are small and read again and again (a delta by every later
+        // version of its chunk, through the chain), so they are cached.
+        let cached = loc.kind == BlobKind::Tree || loc.base.is_some();
         if cached && let Some(sealed) = self.blob_cache.get(id) {
-            match open_blob(&self.keys, id, &sealed, loc.raw_len, None) {
+            match open_blob(&self.keys, id, &sealed, loc.raw_len, base.as_deref()) {
                 Ok(plain) => return Ok(plain),
                 Err(e) => {
                     tracing::warn!("cached copy of blob {id} unusable ({e}); downloading it");
@@ -825,9 +827,9 @@ impl Repository {
         Ok(plain)
     }
 
-    /// Keep the sealed form of a tree blob this process wrote in the blob cache, so the next
-    /// incremental backup or `ls` need not download it.
-    pub fn cache_written_tree(&self, id: &Id, sealed: &[u8]) {
+    /// Keep the sealed form of a tree or delta blob this process wrote in the blob cache, so
+    /// the next incremental backup, `ls` or delta read need not download it.
+    pub fn cache_written_blob(&self, id: &Id, sealed: &[u8]) {
         self.blob_cache.put(id, sealed);
     }
 

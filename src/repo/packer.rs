@@ -190,7 +190,7 @@ impl BlobSink {
         if kind == BlobKind::Tree {
             // Only ever read after the index names the blob, and verified when read: caching
             // it before its pack is stored is safe.
-            self.repo.cache_written_tree(&id, &sealed);
+            self.repo.cache_written_blob(&id, &sealed);
         }
         self.pack(kind, id, sealed, plaintext.len() as u32, None)
     }
@@ -232,6 +232,9 @@ impl BlobSink {
         match delta {
             Some((delta, base)) => {
                 self.stats.delta_blobs.fetch_add(1, Ordering::Relaxed);
+                // The next version of this chunk reads it (as for trees above, safe to cache
+                // before its pack is stored).
+                self.repo.cache_written_blob(&id, &delta);
                 self.pack(BlobKind::Data, id, delta, raw_len, Some(base))?;
                 Ok(true)
             }
@@ -406,10 +409,11 @@ async fn upload_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Backend;
     use crate::backend::MemoryBackend;
     use crate::crypto::KdfParams;
     use crate::error::ErrorKind;
-    use crate::repo::{InitOptions, OpenOptions};
+    use crate::repo::{InitOptions, OpenOptions, keys};
 
     /// A chunk of SQL-like lines; each version after the first changes `per` more rows.
     fn version(v: usize, per: usize) -> Vec<u8> {
@@ -562,5 +566,55 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
         assert!(e.to_string().contains(&too_long.to_string()), "{e}");
         assert!(repo.delta_root(&too_long).is_err());
+    }
+
+    /// Delta blobs this process wrote are cached (sealed), so reading the next version's base
+    /// downloads only the chain's root: here their packs are gone and the chain still reads,
+    /// while a process with an empty cache must download them (and cannot).
+    #[tokio::test]
+    async fn a_chain_of_deltas_reads_from_the_cache_but_its_root() {
+        let cache = tempfile::tempdir().unwrap();
+        let init = InitOptions {
+            kdf: KdfParams::INSECURE_FOR_TESTS,
+            ..Default::default()
+        };
+        let backend = Arc::new(MemoryBackend::new());
+        let repo = Arc::new(
+            Repository::init(
+                backend.clone(),
+                b"pw",
+                &init,
+                &OpenOptions::new(cache.path()),
+            )
+            .await
+            .unwrap(),
+        );
+        let mut prev = version(0, 1);
+        let root = store(&repo, &prev, None, None).await;
+        let mut last = root;
+        for v in 1..=3 {
+            let plain = version(v, 1);
+            last = store(&repo, &plain, Some((&prev, v - 1)), None).await;
+            prev = plain;
+        }
+        assert_eq!(repo.delta_root(&last).unwrap(), (root, 3));
+        let root_pack = repo.lookup_blob(&root).unwrap().unwrap().pack;
+        for (p, _, _) in repo.catalog().packs().unwrap() {
+            if p != root_pack {
+                backend.delete(&keys::pack(&p)).await.unwrap();
+            }
+        }
+        assert_eq!(repo.read_blob(&last).await.unwrap(), version(3, 1));
+
+        let other_cache = tempfile::tempdir().unwrap();
+        let cold = Repository::open(
+            backend.clone(),
+            || Ok(zeroize::Zeroizing::new(b"pw".to_vec())),
+            &OpenOptions::new(other_cache.path()),
+        )
+        .await
+        .unwrap();
+        let e = cold.read_blob(&last).await.unwrap_err();
+        assert!(e.to_string().contains("pack"), "{e}");
     }
 }
