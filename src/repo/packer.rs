@@ -599,7 +599,8 @@ mod tests {
         }
         assert_eq!(repo.delta_root(&last).unwrap(), (root, 3));
         let root_pack = repo.lookup_blob(&root).unwrap().unwrap().pack;
-        for (p, _, _) in repo.catalog().packs().unwrap() {
+        let packs = repo.catalog().packs().unwrap();
+        for (p, _, _) in packs {
             if p != root_pack {
                 backend.delete(&keys::pack(&p)).await.unwrap();
             }
