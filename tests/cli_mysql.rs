@@ -665,12 +665,14 @@ fn a_web_app_night_costs_about_its_changed_rows() {
     assert_eq!(mtime(&id1, "products"), mtime(&id2, "products"));
     assert_ne!(mtime(&id1, "orders"), mtime(&id2, "orders"));
 
-    // A second night updates rows in the same chunks: their new versions are deltas against
-    // the first night's deltas (chains of two), and cost about their rows again.
-    let orders2 = dump(&id2, "orders");
+    // A second web night updates rows in the same chunks: their new versions are deltas
+    // against the first night's deltas (chains of two), and cost about their rows again.
+    let (orders2, events2) = (dump(&id2, "orders"), dump(&id2, "events"));
     srv.sql(
         Some(&db),
-        "UPDATE orders SET status = 'lost', updated = '2026-11-27 03:00:00'
+        "INSERT INTO events SELECT seq, 'buy', CONCAT('{\"user\":', seq % 977, ',\"page\":\"',
+            SHA1(seq), '\"}') FROM seq_40801_to_41600;
+         UPDATE orders SET status = 'lost', updated = '2026-11-27 03:00:00'
             WHERE (id > 36000 AND id % 25 = 9) OR (id <= 36000 AND id % 900 = 13);",
     );
     let checksums2: Vec<(&str, Option<String>)> = ["orders", "events", "products"]
@@ -679,7 +681,8 @@ fn a_web_app_night_costs_about_its_changed_rows() {
         .collect();
     let night2 = mysql_backup(&env, srv, &db, &[]).ok().json();
     let id3 = night2["snapshot_id"].as_str().unwrap().to_string();
-    let changed2 = new_lines(&orders2, &dump(&id3, "orders"));
+    let changed2 =
+        new_lines(&orders2, &dump(&id3, "orders")) + &new_lines(&events2, &dump(&id3, "events"));
     let changed2_zst = cairn::compress::compress(changed2.as_bytes(), Default::default())
         .unwrap()
         .len() as u64;

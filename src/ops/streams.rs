@@ -102,15 +102,20 @@ impl StreamWriter<'_> {
                 return sink.add_claimed(BlobKind::Data, id, chunk);
             }
         };
-        let read = |base: Id| -> Result<(Arc<Vec<u8>>, usize)> {
+        let read = |base: Id| -> Result<CachedBase> {
             if let Some(hit) = self.bases.get(&base) {
                 return Ok(hit);
             }
-            let (_, depth) = repo.delta_root(&base)?;
+            let (root, depth) = repo.delta_root(&base)?;
             let plain = self.runtime.block_on(repo.read_blob(&base))?;
-            Ok(self.bases.put(base, plain, depth))
+            Ok(self.bases.put(CachedBase {
+                id: base,
+                plain: Arc::new(plain),
+                depth,
+                root,
+            }))
         };
-        let (plain, depth) = match read(base) {
+        let base = match read(base) {
             Ok(hit) => hit,
             Err(e) => {
                 tracing::warn!("chunk {id}: base {base} unreadable ({e}); storing it whole");
@@ -118,30 +123,25 @@ impl StreamWriter<'_> {
             }
         };
         // The root is needed only when the chunk would make the base's chain too long.
-        let root = match depth >= delta_chain_limit(&id) {
-            true => match repo.delta_root(&base) {
-                Ok((root, _)) if repo.has_blob(&root, BlobKind::Data)? => match read(root) {
-                    Ok(r) => Some((root, r)),
-                    Err(e) => {
-                        tracing::warn!("chunk {id}: root {root} unreadable ({e})");
-                        None
-                    }
-                },
-                _ => None,
+        let root = match base.depth >= delta_chain_limit(&base.root) {
+            true if repo.has_blob(&base.root, BlobKind::Data)? => match read(base.root) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!("chunk {id}: root {} unreadable ({e})", base.root);
+                    None
+                }
             },
-            false => None,
+            _ => None,
         };
-        let base = DeltaBase {
-            id: base,
-            plain: &plain,
-            depth,
+        let delta_base = DeltaBase {
+            id: base.id,
+            plain: &base.plain,
+            depth: base.depth,
+            root: base.root,
         };
-        let root = root.as_ref().map(|(id, (plain, depth))| DeltaBase {
-            id: *id,
-            plain,
-            depth: *depth,
-        });
-        sink.add_claimed_delta(id, chunk, base, root).map(|_| ())
+        let root_plain = root.as_ref().map(|r| r.plain.as_slice());
+        sink.add_claimed_delta(id, chunk, delta_base, root_plain)
+            .map(|_| ())
     }
 
     /// Chunk and store a stream; returns its extents and length. A failure to read the stream
@@ -219,28 +219,30 @@ impl Reference {
 #[derive(Default)]
 struct BaseCache(std::sync::Mutex<Vec<CachedBase>>);
 
-/// A base's id, plaintext, and how many deltas reading it opens.
-type CachedBase = (Id, Arc<Vec<u8>>, usize);
+/// A base read: its id, plaintext, how many deltas reading it opens, and its chain's root.
+#[derive(Clone)]
+struct CachedBase {
+    id: Id,
+    plain: Arc<Vec<u8>>,
+    depth: usize,
+    root: Id,
+}
 
 impl BaseCache {
     const KEEP: usize = 8;
 
-    /// A base's plaintext and how many deltas reading it opens.
-    fn get(&self, id: &Id) -> Option<(Arc<Vec<u8>>, usize)> {
+    fn get(&self, id: &Id) -> Option<CachedBase> {
         let v = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        v.iter()
-            .find(|(i, _, _)| i == id)
-            .map(|(_, p, depth)| (p.clone(), *depth))
+        v.iter().find(|b| b.id == *id).cloned()
     }
 
-    fn put(&self, id: Id, plain: Vec<u8>, depth: usize) -> (Arc<Vec<u8>>, usize) {
-        let plain = Arc::new(plain);
+    fn put(&self, base: CachedBase) -> CachedBase {
         let mut v = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if v.len() >= Self::KEEP {
             v.remove(0);
         }
-        v.push((id, plain.clone(), depth));
-        (plain, depth)
+        v.push(base.clone());
+        base
     }
 }
 
