@@ -617,30 +617,37 @@ fn a_web_app_night_costs_about_its_changed_rows() {
             .ok()
             .stdout_str()
     };
-    let (orders1, events1) = (dump(&id1, "orders"), dump(&id1, "events"));
+    // A night: `sql` runs; the tables' checksums are noted and a backup made. Returns the
+    // backup's JSON, its snapshot id, the checksums, and the night's new and changed rows' SQL
+    // (against snapshot `prev`) with its compressed size.
+    let night = |prev: &str, sql: &str| {
+        let (orders, events) = (dump(prev, "orders"), dump(prev, "events"));
+        srv.sql(Some(&db), sql);
+        let sums: Vec<(&str, Option<String>)> = ["orders", "events", "products"]
+            .into_iter()
+            .map(|t| (t, srv.checksum(&db, t)))
+            .collect();
+        let out = mysql_backup(&env, srv, &db, &[]).ok().json();
+        let id = out["snapshot_id"].as_str().unwrap().to_string();
+        let changed =
+            new_lines(&orders, &dump(&id, "orders")) + &new_lines(&events, &dump(&id, "events"));
+        let zst = cairn::compress::compress(changed.as_bytes(), Default::default())
+            .unwrap()
+            .len() as u64;
+        (out, id, sums, changed, zst)
+    };
     // The night: 800 events appended; 200 orders updated, 160 of them among the newest 4,000.
-    srv.sql(
-        Some(&db),
+    let (night1, id2, checksums, changed, changed_zst) = night(
+        &id1,
         "INSERT INTO events SELECT seq, 'view', CONCAT('{\"user\":', seq % 977, ',\"page\":\"',
             SHA1(seq), '\"}') FROM seq_40001_to_40800;
          UPDATE orders SET status = 'refunded', updated = '2026-11-26 03:00:00'
             WHERE (id > 36000 AND id % 25 = 7) OR (id <= 36000 AND id % 900 = 11);",
     );
-    let checksums: Vec<(&str, Option<String>)> = ["orders", "events", "products"]
-        .into_iter()
-        .map(|t| (t, srv.checksum(&db, t)))
-        .collect();
-    let night = mysql_backup(&env, srv, &db, &[]).ok().json();
-    let id2 = night["snapshot_id"].as_str().unwrap().to_string();
-    let changed =
-        new_lines(&orders1, &dump(&id2, "orders")) + &new_lines(&events1, &dump(&id2, "events"));
     // 200 changed and 800 new rows, and the few lines where extended INSERTs now start or end.
     let n = changed.lines().count();
     assert!((1000..1030).contains(&n), "{n} changed lines");
-    let changed_zst = cairn::compress::compress(changed.as_bytes(), Default::default())
-        .unwrap()
-        .len() as u64;
-    let stored = night["summary"]["bytes_added_stored"].as_u64().unwrap();
+    let stored = night1["summary"]["bytes_added_stored"].as_u64().unwrap();
     let full = first["summary"]["bytes_added_stored"].as_u64().unwrap();
     eprintln!(
         "first backup {full} bytes; night {stored} bytes; changed rows' SQL {} bytes, {changed_zst} compressed",
@@ -667,25 +674,13 @@ fn a_web_app_night_costs_about_its_changed_rows() {
 
     // A second web night updates rows in the same chunks: their new versions are deltas
     // against the first night's deltas (chains of two), and cost about their rows again.
-    let (orders2, events2) = (dump(&id2, "orders"), dump(&id2, "events"));
-    srv.sql(
-        Some(&db),
+    let (night2, id3, checksums2, _, changed2_zst) = night(
+        &id2,
         "INSERT INTO events SELECT seq, 'buy', CONCAT('{\"user\":', seq % 977, ',\"page\":\"',
             SHA1(seq), '\"}') FROM seq_40801_to_41600;
          UPDATE orders SET status = 'lost', updated = '2026-11-27 03:00:00'
             WHERE (id > 36000 AND id % 25 = 9) OR (id <= 36000 AND id % 900 = 13);",
     );
-    let checksums2: Vec<(&str, Option<String>)> = ["orders", "events", "products"]
-        .into_iter()
-        .map(|t| (t, srv.checksum(&db, t)))
-        .collect();
-    let night2 = mysql_backup(&env, srv, &db, &[]).ok().json();
-    let id3 = night2["snapshot_id"].as_str().unwrap().to_string();
-    let changed2 =
-        new_lines(&orders2, &dump(&id3, "orders")) + &new_lines(&events2, &dump(&id3, "events"));
-    let changed2_zst = cairn::compress::compress(changed2.as_bytes(), Default::default())
-        .unwrap()
-        .len() as u64;
     let stored2 = night2["summary"]["bytes_added_stored"].as_u64().unwrap();
     eprintln!("second night {stored2} bytes; changed rows {changed2_zst} bytes compressed");
     assert!(

@@ -106,8 +106,7 @@ impl StreamWriter<'_> {
             if let Some(hit) = self.bases.get(&base) {
                 return Ok(hit);
             }
-            let (root, depth) = repo.delta_root(&base)?;
-            let plain = self.runtime.block_on(repo.read_blob(&base))?;
+            let (plain, root, depth) = self.runtime.block_on(repo.read_blob_with_root(&base))?;
             Ok(self.bases.put(CachedBase {
                 id: base,
                 plain: Arc::new(plain),

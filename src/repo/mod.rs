@@ -724,8 +724,14 @@ impl Repository {
     /// The end of blob `id`'s chain of bases (the blob stored whole that reading `id` starts
     /// from: `id` itself unless it is a delta blob), and how many delta blobs reading `id` opens.
     pub fn delta_root(&self, id: &Id) -> Result<(Id, usize)> {
+        Ok(chain_root(&self.delta_chain(id, None)?))
+    }
+
+    /// [`Self::read_blob`] and [`Self::delta_root`] together, following the chain once.
+    pub async fn read_blob_with_root(&self, id: &Id) -> Result<(Vec<u8>, Id, usize)> {
         let chain = self.delta_chain(id, None)?;
-        Ok((chain[chain.len() - 1].0, chain.len() - 1))
+        let (root, depth) = chain_root(&chain);
+        Ok((self.read_chain(chain).await?, root, depth))
     }
 
     /// The blobs read to read blob `id` (format-spec/pack.md §3): `id` first, then its base,
@@ -847,4 +853,10 @@ impl Repository {
     pub fn has_blob(&self, id: &Id, _kind: BlobKind) -> Result<bool> {
         self.catalog().has_blob(id)
     }
+}
+
+/// The root of a chain from [`Repository::delta_chain`] (its last blob, never empty) and how
+/// many delta blobs it has.
+fn chain_root(chain: &[(Id, BlobLocation)]) -> (Id, usize) {
+    (chain[chain.len() - 1].0, chain.len() - 1)
 }

@@ -438,7 +438,7 @@ mod tests {
         out
     }
 
-    async fn repo() -> (tempfile::TempDir, Arc<Repository>) {
+    async fn repo() -> (tempfile::TempDir, Arc<MemoryBackend>, Arc<Repository>) {
         let cache = tempfile::tempdir().unwrap();
         let init = InitOptions {
             kdf: KdfParams::INSECURE_FOR_TESTS,
@@ -446,10 +446,10 @@ mod tests {
         };
         let backend = Arc::new(MemoryBackend::new());
         let open = OpenOptions::new(cache.path());
-        let repo = Repository::init(backend, b"pw", &init, &open)
+        let repo = Repository::init(backend.clone(), b"pw", &init, &open)
             .await
             .unwrap();
-        (cache, Arc::new(repo))
+        (cache, backend, Arc::new(repo))
     }
 
     /// Store `plain` in a session of its own, as a delta against `base` if given; `depth`
@@ -487,7 +487,7 @@ mod tests {
     /// started a new chain against the old root, how many were stored whole, and the bytes
     /// stored against those of the first version.
     async fn nights(per: usize) -> (usize, usize, u64, u64) {
-        let (_cache, repo) = repo().await;
+        let (_cache, _, repo) = repo().await;
         let mut prev = version(0, per);
         let first = store(&repo, &prev, None, None).await;
         assert_eq!(repo.delta_root(&first).unwrap(), (first, 0));
@@ -546,7 +546,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_chain_longer_than_readers_accept_is_corrupt() {
-        let (_cache, repo) = repo().await;
+        let (_cache, _, repo) = repo().await;
         let mut prev = version(0, 1);
         store(&repo, &prev, None, None).await;
         let mut ids = Vec::new();
@@ -574,22 +574,7 @@ mod tests {
     /// while a process with an empty cache must download them (and cannot).
     #[tokio::test]
     async fn a_chain_of_deltas_reads_from_the_cache_but_its_root() {
-        let cache = tempfile::tempdir().unwrap();
-        let init = InitOptions {
-            kdf: KdfParams::INSECURE_FOR_TESTS,
-            ..Default::default()
-        };
-        let backend = Arc::new(MemoryBackend::new());
-        let repo = Arc::new(
-            Repository::init(
-                backend.clone(),
-                b"pw",
-                &init,
-                &OpenOptions::new(cache.path()),
-            )
-            .await
-            .unwrap(),
-        );
+        let (_cache, backend, repo) = repo().await;
         let mut prev = version(0, 1);
         let root = store(&repo, &prev, None, None).await;
         let mut last = root;
