@@ -12,6 +12,8 @@
 //! only that `check` says so.
 
 use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -69,10 +71,17 @@ fn contents(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
             if p.is_dir() {
                 stack.push(p);
             } else {
-                out.insert(
-                    p.strip_prefix(dir).unwrap().to_path_buf(),
-                    std::fs::read(&p).unwrap(),
-                );
+                // O_NOATIME: reading must not change what the next backup sees. `stable/`'s
+                // tree then stays the same blob, and version 1's tree pack is partly needed
+                // by version 2 whichever way the data blobs fell into packs.
+                let mut data = Vec::new();
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOATIME)
+                    .open(&p)
+                    .and_then(|mut f| f.read_to_end(&mut data))
+                    .unwrap();
+                out.insert(p.strip_prefix(dir).unwrap().to_path_buf(), data);
             }
         }
     }
@@ -113,7 +122,9 @@ impl World {
         write(&self.src.join("big.bin"), &bytes(v, 300_000));
         write(&self.src.join("same.bin"), &bytes(99, 200_000));
         // Files that stay (written once, so their metadata stays too) and files only version
-        // 1 has: packs of version 1 end up partly needed, which makes prune repack.
+        // 1 has: packs of version 1 end up partly needed, which makes prune repack. Which data
+        // packs those are depends on timing; version 1's tree pack always is one (`stable/`'s
+        // tree is in both versions, see `contents`).
         for i in 0..6 {
             let p = self.src.join(format!("stable/s{i}.bin"));
             if !p.exists() {
