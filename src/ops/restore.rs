@@ -268,6 +268,22 @@ pub async fn restore(
     let mut primary: HashMap<(u64, u64), usize> = HashMap::new();
     let mut leaves: Vec<usize> = Vec::new(); // created and finished right away
     let remaining: Vec<AtomicU32> = (0..items.len()).map(|_| AtomicU32::new(0)).collect();
+    let mut locations: HashMap<Id, Option<BlobLocation>> = HashMap::new();
+    {
+        let mut ids: Vec<Id> = items
+            .iter()
+            .filter(|it| it.node.kind == NodeKind::File)
+            .flat_map(|it| &it.node.content)
+            .filter_map(|e| match e {
+                Extent::Data { id, .. } => Some(*id),
+                _ => None,
+            })
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let locs = repo.lookup_blobs(&ids)?;
+        locations.extend(ids.into_iter().zip(locs));
+    }
     let mut by_pack: HashMap<Id, HashMap<Id, PlannedBlob>> = HashMap::new();
     for (i, it) in items.iter().enumerate() {
         let node = &it.node;
@@ -295,7 +311,7 @@ pub async fn restore(
         let mut planned = 0u32;
         for e in &node.content {
             if let Extent::Data { id, len } = e {
-                match repo.lookup_blob(id)? {
+                match locations.get(id).copied().flatten() {
                     Some(loc) if loc.raw_len != *len => out.errors.push(format!(
                         "{}: the snapshot says blob {id} has {len} bytes, the index {}",
                         it.dest.display(),
