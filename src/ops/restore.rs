@@ -268,84 +268,72 @@ pub async fn restore(
     let mut primary: HashMap<(u64, u64), usize> = HashMap::new();
     let mut leaves: Vec<usize> = Vec::new(); // created and finished right away
     let remaining: Vec<AtomicU32> = (0..items.len()).map(|_| AtomicU32::new(0)).collect();
-    let mut locations: HashMap<Id, Option<BlobLocation>> = HashMap::new();
-    {
-        let mut ids: Vec<Id> = items
-            .iter()
-            .filter(|it| it.node.kind == NodeKind::File)
-            .flat_map(|it| &it.node.content)
-            .filter_map(|e| match e {
-                Extent::Data { id, .. } => Some(*id),
-                _ => None,
-            })
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let locs = repo.lookup_blobs(&ids)?;
-        locations.extend(ids.into_iter().zip(locs));
-    }
     let mut by_pack: HashMap<Id, HashMap<Id, PlannedBlob>> = HashMap::new();
-    for (i, it) in items.iter().enumerate() {
-        let node = &it.node;
-        match node.kind {
-            NodeKind::Dir | NodeKind::Socket => continue,
-            NodeKind::File if node.links > 1 => {
-                let key = (node.dev, node.inode);
-                if let Some(&p) = primary.get(&key) {
-                    hardlinks.push((i, p));
-                    continue;
-                }
-                primary.insert(key, i);
-            }
-            _ => {}
-        }
-        let parent_fresh = it.dest.parent().is_some_and(|p| fresh_dirs.contains(p));
-        if !parent_fresh {
-            let _ = fs::remove_file(&it.dest);
-        }
-        if node.kind != NodeKind::File {
-            leaves.push(i);
-            continue;
-        }
-        let mut offset = 0u64;
-        let mut planned = 0u32;
-        for e in &node.content {
-            if let Extent::Data { id, len } = e {
-                match locations.get(id).copied().flatten() {
-                    Some(loc) if loc.raw_len != *len => out.errors.push(format!(
-                        "{}: the snapshot says blob {id} has {len} bytes, the index {}",
-                        it.dest.display(),
-                        loc.raw_len
-                    )),
-                    Some(loc) => {
-                        planned += 1;
-                        by_pack
-                            .entry(loc.pack)
-                            .or_default()
-                            .entry(*id)
-                            .or_insert_with(|| PlannedBlob {
-                                id: *id,
-                                loc,
-                                targets: Vec::new(),
-                            })
-                            .targets
-                            .push(FileTarget { file: i, offset });
+    // All lookups in one read transaction.
+    repo.catalog().read_transaction(|catalog| -> Result<()> {
+        for (i, it) in items.iter().enumerate() {
+            let node = &it.node;
+            match node.kind {
+                NodeKind::Dir | NodeKind::Socket => continue,
+                NodeKind::File if node.links > 1 => {
+                    let key = (node.dev, node.inode);
+                    if let Some(&p) = primary.get(&key) {
+                        hardlinks.push((i, p));
+                        continue;
                     }
-                    None => out.errors.push(format!(
-                        "{}: blob {id} is missing from the index",
-                        it.dest.display()
-                    )),
+                    primary.insert(key, i);
                 }
+                _ => {}
             }
-            offset += e.len();
+            let parent_fresh = it.dest.parent().is_some_and(|p| fresh_dirs.contains(p));
+            if !parent_fresh {
+                let _ = fs::remove_file(&it.dest);
+            }
+            if node.kind != NodeKind::File {
+                leaves.push(i);
+                continue;
+            }
+            let mut offset = 0u64;
+            let mut planned = 0u32;
+            for e in &node.content {
+                if let Extent::Data { id, len } = e {
+                    match catalog.lookup(id)? {
+                        Some(loc) if loc.raw_len != *len => out.errors.push(format!(
+                            "{}: the snapshot says blob {id} has {len} bytes, the index {}",
+                            it.dest.display(),
+                            loc.raw_len
+                        )),
+                        Some(loc) => {
+                            planned += 1;
+                            by_pack
+                                .entry(loc.pack)
+                                .or_default()
+                                .entry(*id)
+                                .or_insert_with(|| PlannedBlob {
+                                    id: *id,
+                                    loc,
+                                    targets: Vec::new(),
+                                })
+                                .targets
+                                .push(FileTarget { file: i, offset });
+                        }
+                        None => out.errors.push(format!(
+                            "{}: blob {id} is missing from the index",
+                            it.dest.display()
+                        )),
+                    }
+                }
+                offset += e.len();
+            }
+            out.files += 1;
+            if planned == 0 {
+                leaves.push(i); // empty or all holes: nothing to fetch
+            } else {
+                remaining[i].store(planned, Ordering::Relaxed);
+            }
         }
-        out.files += 1;
-        if planned == 0 {
-            leaves.push(i); // empty or all holes: nothing to fetch
-        } else {
-            remaining[i].store(planned, Ordering::Relaxed);
-        }
-    }
+        Ok(())
+    })??;
     // New files in a directory we created belong to us already (no set-group-id directory to
     // inherit from), so an owner change to ourselves can be skipped.
     let (euid, egid) = unsafe_ids();

@@ -263,13 +263,14 @@ impl Catalog {
             .map_err(|e| self.err(e))
     }
 
-    /// [`Self::lookup`] of many blobs in one read transaction (a statement outside one takes
-    /// and drops the database's shared lock, two system calls per blob).
-    pub fn lookup_many(&self, ids: &[Id]) -> Result<Vec<Option<BlobLocation>>> {
+    /// Run `f` inside one read transaction: its queries then share one snapshot of the
+    /// database and one lock (a statement outside a transaction takes and drops the database's
+    /// shared lock, two system calls per query).
+    pub fn read_transaction<R>(&self, f: impl FnOnce(&Catalog) -> R) -> Result<R> {
         let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
-        let out = ids.iter().map(|id| self.lookup(id)).collect();
+        let out = f(self);
         tx.finish().map_err(|e| self.err(e))?;
-        out
+        Ok(out)
     }
 
     /// The first 8 bytes of every indexed blob id, sorted: a compact set for checking many ids
@@ -762,10 +763,12 @@ mod tests {
         entries.sort_by_key(|e| e.id);
         assert_eq!(entries, vec![e, d]);
         assert_eq!(c.lookup(&d.id).unwrap().unwrap().base, d.base);
-        // Many at once: the same answers, in order, missing ones as None.
-        let many = c.lookup_many(&[d.id, Id([2; 32]), e.id]).unwrap();
+        // In one read transaction: the same answers.
+        let many = c
+            .read_transaction(|c| [d.id, Id([2; 32]), e.id].map(|id| c.lookup(&id).unwrap()))
+            .unwrap();
         let one = |id: &Id| c.lookup(id).unwrap();
-        assert_eq!(many, vec![one(&d.id), None, one(&e.id)]);
+        assert_eq!(many, [one(&d.id), None, one(&e.id)]);
         assert!(many[0].is_some() && many[2].is_some());
         // Marking a delta blob and then its bases marks the base (and only it).
         c.mark(&[d.id]).unwrap();

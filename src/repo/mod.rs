@@ -708,11 +708,6 @@ impl Repository {
         self.catalog().lookup(id)
     }
 
-    /// [`Self::lookup_blob`] of many blobs at once (one catalog transaction).
-    pub fn lookup_blobs(&self, ids: &[Id]) -> Result<Vec<Option<BlobLocation>>> {
-        self.catalog().lookup_many(ids)
-    }
-
     /// Read, verify and return one blob's plaintext. Tree blobs come from the local blob cache
     /// when it has them (verified like a download), and go into it when downloaded. A delta
     /// blob's base is read first.
