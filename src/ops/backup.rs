@@ -96,9 +96,16 @@ struct FileResult {
     size: u64,
 }
 
+type FileOutcome = std::result::Result<FileResult, JobError>;
+
 enum Pending {
     Ready(Node),
-    Reading(Node, Receiver<std::result::Result<FileResult, JobError>>),
+    Reading(Node, Receiver<FileOutcome>),
+    /// A `Reading` whose outcome the assembler has already received.
+    Received(
+        Node,
+        std::result::Result<FileOutcome, std::sync::mpsc::RecvError>,
+    ),
 }
 
 enum Event {
@@ -118,31 +125,51 @@ struct Counters {
 
 /// A budget of bytes and files in flight: the walker waits when it is spent.
 struct Budget {
-    used: Mutex<(u64, u64)>,
+    used: Mutex<Used>,
     cv: Condvar,
 }
+
+#[derive(Default)]
+struct Used {
+    bytes: u64,
+    files: u64,
+    /// The cost the walker is waiting to acquire, if it is waiting.
+    waiting: Option<u64>,
+}
+
+/// Files that must finish before a waiting walker is woken: one wake-up per run of files
+/// rather than per file (each is a context switch, and small files finish by the thousand).
+const REFILL_FILES: u64 = INFLIGHT_FILES / 4;
 
 impl Budget {
     fn new() -> Arc<Budget> {
         Arc::new(Budget {
-            used: Mutex::new((0, 0)),
+            used: Mutex::new(Used::default()),
             cv: Condvar::new(),
         })
     }
     fn acquire(&self, bytes: u64) {
         let mut u = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        while u.1 > 0 && (u.0 + bytes > INFLIGHT_BYTES || u.1 + 1 > INFLIGHT_FILES) {
+        while u.files > 0 && (u.bytes + bytes > INFLIGHT_BYTES || u.files + 1 > INFLIGHT_FILES) {
+            u.waiting = Some(bytes);
             u = self.cv.wait(u).unwrap_or_else(|p| p.into_inner());
         }
-        u.0 += bytes;
-        u.1 += 1;
+        u.waiting = None;
+        u.bytes += bytes;
+        u.files += 1;
     }
     fn release(&self, bytes: u64) {
         let mut u = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        u.0 -= bytes;
-        u.1 -= 1;
+        u.bytes -= bytes;
+        u.files -= 1;
         // Only the walker ever waits.
-        self.cv.notify_one();
+        if let Some(want) = u.waiting
+            && (u.files == 0
+                || (u.bytes + want <= INFLIGHT_BYTES && u.files + REFILL_FILES <= INFLIGHT_FILES))
+        {
+            u.waiting = None;
+            self.cv.notify_one();
+        }
     }
 }
 
@@ -736,17 +763,48 @@ fn assemble(
     let mut stack: Vec<(Option<Node>, Vec<Node>)> = vec![(None, Vec::new())];
     let mut total_files = 0u64;
     let mut total_bytes = 0u64;
-    for ev in events.into_iter().flatten() {
-        match ev {
-            Event::Enter(node) => stack.push((Some(node), Vec::new())),
-            Event::Leaf(Pending::Ready(node)) => {
-                if node.kind == NodeKind::File {
-                    total_files += 1;
-                    total_bytes += node.size;
-                }
-                stack.last_mut().expect("root frame").1.push(node);
+    for mut batch in events {
+        // Readers finish files roughly in the order they were handed out, so once the batch's
+        // last file is read most of the others are too: waiting for it first makes about one
+        // wake-up per batch instead of one per file.
+        if let Some(Event::Leaf(pending)) = batch
+            .iter_mut()
+            .rev()
+            .find(|ev| matches!(ev, Event::Leaf(Pending::Reading(..))))
+        {
+            let taken = std::mem::replace(
+                pending,
+                Pending::Ready(Node::new(Vec::new(), NodeKind::File)),
+            );
+            if let Pending::Reading(node, rx) = taken {
+                *pending = Pending::Received(node, rx.recv());
             }
-            Event::Leaf(Pending::Reading(mut node, rx)) => match rx.recv() {
+        }
+        for ev in batch {
+            let (mut node, outcome) = match ev {
+                Event::Enter(node) => {
+                    stack.push((Some(node), Vec::new()));
+                    continue;
+                }
+                Event::Leave => {
+                    let (node, children) = stack.pop().expect("balanced walk");
+                    let mut node = node.expect("non-root frame");
+                    node.subtree = Some(save_tree(sink, children)?);
+                    stack.last_mut().expect("root frame").1.push(node);
+                    continue;
+                }
+                Event::Leaf(Pending::Ready(node)) => {
+                    if node.kind == NodeKind::File {
+                        total_files += 1;
+                        total_bytes += node.size;
+                    }
+                    stack.last_mut().expect("root frame").1.push(node);
+                    continue;
+                }
+                Event::Leaf(Pending::Reading(node, rx)) => (node, rx.recv()),
+                Event::Leaf(Pending::Received(node, outcome)) => (node, outcome),
+            };
+            match outcome {
                 Ok(Ok(r)) => {
                     node.content = r.extents;
                     node.size = r.size;
@@ -760,12 +818,6 @@ fn assemble(
                 }
                 Ok(Err(JobError::Fatal(e))) => return Err(e),
                 Err(_) => return Err(Error::Other("a file reader stopped unexpectedly".into())),
-            },
-            Event::Leave => {
-                let (node, children) = stack.pop().expect("balanced walk");
-                let mut node = node.expect("non-root frame");
-                node.subtree = Some(save_tree(sink, children)?);
-                stack.last_mut().expect("root frame").1.push(node);
             }
         }
     }
@@ -1185,6 +1237,66 @@ pub async fn backup_command(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Acquire `cost` on another thread; the flag says when it got through.
+    fn waiter(
+        budget: &Arc<Budget>,
+        cost: u64,
+    ) -> (
+        Arc<std::sync::atomic::AtomicBool>,
+        std::thread::JoinHandle<()>,
+    ) {
+        let through = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (b, t) = (budget.clone(), through.clone());
+        let h = std::thread::spawn(move || {
+            b.acquire(cost);
+            t.store(true, Ordering::SeqCst);
+        });
+        // Releases before it waits would let it straight through, not wake it.
+        while budget.used.lock().unwrap().waiting.is_none() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        (through, h)
+    }
+
+    fn wait_for(flag: &std::sync::atomic::AtomicBool) -> bool {
+        for _ in 0..500 {
+            if flag.load(Ordering::SeqCst) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        false
+    }
+
+    #[test]
+    fn budget_wakes_the_walker_once_a_run_of_files_is_done() {
+        let budget = Budget::new();
+        for _ in 0..INFLIGHT_FILES {
+            budget.acquire(1);
+        }
+        let (through, h) = waiter(&budget, 1);
+        for _ in 1..REFILL_FILES {
+            budget.release(1);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(
+            !through.load(Ordering::SeqCst),
+            "woken before a run of files finished"
+        );
+        budget.release(1);
+        assert!(wait_for(&through), "walker never woken");
+        h.join().unwrap();
+
+        // Bytes: a large file waits until its cost fits, then goes.
+        let budget = Budget::new();
+        budget.acquire(BATCH_BYTES as u64);
+        budget.acquire(BATCH_BYTES as u64);
+        let (through, h) = waiter(&budget, BATCH_BYTES as u64);
+        budget.release(BATCH_BYTES as u64);
+        assert!(wait_for(&through), "walker never woken for bytes");
+        h.join().unwrap();
+    }
 
     #[test]
     fn targets_merge_paths() {
