@@ -217,6 +217,16 @@ pub fn decompress_delta_into(
 mod tests {
     use super::*;
 
+    /// `len` incompressible bytes.
+    fn noise(len: usize) -> Vec<u8> {
+        let mut out = vec![0u8; len];
+        blake3::Hasher::new()
+            .update(b"noise")
+            .finalize_xof()
+            .fill(&mut out);
+        out
+    }
+
     #[test]
     fn compressible_data_shrinks_and_round_trips() {
         let data: Vec<u8> = b"cairn ".iter().cycle().take(1 << 20).copied().collect();
@@ -231,11 +241,7 @@ mod tests {
 
     #[test]
     fn incompressible_data_is_stored() {
-        let mut data = vec![0u8; 1 << 20];
-        blake3::Hasher::new()
-            .update(b"noise")
-            .finalize_xof()
-            .fill(&mut data);
+        let data = noise(1 << 20);
         assert!(compress(&data, Compression::Auto).is_none());
         assert!(compress(&data, Compression::Level(3)).is_none());
     }
@@ -244,11 +250,7 @@ mod tests {
     fn large_blobs_are_sampled_and_refusals_do_not_stick() {
         // Large blobs are sampled first; a frame that does not fit fails inside zstd, and the
         // next blob on this thread's context must still compress.
-        let mut noise = vec![0u8; 1 << 20];
-        blake3::Hasher::new()
-            .update(b"noise")
-            .finalize_xof()
-            .fill(&mut noise);
+        let noise = noise(1 << 20);
         let text: Vec<u8> = (0..40_000u32)
             .flat_map(|i| format!("line {i} of {}\n", i % 97).into_bytes())
             .collect();
@@ -283,11 +285,7 @@ mod tests {
         assert!(compress_append(&data, Compression::Auto, &mut out));
         assert_eq!(&out[..25], &[9u8; 25]);
         assert_eq!(decompress(&out[25..], data.len()).unwrap(), data);
-        let mut random = vec![0u8; 100_000];
-        blake3::Hasher::new()
-            .update(b"noise")
-            .finalize_xof()
-            .fill(&mut random);
+        let random = noise(100_000);
         let mut out = vec![1u8; 3];
         assert!(!compress_append(&random, Compression::Level(3), &mut out));
         assert_eq!(out, vec![1u8; 3]);
