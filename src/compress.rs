@@ -132,7 +132,6 @@ pub fn compress_append(data: &[u8], mode: Compression, out: &mut Vec<u8>) -> boo
     }
 }
 
-/// Decompress a zstd frame, refusing output longer than `max_len`.
 /// [`decompress`] into a caller's buffer (replacing its contents), reusing its allocation.
 pub fn decompress_into(data: &[u8], max_len: usize, out: &mut Vec<u8>) -> Result<(), String> {
     out.clear();
@@ -149,6 +148,7 @@ pub fn decompress_into(data: &[u8], max_len: usize, out: &mut Vec<u8>) -> Result
     })
 }
 
+/// Decompress a zstd frame, refusing output longer than `max_len`.
 pub fn decompress(data: &[u8], max_len: usize) -> Result<Vec<u8>, String> {
     DECOMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
