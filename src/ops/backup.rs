@@ -101,11 +101,6 @@ type FileOutcome = std::result::Result<FileResult, JobError>;
 enum Pending {
     Ready(Node),
     Reading(Node, Receiver<FileOutcome>),
-    /// A `Reading` whose outcome the assembler has already received.
-    Received(
-        Node,
-        std::result::Result<FileOutcome, std::sync::mpsc::RecvError>,
-    ),
 }
 
 enum Event {
@@ -763,24 +758,15 @@ fn assemble(
     let mut stack: Vec<(Option<Node>, Vec<Node>)> = vec![(None, Vec::new())];
     let mut total_files = 0u64;
     let mut total_bytes = 0u64;
-    for mut batch in events {
+    for batch in events {
         // Readers finish files roughly in the order they were handed out, so once the batch's
         // last file is read most of the others are too: waiting for it first makes about one
         // wake-up per batch instead of one per file.
-        if let Some(Event::Leaf(pending)) = batch
-            .iter_mut()
-            .rev()
-            .find(|ev| matches!(ev, Event::Leaf(Pending::Reading(..))))
-        {
-            let taken = std::mem::replace(
-                pending,
-                Pending::Ready(Node::new(Vec::new(), NodeKind::File)),
-            );
-            if let Pending::Reading(node, rx) = taken {
-                *pending = Pending::Received(node, rx.recv());
-            }
-        }
-        for ev in batch {
+        let mut early = batch.iter().enumerate().rev().find_map(|(i, ev)| match ev {
+            Event::Leaf(Pending::Reading(_, rx)) => Some((i, rx.recv())),
+            _ => None,
+        });
+        for (i, ev) in batch.into_iter().enumerate() {
             let (mut node, outcome) = match ev {
                 Event::Enter(node) => {
                     stack.push((Some(node), Vec::new()));
@@ -801,8 +787,10 @@ fn assemble(
                     stack.last_mut().expect("root frame").1.push(node);
                     continue;
                 }
-                Event::Leaf(Pending::Reading(node, rx)) => (node, rx.recv()),
-                Event::Leaf(Pending::Received(node, outcome)) => (node, outcome),
+                Event::Leaf(Pending::Reading(node, rx)) => match early.take_if(|(j, _)| *j == i) {
+                    Some((_, outcome)) => (node, outcome),
+                    None => (node, rx.recv()),
+                },
             };
             match outcome {
                 Ok(Ok(r)) => {
