@@ -509,3 +509,41 @@ fn concurrent_backups_into_one_repository() {
         assert_same_tree(&manifest, &t, Compare::default());
     }
 }
+
+/// The walker opens files ahead of their readers (so the kernel starts reading them early),
+/// which can hold a few hundred files open. Under a low limit on open files that cannot be
+/// raised, the backup must not run out of file descriptors: it reads every file and exits 0.
+#[test]
+fn backup_under_a_low_open_files_limit() {
+    let env = Env::with_repo();
+    let src = env.path("src");
+    // Walked first: while the readers are busy with these, the walker runs ahead.
+    for i in 0..8 {
+        write(
+            &src.join(format!("0big{i}")),
+            &random_bytes(40 + i, 4 << 20),
+        );
+    }
+    for d in 0..3 {
+        for i in 0..300 {
+            write(
+                &src.join(format!("d{d}/f{i:03}")),
+                format!("file {d}/{i}\n").repeat(i + 1).as_bytes(),
+            );
+        }
+    }
+    let manifest = Manifest::capture(&src);
+    let out = env
+        .cmd()
+        .args(["backup", "--json"])
+        .arg(&src)
+        .wrapped(["prlimit", "--nofile=64:64"])
+        .run();
+    assert_eq!(out.code, 0, "{out}");
+    let b = out.json();
+    assert_eq!(b["summary"]["files_new"], 908, "{b}");
+    let t = env.path("restore");
+    let r = env.restore(&format!("latest:{}", src.display()), &t, &[]);
+    assert_eq!(r["errors"], serde_json::json!([]), "{r}");
+    assert_same_tree(&manifest, &t, Compare::default());
+}

@@ -185,6 +185,36 @@ pub fn data_regions(file: &File, len: u64) -> Vec<(u64, u64)> {
     out
 }
 
+/// Ask the kernel to start reading `len` bytes of `file` from `offset` into the page cache now
+/// (`POSIX_FADV_WILLNEED`), without waiting for them. Only a hint: errors are ignored.
+pub fn advise_willneed(file: &File, offset: u64, len: u64) {
+    if len == 0 {
+        return;
+    }
+    // SAFETY: posix_fadvise only gives the kernel a hint about an fd we own.
+    unsafe {
+        libc::posix_fadvise(
+            file.as_raw_fd(),
+            offset as libc::off_t,
+            len as libc::off_t,
+            libc::POSIX_FADV_WILLNEED,
+        );
+    }
+}
+
+/// The process's soft limit on open files (`RLIMIT_NOFILE`); `u64::MAX` if unlimited or unknown.
+pub fn open_files_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return u64::MAX;
+    }
+    lim.rlim_cur
+}
+
 /// Open a file for reading without updating its access time where permitted.
 pub fn open_noatime(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
