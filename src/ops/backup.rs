@@ -53,8 +53,22 @@ const INFLIGHT_BYTES: u64 = 2 * BATCH_BYTES as u64;
 const INFLIGHT_FILES: u64 = 256;
 /// Walk events sent to the assembler at a time.
 const EVENT_BATCH: usize = 128;
-/// Threads reading files and metadata (see `Walker::io`).
+/// Threads reading metadata (see `Walker::io`), and files when the walker cannot open them
+/// ahead (see [`reader_threads`]).
 const IO_THREADS: usize = 8;
+
+/// How many reader threads: when the walker opens files ahead, the kernel is already reading
+/// them, so a reader seldom waits and one per core plus a spare keeps the cores busy; more only
+/// compete for them and each holds buffers and compression state (8 readers instead of 3 on 2
+/// cores: no faster, 10 MiB more peak RSS). Otherwise every small file is a synchronous read,
+/// and more threads keep more reads in flight.
+fn reader_threads(open_ahead: bool) -> usize {
+    if open_ahead {
+        std::thread::available_parallelism().map_or(2, |n| n.get()) + 1
+    } else {
+        IO_THREADS
+    }
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct BackupOptions {
@@ -171,10 +185,9 @@ impl Budget {
     }
 }
 
-/// Plain threads that read files. Reading is latency-bound (a cold cache makes every small
-/// file a disk read), so there are more of them than cores; they block on a channel when idle
-/// rather than spinning as pool workers do, and the CPU-heavy part of a large file goes to the
-/// rayon pool (one thread per core).
+/// Plain threads that read files ([`reader_threads`] of them). They block on a channel when
+/// idle rather than spinning as pool workers do, and the CPU-heavy part of a large file goes to
+/// the rayon pool (one thread per core).
 struct Readers {
     tx: Option<SyncSender<Box<dyn FnOnce() + Send>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -1046,11 +1059,12 @@ pub async fn backup_paths(
         .build()
         .map_err(|e| Error::Other(format!("starting I/O threads: {e}")))?;
     let io = Arc::new(io);
+    let open_ahead = open_files_limit() >= 4 * INFLIGHT_FILES;
     let walker = Walker {
         sink: session.sink.clone(),
         io: io.clone(),
-        readers: Readers::start(IO_THREADS)?,
-        open_ahead: open_files_limit() >= 4 * INFLIGHT_FILES,
+        readers: Readers::start(reader_threads(open_ahead))?,
+        open_ahead,
         chunker: Arc::new(repo.file_chunker()),
         handle: Handle::current(),
         excluder,
