@@ -9,7 +9,7 @@
 #   WITH_S3=1       afterwards, run benches/s3.sh on the same sources (cairn and restic on a
 #                   real S3 server: throughput and requests per GiB)
 #   KEEP=1          keep the scratch directory
-#   SETTLE=SECONDS  pause after copying the data, before the first phase (default 30)
+#   SETTLE=SECONDS  pause after copying the data, before the first phase (default 120)
 #
 # Phases, each timed with /usr/bin/time (wall seconds, peak RSS): first backup, unchanged
 # re-backup, changed re-backup (after a deterministic churn of the data), full restore of the
@@ -46,8 +46,9 @@ DATA_BYTES=$(du -sb "$DATA" | cut -f1)
 DATA_FILES=$(find "$DATA" -type f | wc -l)
 # The copy is GBs of writes that the disk (on a VM, the host's) keeps flushing for a while after
 # `sync` returns: the first tool to run would pay for it (measured: a first backup 28 s right
-# after the copy, 24 s 30 s later, same binary and data).
-sync; sleep "${SETTLE:-30}"
+# after the copy, 24 s 30 s later, same binary and data). 30 s was not always enough: three
+# runs in a row gave cairn's first backup 26-28 s with a 30 s pause, 22.4 s with 120 s.
+sync; sleep "${SETTLE:-120}"
 
 export CAIRN_PASSWORD=bench-password RESTIC_PASSWORD=bench-password BORG_PASSPHRASE=bench-password
 export CAIRN_CACHE_DIR=$WORK/cairn-cache RESTIC_CACHE_DIR=$WORK/restic-cache
