@@ -5,7 +5,7 @@ mod cli;
 
 fn main() {
     tune_allocator();
-    raise_fd_limit();
+    cairn::source::fs::raise_open_files_limit();
     let code = cli::main();
     std::process::exit(code);
 }
@@ -21,23 +21,5 @@ fn tune_allocator() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 4 << 20);
         libc::mallopt(libc::M_ARENA_MAX, 4);
-    }
-}
-
-/// A backup keeps up to a few hundred files open at once (the walker opens each file before its
-/// reader gets to it, so the kernel can start reading it). Raise the soft limit on open files
-/// to the hard limit, as Go programs such as restic do, so a low default (often 1024) is no
-/// constraint.
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
     }
 }

@@ -202,17 +202,33 @@ pub fn advise_willneed(file: &File, offset: u64, len: u64) {
     }
 }
 
-/// The process's soft limit on open files (`RLIMIT_NOFILE`); `u64::MAX` if unlimited or unknown.
-pub fn open_files_limit() -> u64 {
+/// The process's limits on open files (`RLIMIT_NOFILE`), if they can be read.
+fn nofile_limits() -> Option<libc::rlimit> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit only writes the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return u64::MAX;
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0).then_some(lim)
+}
+
+/// The process's soft limit on open files (`RLIMIT_NOFILE`); `u64::MAX` if unlimited or unknown.
+pub fn open_files_limit() -> u64 {
+    nofile_limits().map_or(u64::MAX, |l| l.rlim_cur)
+}
+
+/// Raise the soft limit on open files to the hard limit, as Go programs such as restic do. A
+/// backup keeps up to a few hundred files open at once (the walker opens each file before its
+/// reader gets to it, so the kernel can start reading it), so a low default (often 1024) should
+/// be no constraint. Best effort: failures are ignored.
+pub fn raise_open_files_limit() {
+    if let Some(mut lim) = nofile_limits()
+        && lim.rlim_cur < lim.rlim_max
+    {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: setrlimit only reads the struct we pass.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
     }
-    lim.rlim_cur
 }
 
 /// Open a file for reading without updating its access time where permitted.
