@@ -48,6 +48,46 @@ pub fn s3s_fs_program() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Tests that did not run against the server they are about, for the summary at exit.
+static SKIPPED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+static SUMMARY: std::sync::Once = std::sync::Once::new();
+
+/// Say loudly that `test` did not run as meant (`why`), and once the test binary exits, how many
+/// did not: a line after the harness's own summary, so a skipped suite is not mistaken for a
+/// passing one. Straight to the process's stderr: the harness captures `eprintln!` of passing
+/// tests.
+pub fn skipped(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** SKIPPED: {test}: {why} (scripts/test installs the servers; \
+         CAIRN_REQUIRE_SERVERS=1 makes this a failure) ***"
+    );
+    SKIPPED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(format!("{test} ({why})"));
+    SUMMARY.call_once(|| {
+        // SAFETY: registers a function without arguments that only writes to stderr.
+        unsafe { libc::atexit(skip_summary) };
+    });
+}
+
+extern "C" fn skip_summary() {
+    use std::io::Write;
+    let list = SKIPPED.lock().unwrap_or_else(|p| p.into_inner());
+    let mut names: Vec<&str> = list.iter().map(|s| s.as_str()).collect();
+    names.sort();
+    names.dedup();
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** SKIPPED SUMMARY: {} tests of {} did not run against a real server: {} ***",
+        names.len(),
+        std::env::args().next().unwrap_or_default(),
+        names.join(", ")
+    );
+}
+
 /// Whether servers are required (CI): then a missing server is a failure, not a skip.
 pub fn servers_required() -> bool {
     std::env::var("CAIRN_REQUIRE_SERVERS").as_deref() == Ok("1")
@@ -70,14 +110,7 @@ impl S3Server {
                     "{test}: s3s-fs is not installed and CAIRN_REQUIRE_SERVERS=1 (run .ci/install-s3s.sh)"
                 );
             }
-            // Straight to the process's stderr: the test harness captures `eprintln!` of passing
-            // tests, and a skip must be seen.
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "\n*** SKIPPED: s3s-fs not installed; {test} did not run against S3 \
-                 (install it with .ci/install-s3s.sh) ***"
-            );
+            skipped(test, "s3s-fs not installed: ran on local disk instead of S3");
             return None;
         };
         let dir = tempfile::Builder::new()
