@@ -1,6 +1,8 @@
 //! Time comes from here, so tests can fake it (a habit from Kopia).
 
+#[cfg(any(test, feature = "testing"))]
 use std::sync::Arc;
+#[cfg(any(test, feature = "testing"))]
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use crate::format::Timestamp;
@@ -20,11 +22,13 @@ impl Clock for SystemClock {
 }
 
 /// A clock that only moves when told to.
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Default)]
 pub struct FakeClock {
     secs: AtomicI64,
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl FakeClock {
     pub fn new(secs: i64) -> Arc<FakeClock> {
         Arc::new(FakeClock {
@@ -36,6 +40,7 @@ impl FakeClock {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl Clock for FakeClock {
     fn now(&self) -> Timestamp {
         Timestamp::new(self.secs.load(Ordering::SeqCst), 0)

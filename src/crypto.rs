@@ -215,7 +215,7 @@ impl Sealer {
         } else {
             [0u8; NONCE_LEN]
         };
-        self.seal_into_with_nonce(ad, plaintext, nonce, out)
+        self.seal_with(ad, plaintext, nonce, out)
     }
 
     /// Bytes a caller must reserve in front of the plaintext for [`Sealer::seal_in_place`].
@@ -248,8 +248,19 @@ impl Sealer {
 
     /// Seal with a caller-chosen nonce. Only for reproducible test vectors: reusing a nonce
     /// under one key destroys confidentiality.
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "testing"))]
     pub fn seal_into_with_nonce(
+        &self,
+        ad: &[u8],
+        plaintext: &[u8],
+        nonce: [u8; NONCE_LEN],
+        out: &mut Vec<u8>,
+    ) {
+        self.seal_with(ad, plaintext, nonce, out)
+    }
+
+    /// Seal under `nonce` (the caller guarantees it is fresh, or is a test vector).
+    pub(crate) fn seal_with(
         &self,
         ad: &[u8],
         plaintext: &[u8],

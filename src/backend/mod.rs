@@ -13,13 +13,17 @@
 //! - `check` fails if the location cannot be used at all (S3: missing bucket, rejected
 //!   credentials, unreachable endpoint), with a message that says which.
 
+#[cfg(any(test, feature = "testing"))]
 mod fault;
 mod local;
+#[cfg(any(test, feature = "testing"))]
 mod memory;
 pub mod s3;
 
+#[cfg(any(test, feature = "testing"))]
 pub use fault::{Fault, FaultBackend, FaultKind};
 pub use local::LocalBackend;
+#[cfg(any(test, feature = "testing"))]
 pub use memory::MemoryBackend;
 pub use s3::{S3Backend, S3Options};
 

@@ -11,7 +11,7 @@
 
 pub mod condemned;
 pub mod config;
-#[doc(hidden)]
+#[cfg(any(test, feature = "testing"))]
 pub mod fuzz;
 pub mod index;
 pub mod keyfile;

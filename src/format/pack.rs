@@ -356,7 +356,7 @@ impl PackBuilder {
     /// [`PackBuilder::finish`] with a caller-chosen nonce for the header seal. Only for
     /// reproducible test vectors (format-spec/vectors/): reusing a nonce under one key destroys
     /// confidentiality.
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "testing"))]
     pub fn finish_with_nonce(
         self,
         sealer: &Sealer,
@@ -394,7 +394,7 @@ impl PackBuilder {
         let mut tail = Vec::with_capacity(header.len() + 64);
         match nonce {
             Some(n) => {
-                sealer.seal_into_with_nonce(&Kind::PackHeader.header(), &header, n, &mut tail)
+                sealer.seal_with(&Kind::PackHeader.header(), &header, n, &mut tail)
             }
             None => sealer.seal_into(&Kind::PackHeader.header(), &header, &mut tail),
         }

@@ -5,7 +5,7 @@ pub mod check;
 pub mod copy;
 pub mod forget;
 pub mod forget_run;
-#[doc(hidden)]
+#[cfg(any(test, feature = "testing"))]
 pub mod model_fuzz;
 pub mod mysql;
 pub mod progress;
