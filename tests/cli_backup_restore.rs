@@ -19,7 +19,7 @@ fn rich_tree_restores_identical() {
     if !rich.has_device {
         eprintln!("note: no character device in the rich tree (mknod not permitted)");
     }
-    let b = env.backup(&[&src], &[]);
+    let b = env.backup(&[&src], &["--with-atime"]);
     let s = &b["summary"];
     assert_eq!(b["errors"], serde_json::json!([]), "{b}");
     assert_eq!(s["total_files"], rich.files, "{b}");
@@ -40,7 +40,11 @@ fn rich_tree_restores_identical() {
     let r = env.restore(&spec, &t1, &[]);
     assert_eq!(r["errors"], serde_json::json!([]), "{r}");
     assert_eq!(r["files"], rich.files, "{r}");
-    assert_same_tree(&manifest, &t1, Compare::default());
+    let same = Compare {
+        atime: Atime::Same,
+        ..Compare::default()
+    };
+    assert_same_tree(&manifest, &t1, same);
 
     // The whole snapshot: the source directory sits at its absolute path below the target,
     // with its own metadata.
@@ -52,7 +56,7 @@ fn rich_tree_restores_identical() {
         &inner,
         Compare {
             root_meta: true,
-            ..Compare::default()
+            ..same
         },
     );
 }
@@ -65,13 +69,17 @@ fn restore_verify_checks_every_file_and_keeps_metadata() {
     let src = env.path("src");
     let rich = build_rich_tree(&src);
     let manifest = Manifest::capture(&src);
-    env.backup(&[&src], &[]);
+    env.backup(&[&src], &["--with-atime"]);
     let t = env.path("restore");
     let r = env.restore(&format!("latest:{}", src.display()), &t, &["--verify"]);
     assert_eq!(r["errors"], serde_json::json!([]), "{r}");
     // Hard links are verified once per inode: three names of one inode, two of another.
     assert_eq!(r["verified_files"], rich.files - 3, "{r}");
-    assert_same_tree(&manifest, &t, Compare::default());
+    let same = Compare {
+        atime: Atime::Same,
+        ..Compare::default()
+    };
+    assert_same_tree(&manifest, &t, same);
 }
 
 /// Restoring again into the same target (over what the first restore wrote, read-only
@@ -252,6 +260,64 @@ fn unchanged_rebackup_adds_under_one_mib() {
     let id = second["snapshot_id"].as_str().unwrap();
     env.restore(&format!("{}:{}", &id[..8], src.display()), &t, &[]);
     assert_same_tree(&manifest, &t, Compare::default());
+}
+
+/// Unchanged nights add no tree, whatever happens to the access times: by default none are
+/// recorded, and with `--with-atime` cairn's own reading of the directories must not move them
+/// (relatime refreshes an access time older than a day on the next read).
+#[test]
+fn unchanged_nights_add_no_tree_whatever_the_access_times() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::with_repo();
+    let src = env.path("src");
+    let mut dirs = vec![src.clone()];
+    for d in 0..20 {
+        for f in 0..4 {
+            write(
+                &src.join(format!("d{d}/sub/f{f}")),
+                format!("{d} {f}\n").as_bytes(),
+            );
+        }
+        dirs.push(src.join(format!("d{d}")));
+        dirs.push(src.join(format!("d{d}/sub")));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    // As on a later night: every directory last read two days ago.
+    let age_access_times = || {
+        for d in &dirs {
+            let m = std::fs::symlink_metadata(d).unwrap();
+            set_times(d, (now - 2 * 86_400, 0), (m.mtime(), m.mtime_nsec() as u32));
+        }
+    };
+    let trees_added = |v: &serde_json::Value| v["summary"]["tree_blobs_added"].as_u64().unwrap();
+    // (Setting the times changes the directories' ctime, so the ageing comes before a first
+    // backup, as on a tree nobody has read for two days.)
+    age_access_times();
+    env.backup(&[&src], &[]);
+    let second = env.backup(&[&src], &[]);
+    assert_eq!(trees_added(&second), 0, "{second}");
+    assert_eq!(second["summary"]["data_blobs_added"], 0, "{second}");
+
+    age_access_times();
+    env.backup(&[&src], &["--with-atime"]);
+    let fourth = env.backup(&[&src], &["--with-atime"]);
+    assert_eq!(
+        trees_added(&fourth),
+        0,
+        "cairn moved access times: {fourth}"
+    );
+    for d in &dirs {
+        let m = std::fs::symlink_metadata(d).unwrap();
+        assert_eq!(
+            m.atime(),
+            now - 2 * 86_400,
+            "{} was read with its atime",
+            d.display()
+        );
+    }
 }
 
 /// Incremental backup: new, changed and unchanged files are told apart; a changed file is

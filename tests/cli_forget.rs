@@ -838,47 +838,49 @@ fn empty_policies_and_bad_arguments_are_refused() {
     assert_eq!(snapshot_ids(&env), ids);
 }
 
-/// Take a lease on `env`'s repository through the library, as another process would.
-fn hold_lease(
-    env: &Env,
-    rt: &tokio::runtime::Runtime,
-    kind: cairn::format::lease::LeaseKind,
-) -> cairn::repo::lease::LeaseGuard {
+/// Run `f` while holding a lease on `env`'s repository through the library, as another process
+/// would.
+fn holding_lease(env: &Env, mode: cairn::repo::lease::LeaseMode, f: impl FnOnce()) {
     use std::sync::Arc;
     let cache = env.path("holder-cache");
+    let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let backend = cairn::backend::open(env.repo.to_str().unwrap()).unwrap();
-        let repo = cairn::repo::Repository::open(
-            backend,
-            || Ok(zeroize::Zeroizing::new(PASSWORD.as_bytes().to_vec())),
-            &cairn::repo::OpenOptions::new(cache),
-        )
+        let repo = Arc::new(
+            cairn::repo::Repository::open(
+                backend,
+                || Ok(zeroize::Zeroizing::new(PASSWORD.as_bytes().to_vec())),
+                &cairn::repo::OpenOptions::new(cache),
+            )
+            .await
+            .unwrap(),
+        );
+        repo.with_lease(mode, "prune", std::time::Duration::ZERO, |_| async {
+            // The commands run as other processes; this thread only waits for them.
+            tokio::task::block_in_place(f);
+            Ok(())
+        })
         .await
         .unwrap();
-        Arc::new(repo)
-            .acquire_lease(kind, "prune", std::time::Duration::ZERO)
-            .await
-            .unwrap()
-    })
+    });
 }
 
 #[test]
 fn a_live_lease_makes_forget_exit_11_and_delete_nothing() {
-    use cairn::format::lease::LeaseKind;
+    use cairn::repo::lease::LeaseMode;
     let (env, _src, ids) = three_snapshots();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    for kind in [LeaseKind::Exclusive, LeaseKind::Shared] {
-        let guard = hold_lease(&env, &rt, kind);
-        let before = snapshot_files(&env);
-        env.run(["forget", "--keep-last", "1"])
-            .code(11)
-            .stderr_has("prune")
-            .stderr_has(&format!("pid {}", std::process::id()));
-        env.run(["forget", &ids[0]]).code(11);
-        assert_eq!(snapshot_files(&env), before);
-        // A dry run needs no lease.
-        env.run(["forget", "--dry-run", "--keep-last", "1"]).ok();
-        rt.block_on(guard.release()).unwrap();
+    for mode in [LeaseMode::Exclusive, LeaseMode::Write] {
+        holding_lease(&env, mode, || {
+            let before = snapshot_files(&env);
+            env.run(["forget", "--keep-last", "1"])
+                .code(11)
+                .stderr_has("prune")
+                .stderr_has(&format!("pid {}", std::process::id()));
+            env.run(["forget", &ids[0]]).code(11);
+            assert_eq!(snapshot_files(&env), before);
+            // A dry run needs no lease.
+            env.run(["forget", "--dry-run", "--keep-last", "1"]).ok();
+        });
     }
     // Once the holder is gone, forget proceeds.
     env.run(["forget", "--keep-last", "1"]).ok();

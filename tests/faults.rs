@@ -213,6 +213,7 @@ async fn check_report(
         &CheckOptions {
             read_data: ReadData::All,
             progress: None,
+            lease_wait: std::time::Duration::ZERO,
         },
     )
     .await

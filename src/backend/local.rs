@@ -157,9 +157,11 @@ fn list_blocking(root: &Path, prefix: &str) -> io::Result<Vec<Entry>> {
                     stack.push((ent.path(), sub));
                 }
             } else if ft.is_file() && key.starts_with(prefix) {
+                let m = ent.metadata()?;
                 out.push(Entry {
                     key,
-                    size: ent.metadata()?.len(),
+                    size: m.len(),
+                    modified: m.modified().ok(),
                 });
             }
         }

@@ -73,6 +73,7 @@ impl Backend for MemoryBackend {
             .map(|(k, v)| Entry {
                 key: k.clone(),
                 size: v.len() as u64,
+                modified: None,
             })
             .collect())
     }

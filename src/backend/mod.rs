@@ -89,6 +89,9 @@ pub type BResult<T> = std::result::Result<T, BackendError>;
 pub struct Entry {
     pub key: String,
     pub size: u64,
+    /// When the object was written, where the backend says (leases of unknown versions are
+    /// judged by it).
+    pub modified: Option<std::time::SystemTime>,
 }
 
 /// A key space of immutable objects. See the module docs for the contract.
@@ -228,17 +231,18 @@ pub(crate) mod conformance {
             l[5],
             Entry {
                 key: "index/0005".into(),
-                size: 5
+                size: 5,
+                modified: l[5].modified,
             }
         );
-        let data_keys = b.list("data/").await.unwrap();
-        assert_eq!(
-            data_keys,
-            vec![Entry {
-                key: "data/ab/abcd".into(),
-                size: 100_000
-            }]
-        );
+        let data_keys: Vec<(String, u64)> = b
+            .list("data/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.key, e.size))
+            .collect();
+        assert_eq!(data_keys, vec![("data/ab/abcd".to_string(), 100_000)]);
 
         // Delete.
         b.delete("index/0005").await.unwrap();
@@ -288,7 +292,8 @@ pub(crate) mod conformance {
             l[n - 1],
             Entry {
                 key: format!("snapshots/{:05}", n - 1),
-                size: ((n - 1) % 3) as u64
+                size: ((n - 1) % 3) as u64,
+                modified: l[n - 1].modified,
             }
         );
         // A prefix that is not a whole "directory" still selects by key prefix.

@@ -500,6 +500,10 @@ impl Backend for S3Backend {
             .map(|e| Entry {
                 key: e.path().to_string(),
                 size: e.metadata().content_length(),
+                modified: e
+                    .metadata()
+                    .last_modified()
+                    .map(std::time::SystemTime::from),
             })
             .collect())
     }

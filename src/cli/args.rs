@@ -138,6 +138,10 @@ pub struct BackupArgs {
     /// Do not cross filesystem boundaries.
     #[arg(short = 'x', long)]
     pub one_file_system: bool,
+    /// Record access times (off by default: reading a tree changes them, so every night would
+    /// store every directory again; without them a restored entry's atime is its mtime).
+    #[arg(long)]
+    pub with_atime: bool,
     /// Tag the snapshot (repeatable).
     #[arg(long = "tag", value_name = "TAG")]
     pub tags: Vec<String>,

@@ -17,6 +17,7 @@ use cairn::ops::backup::{self, BackupOptions, BackupOutcome};
 use cairn::ops::progress::Progress;
 use cairn::ops::read::{self, Resolved};
 use cairn::ops::restore::{self, RestoreOptions};
+use cairn::repo::lease::{LeaseMode, Shutdown};
 use cairn::repo::{InitOptions, OpenOptions, Repository, default_cache_dir};
 use cairn::source::exclude::ExcludeOptions;
 use cairn::{Error, Id};
@@ -142,8 +143,15 @@ pub(super) fn prompt_password(
     Ok(Zeroizing::new(p.as_bytes().to_vec()))
 }
 
+/// The process's one stop request: Ctrl-C asks it, every repository opened obeys it.
+pub(super) fn shutdown() -> &'static Shutdown {
+    static SHUTDOWN: std::sync::OnceLock<Shutdown> = std::sync::OnceLock::new();
+    SHUTDOWN.get_or_init(Shutdown::new)
+}
+
 pub(super) fn open_options(g: &GlobalArgs) -> OpenOptions {
     let mut o = OpenOptions::new(g.cache_dir.clone().unwrap_or_else(default_cache_dir));
+    o.shutdown = shutdown().clone();
     // A local disk gains nothing from more than two writers at once, and every pack in flight
     // is 16 MiB of memory.
     o.connections = connections(g);
@@ -285,6 +293,7 @@ async fn backup_cmd(g: &GlobalArgs, a: BackupArgs) -> Result<i32> {
     let opts = BackupOptions {
         exclude: exclude_options(&a)?,
         one_file_system: a.one_file_system,
+        with_atime: a.with_atime,
         tags: a.tags.clone(),
         host: a.host.clone(),
         time: a.time.as_deref().map(parse_time).transpose()?,
@@ -517,16 +526,26 @@ async fn dump(g: &GlobalArgs, a: DumpArgs) -> Result<i32> {
         .or(sub)
         .ok_or_else(|| anyhow!("dump needs a path: cairn dump SNAP PATH"))?;
     let (_, snap) = repo.find_snapshot(spec, a.host.as_deref(), &a.tags)?;
-    let node = match read::resolve(&repo, &snap, path).await? {
-        Resolved::Node(n) if n.kind == NodeKind::File => n,
-        Resolved::Node(n) if n.kind == NodeKind::Dir => {
-            bail!("{path} is a directory; dump writes one file")
-        }
-        Resolved::Node(n) => bail!("{path} is a {}; dump writes one file", n.kind.as_str()),
-        Resolved::Root(_) => bail!("{path} is a directory; dump writes one file"),
-    };
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
-    read::dump(&repo, &node, &mut out).await?;
+    let wait = parse_duration(&g.lease_wait)?;
+    repo.with_lease(LeaseMode::Read, "dump", wait, |_| async {
+        let node = match read::resolve(&repo, &snap, path).await? {
+            Resolved::Node(n) if n.kind == NodeKind::File => n,
+            Resolved::Node(n) if n.kind != NodeKind::Dir => {
+                return Err(Error::InvalidInput(format!(
+                    "{path} is a {}; dump writes one file",
+                    n.kind.as_str()
+                )));
+            }
+            Resolved::Node(_) | Resolved::Root(_) => {
+                return Err(Error::InvalidInput(format!(
+                    "{path} is a directory; dump writes one file"
+                )));
+            }
+        };
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+        read::dump(&repo, &node, &mut out).await
+    })
+    .await?;
     Ok(EXIT_OK)
 }
 
@@ -544,6 +563,7 @@ async fn restore_cmd(g: &GlobalArgs, a: RestoreArgs) -> Result<i32> {
         exclude: a.exclude.clone(),
         verify: a.verify,
         progress: Some(progress.clone()),
+        lease_wait: parse_duration(&g.lease_wait)?,
     };
     let bar = ProgressBar::start(progress, g.quiet || g.json, "restore");
     let started = Instant::now();

@@ -39,6 +39,7 @@ pub async fn check(g: &GlobalArgs, a: CheckArgs) -> Result<i32> {
         &CheckOptions {
             read_data,
             progress: Some(progress),
+            lease_wait: parse_duration(&g.lease_wait)?,
         },
     )
     .await;

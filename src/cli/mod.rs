@@ -43,11 +43,26 @@ pub fn main() -> i32 {
             return EXIT_FAILURE;
         }
     };
+    let shutdown = commands::shutdown().clone();
     let result = rt.block_on(async {
+        let command = commands::run(cli);
+        tokio::pin!(command);
         tokio::select! {
-            r = commands::run(cli) => r,
-            _ = tokio::signal::ctrl_c() => Err(anyhow::Error::new(cairn::Error::Interrupted)),
+            r = &mut command => return r,
+            _ = tokio::signal::ctrl_c() => {}
         }
+        // Ctrl-C: operations under a lease stop their work and delete their lease; wait for
+        // that (a second Ctrl-C, or the deadline, gives up). Others just end here.
+        shutdown.request();
+        if shutdown.leases_in_flight() > 0 {
+            let deadline = cairn::repo::lease::RELEASE_PATIENCE + std::time::Duration::from_secs(5);
+            tokio::select! {
+                _ = &mut command => {}
+                _ = tokio::signal::ctrl_c() => {}
+                _ = tokio::time::sleep(deadline) => {}
+            }
+        }
+        Err(anyhow::Error::new(cairn::Error::Interrupted))
     });
     // Do not wait for blocking tasks of an interrupted command.
     rt.shutdown_timeout(std::time::Duration::from_millis(100));

@@ -14,7 +14,7 @@
 //! The snapshot is written only after every pack and index object it needs is stored.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -31,12 +31,11 @@ use crate::chunker::Chunker;
 use crate::compress::Compression;
 use crate::error::{Error, Result};
 use crate::format::Timestamp;
-use crate::format::lease::LeaseKind;
 use crate::format::pack::BlobKind;
 use crate::format::snapshot::{Snapshot, Summary};
 use crate::format::tree::{Extent, Node, NodeKind, Tree};
 use crate::id::Id;
-use crate::repo::lease::LeaseGuard;
+use crate::repo::lease::{LeaseHandle, LeaseMode};
 use crate::repo::packer::{BlobSink, Uploader};
 use crate::repo::{Repository, hostname, username};
 use crate::source::exclude::{ExcludeOptions, Excluder};
@@ -90,6 +89,10 @@ pub struct BackupOptions {
     pub scan: bool,
     /// How long to wait for a conflicting lease.
     pub lease_wait: std::time::Duration,
+    /// Record access times. Off by default (as in borg): reading a tree changes them (a web
+    /// server reading uploads, relatime refreshing them once a day), so every night every
+    /// directory's tree blob would be stored again. Without them a node's atime is its mtime.
+    pub with_atime: bool,
 }
 
 #[derive(Debug)]
@@ -480,6 +483,7 @@ struct Walker {
     excluder: Excluder,
     one_file_system: bool,
     force: bool,
+    with_atime: bool,
     names: NameCache,
     events: SyncSender<Vec<Event>>,
     /// Events not yet sent: they go to the assembler in batches (one channel operation, and at
@@ -539,7 +543,8 @@ impl Walker {
         match target {
             Target::Leaf(path) => {
                 let dev = std::fs::symlink_metadata(path).map(|m| m.dev()).ok();
-                self.walk_dir_contents(path, parent.as_ref(), dev)?
+                let top = self.read_dir(path, parent, dev, false);
+                self.walk_dirs(top)?
             }
             Target::Inner(_, children) => self.walk_inner(children, parent.as_ref())?,
         }
@@ -558,7 +563,9 @@ impl Walker {
                 Target::Leaf(path) => match std::fs::symlink_metadata(path) {
                     Ok(meta) => {
                         let dev = meta.dev();
-                        self.entry(path, name.clone(), meta, pnode, dev)?
+                        if let Some(dir) = self.entry(path, name.clone(), meta, pnode, dev)? {
+                            self.walk_dirs(dir)?;
+                        }
                     }
                     Err(e) => self.error(format!("{}: {e}", path.display())),
                 },
@@ -577,7 +584,7 @@ impl Walker {
                         }
                     };
                     let node = match node_from_meta(path, name.clone(), &meta, &self.names) {
-                        Ok(n) => n,
+                        Ok(n) => self.stamp_atime(n),
                         Err(e) => {
                             self.error(format!("{}: {e}", path.display()));
                             continue;
@@ -594,7 +601,7 @@ impl Walker {
         Ok(())
     }
 
-    /// One directory entry with its `lstat` metadata.
+    /// One directory entry with its `lstat` metadata; a directory to walk comes back.
     fn entry(
         &mut self,
         path: &Path,
@@ -602,12 +609,22 @@ impl Walker {
         meta: std::fs::Metadata,
         pnode: Option<&Node>,
         root_dev: u64,
-    ) -> std::result::Result<(), Stop> {
+    ) -> std::result::Result<Option<DirFrame>, Stop> {
         let node = node_from_meta(path, name, &meta, &self.names);
         self.entry_node(path, node, meta, pnode, root_dev)
     }
 
-    /// One directory entry, its node already built from `lstat` metadata.
+    /// The node as recorded: without its access time unless asked (see
+    /// [`BackupOptions::with_atime`]).
+    fn stamp_atime(&self, mut n: Node) -> Node {
+        if !self.with_atime {
+            n.atime = n.mtime;
+        }
+        n
+    }
+
+    /// One directory entry, its node already built from `lstat` metadata. A directory is
+    /// entered (its `Enter` sent) and comes back to be walked; everything else is done here.
     fn entry_node(
         &mut self,
         path: &Path,
@@ -615,26 +632,27 @@ impl Walker {
         meta: std::fs::Metadata,
         pnode: Option<&Node>,
         root_dev: u64,
-    ) -> std::result::Result<(), Stop> {
+    ) -> std::result::Result<Option<DirFrame>, Stop> {
         let mut node = match node {
-            Ok(n) => n,
+            Ok(n) => self.stamp_atime(n),
             Err(e) => {
                 self.error(format!("{}: {e}", path.display()));
-                return Ok(());
+                return Ok(None);
             }
         };
         match node.kind {
             NodeKind::Dir => {
                 if self.excluder.dir_excluded(path) {
-                    return Ok(());
+                    return Ok(None);
                 }
                 self.counters.dirs += 1;
                 self.send(Event::Enter(node))?;
-                if !(self.one_file_system && meta.dev() != root_dev) {
-                    let ptree = self.load_parent(pnode);
-                    self.walk_dir_contents(path, ptree.as_ref(), Some(root_dev))?;
+                if self.one_file_system && meta.dev() != root_dev {
+                    self.send(Event::Leave)?;
+                    return Ok(None);
                 }
-                self.send(Event::Leave)?;
+                let ptree = self.load_parent(pnode);
+                return Ok(Some(self.read_dir(path, ptree, Some(root_dev), true)));
             }
             NodeKind::File => {
                 self.progress.files.fetch_add(1, Ordering::Relaxed);
@@ -642,7 +660,8 @@ impl Walker {
                     node.content = content;
                     self.counters.files_unmodified += 1;
                     self.progress.bytes.fetch_add(node.size, Ordering::Relaxed);
-                    return self.send(Event::Leaf(Pending::Ready(node)));
+                    self.send(Event::Leaf(Pending::Ready(node)))?;
+                    return Ok(None);
                 }
                 if pnode.is_some() {
                     self.counters.files_changed += 1;
@@ -674,7 +693,7 @@ impl Walker {
                 self.send(Event::Leaf(Pending::Ready(node)))?;
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// The parent's content list if the file is unchanged and all its blobs are still indexed.
@@ -702,71 +721,134 @@ impl Walker {
         Some(p.content.clone())
     }
 
-    fn walk_dir_contents(
-        &mut self,
-        dir: &Path,
-        parent: Option<&Tree>,
-        root_dev: Option<u64>,
-    ) -> std::result::Result<(), Stop> {
-        let rd = match std::fs::read_dir(dir) {
-            Ok(rd) => rd,
-            Err(e) => {
-                self.error(format!("{}: {e}", dir.display()));
-                return Ok(());
-            }
-        };
-        let mut names: Vec<OsString> = Vec::new();
-        for ent in rd {
-            match ent {
-                Ok(ent) => names.push(ent.file_name()),
-                Err(e) => self.error(format!("{}: {e}", dir.display())),
-            }
-        }
-        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        let root_dev = match root_dev {
-            Some(d) => d,
-            None => std::fs::symlink_metadata(dir).map(|m| m.dev()).unwrap_or(0),
-        };
-        // Metadata (lstat, xattrs, link targets) of all entries at once on the I/O pool: with a
-        // cold cache every inode is a disk read, and one thread at a time leaves the disk idle.
-        let excluder = &self.excluder;
-        let names_cache = &self.names;
-        type Looked = Option<(
-            PathBuf,
-            Vec<u8>,
-            std::io::Result<(std::fs::Metadata, std::io::Result<Node>)>,
-        )>;
-        let look = |name: &OsString| -> Looked {
-            let path = dir.join(name);
-            let nb = name.as_bytes();
-            if excluder.excluded(&path, nb) {
-                return None;
-            }
-            let previous = parent.and_then(|t| t.find(nb));
-            let r = std::fs::symlink_metadata(&path).map(|meta| {
-                let node = node_from_meta_with(&path, nb.to_vec(), &meta, names_cache, previous);
-                (meta, node)
-            });
-            Some((path, nb.to_vec(), r))
-        };
-        // Spreading a directory over the pool costs wake-ups; only worth it for larger ones
-        // (most directories hold a handful of entries, a few hold most of the files).
-        let looked: Vec<Looked> = if names.len() >= 16 {
-            self.io.install(|| names.par_iter().map(look).collect())
-        } else {
-            names.iter().map(look).collect()
-        };
-        for (path, nb, r) in looked.into_iter().flatten() {
+    /// Walk `top` and every directory below it, depth first, with an explicit stack (a tree
+    /// thousands of levels deep costs heap, not the thread's stack).
+    fn walk_dirs(&mut self, top: DirFrame) -> std::result::Result<(), Stop> {
+        let mut stack = vec![top];
+        while let Some(dir) = stack.last_mut() {
+            let Some((path, nb, r)) = dir.entries.next() else {
+                if stack.pop().is_some_and(|d| d.leave) {
+                    self.send(Event::Leave)?;
+                }
+                continue;
+            };
             match r {
                 Ok((meta, node)) => {
-                    let pnode = parent.and_then(|t| t.find(&nb));
-                    self.entry_node(&path, node, meta, pnode, root_dev)?;
+                    let root_dev = dir.root_dev;
+                    let pnode = dir.parent.as_ref().and_then(|t| t.find(&nb));
+                    if let Some(sub) = self.entry_node(&path, node, meta, pnode, root_dev)? {
+                        stack.push(sub);
+                    }
                 }
                 Err(e) => self.error(format!("{}: {e}", path.display())),
             }
         }
         Ok(())
     }
+
+    /// Read directory `dir` (without updating its access time where permitted) and the
+    /// metadata of its entries. `leave`: whether finishing it sends `Leave` (every directory
+    /// entered; not a source directory itself, whose frame is the caller's).
+    fn read_dir(
+        &self,
+        dir: &Path,
+        parent: Option<Tree>,
+        root_dev: Option<u64>,
+        leave: bool,
+    ) -> DirFrame {
+        let root_dev = match root_dev {
+            Some(d) => d,
+            None => std::fs::symlink_metadata(dir).map(|m| m.dev()).unwrap_or(0),
+        };
+        let names = match read_dir_names(dir) {
+            Ok((names, errors)) => {
+                for e in errors {
+                    self.error(format!("{}: {e}", dir.display()));
+                }
+                names
+            }
+            Err(e) => {
+                self.error(format!("{}: {e}", dir.display()));
+                Vec::new()
+            }
+        };
+        // Metadata (lstat, xattrs, link targets) of all entries at once on the I/O pool: with a
+        // cold cache every inode is a disk read, and one thread at a time leaves the disk idle.
+        let excluder = &self.excluder;
+        let names_cache = &self.names;
+        let look = |name: &Vec<u8>| -> Option<Looked> {
+            let path = dir.join(OsStr::from_bytes(name));
+            if excluder.excluded(&path, name) {
+                return None;
+            }
+            let previous = parent.as_ref().and_then(|t| t.find(name));
+            let r = std::fs::symlink_metadata(&path).map(|meta| {
+                let node = node_from_meta_with(&path, name.clone(), &meta, names_cache, previous);
+                (meta, node)
+            });
+            Some((path, name.clone(), r))
+        };
+        // Spreading a directory over the pool costs wake-ups; only worth it for larger ones
+        // (most directories hold a handful of entries, a few hold most of the files).
+        let looked: Vec<Looked> = if names.len() >= 16 {
+            self.io
+                .install(|| names.par_iter().filter_map(look).collect())
+        } else {
+            names.iter().filter_map(look).collect()
+        };
+        DirFrame {
+            entries: looked.into_iter(),
+            parent,
+            root_dev,
+            leave,
+        }
+    }
+}
+
+/// An entry of a directory being walked, with its `lstat` metadata and node.
+type Looked = (
+    PathBuf,
+    Vec<u8>,
+    std::io::Result<(std::fs::Metadata, std::io::Result<Node>)>,
+);
+
+/// A directory being walked: its entries not done yet.
+struct DirFrame {
+    entries: std::vec::IntoIter<Looked>,
+    /// The same directory in the parent snapshot.
+    parent: Option<Tree>,
+    root_dev: u64,
+    leave: bool,
+}
+
+/// The names in directory `dir`, sorted, read through a descriptor opened with `O_NOATIME`
+/// where permitted (reading a directory updates its access time just as reading a file does),
+/// and the errors met on the way.
+fn read_dir_names(dir: &Path) -> std::io::Result<(Vec<Vec<u8>>, Vec<std::io::Error>)> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    let fd = match rustix::fs::open(dir, flags | OFlags::NOATIME, Mode::empty()) {
+        Err(rustix::io::Errno::PERM) => rustix::fs::open(dir, flags, Mode::empty()),
+        r => r,
+    }?;
+    let mut names = Vec::new();
+    let mut errors = Vec::new();
+    for ent in rustix::fs::Dir::read_from(&fd)? {
+        match ent {
+            Ok(ent) => {
+                let name = ent.file_name().to_bytes();
+                if name != b"." && name != b".." {
+                    names.push(name.to_vec());
+                }
+            }
+            Err(e) => {
+                errors.push(e.into());
+                break;
+            }
+        }
+    }
+    names.sort();
+    Ok((names, errors))
 }
 
 /// Serialise, id and store a tree blob.
@@ -865,22 +947,28 @@ fn assemble(
 
 /// Count files and bytes under the targets, for progress totals.
 fn scan(target: &Target, excluder: &Excluder, progress: &Progress) {
+    // Iterative, like the walk itself; directories read without touching their access times.
     fn walk(dir: &Path, ex: &Excluder, p: &Progress) {
-        let Ok(rd) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for ent in rd.flatten() {
-            let path = ent.path();
-            if ex.excluded(&path, ent.file_name().as_bytes()) {
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            let Ok((names, _)) = read_dir_names(&dir) else {
                 continue;
-            }
-            let Ok(m) = ent.metadata() else { continue };
-            if m.is_dir() {
-                if !ex.dir_excluded(&path) {
-                    walk(&path, ex, p);
+            };
+            for name in names {
+                let path = dir.join(OsStr::from_bytes(&name));
+                if ex.excluded(&path, &name) {
+                    continue;
                 }
-            } else if m.is_file() {
-                p.add_total(1, m.len());
+                let Ok(m) = std::fs::symlink_metadata(&path) else {
+                    continue;
+                };
+                if m.is_dir() {
+                    if !ex.dir_excluded(&path) {
+                        stack.push(path);
+                    }
+                } else if m.is_file() {
+                    p.add_total(1, m.len());
+                }
             }
         }
     }
@@ -921,13 +1009,11 @@ impl Session {
         mut snap: Snapshot,
         dry_run: bool,
         errors: Vec<String>,
-        lease: Option<&LeaseGuard>,
+        lease: &LeaseHandle,
     ) -> Result<BackupOutcome> {
         self.sink.flush().await?;
         let up = self.uploader.finish().await?;
-        if let Some(l) = lease {
-            l.check()?;
-        }
+        lease.verify().await?;
         let st = &self.sink.stats;
         snap.summary.backup_start = self.started;
         snap.summary.backup_end = repo.now();
@@ -1008,14 +1094,29 @@ pub async fn backup_paths(
         .map(|p| p.to_string_lossy().into_owned())
         .collect();
     let excluder = Excluder::new(&opts.exclude)?;
-    let lease = if opts.dry_run {
-        None
+    repo.with_lease(lease_mode(opts), "backup", opts.lease_wait, |lease| {
+        backup_paths_leased(repo, abs, path_strings, excluder, opts, lease)
+    })
+    .await
+}
+
+/// A backup writes under a shared lease; a dry run writes nothing and takes none.
+pub(crate) fn lease_mode(opts: &BackupOptions) -> LeaseMode {
+    if opts.dry_run {
+        LeaseMode::Unleased
     } else {
-        Some(
-            repo.acquire_lease(LeaseKind::Shared, "backup", opts.lease_wait)
-                .await?,
-        )
-    };
+        LeaseMode::Write
+    }
+}
+
+async fn backup_paths_leased(
+    repo: &Arc<Repository>,
+    abs: Vec<PathBuf>,
+    path_strings: Vec<String>,
+    excluder: Excluder,
+    opts: &BackupOptions,
+    lease: LeaseHandle,
+) -> Result<BackupOutcome> {
     let mut snap = new_snapshot(repo, opts, path_strings.clone(), "files");
 
     // The parent: named, or the latest snapshot of the same host and paths.
@@ -1070,6 +1171,7 @@ pub async fn backup_paths(
         excluder,
         one_file_system: opts.one_file_system,
         force: opts.force,
+        with_atime: opts.with_atime,
         names: NameCache::default(),
         events: tx,
         batch: Vec::with_capacity(EVENT_BATCH),
@@ -1111,13 +1213,9 @@ pub async fn backup_paths(
     snap.summary.total_bytes = a.total_bytes;
     snap.summary.bytes_read = Progress::get(&progress.read_bytes);
     let errors = std::mem::take(&mut *errors.lock().unwrap_or_else(|p| p.into_inner()));
-    let out = session
-        .commit(repo, snap, opts.dry_run, errors, lease.as_ref())
-        .await;
-    if let Some(l) = lease {
-        l.release().await?;
-    }
-    out
+    session
+        .commit(repo, snap, opts.dry_run, errors, &lease)
+        .await
 }
 
 /// Back up one stream as a single file named `name` (which may contain `/`).
@@ -1153,14 +1251,26 @@ where
             "{name:?} is not a valid file name for the stream"
         )));
     }
-    let lease = if opts.dry_run {
-        None
-    } else {
-        Some(
-            repo.acquire_lease(LeaseKind::Shared, "backup", opts.lease_wait)
-                .await?,
-        )
-    };
+    let comps: Vec<String> = comps.into_iter().map(str::to_string).collect();
+    repo.with_lease(lease_mode(opts), "backup", opts.lease_wait, |lease| {
+        backup_reader_leased(repo, reader, name, comps, opts, check, lease)
+    })
+    .await
+}
+
+async fn backup_reader_leased<R, F>(
+    repo: &Arc<Repository>,
+    reader: R,
+    name: &str,
+    comps: Vec<String>,
+    opts: &BackupOptions,
+    check: F,
+    lease: LeaseHandle,
+) -> Result<BackupOutcome>
+where
+    R: Read + Send + 'static,
+    F: FnOnce() -> Result<()> + Send + 'static,
+{
     let snap = new_snapshot(repo, opts, vec![comps.join("/")], "stdin");
     let session = Session::start(repo, opts)?;
     let sink = session.sink.clone();
@@ -1222,13 +1332,9 @@ where
     snap.summary.total_bytes = size;
     snap.summary.files_new = 1;
     snap.summary.bytes_read = size;
-    let out = session
-        .commit(repo, snap, opts.dry_run, Vec::new(), lease.as_ref())
-        .await;
-    if let Some(l) = lease {
-        l.release().await?;
-    }
-    out
+    session
+        .commit(repo, snap, opts.dry_run, Vec::new(), &lease)
+        .await
 }
 
 /// Back up the standard output of a command; no snapshot if it exits unsuccessfully.

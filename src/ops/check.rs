@@ -18,7 +18,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
 use rayon::prelude::*;
 
@@ -30,6 +29,8 @@ use crate::format::snapshot::Snapshot;
 use crate::format::tree::{Extent, NodeKind};
 use crate::id::Id;
 use crate::ops::progress::Progress;
+use crate::ops::walk::{Step, TreeWalk};
+use crate::repo::lease::LeaseMode;
 use crate::repo::{Repository, keys};
 
 /// Which packs to read in full.
@@ -76,6 +77,8 @@ impl ReadData {
 pub struct CheckOptions {
     pub read_data: ReadData,
     pub progress: Option<Arc<Progress>>,
+    /// How long to wait for a prune's lease (check reads under a shared one).
+    pub lease_wait: std::time::Duration,
 }
 
 /// Something wrong with one object.
@@ -154,9 +157,27 @@ struct PackOutcome {
     verified_clean: bool,
 }
 
+/// Check the repository under a shared lease, so that no prune deletes what it reads.
 pub async fn check(repo: &Arc<Repository>, opts: &CheckOptions) -> Result<CheckReport> {
+    repo.with_lease(LeaseMode::Read, "check", opts.lease_wait, |_| {
+        check_leased(repo, opts)
+    })
+    .await
+}
+
+/// [`check`] for a caller that already holds a lease (repair).
+pub(crate) async fn check_leased(
+    repo: &Arc<Repository>,
+    opts: &CheckOptions,
+) -> Result<CheckReport> {
     let mut report = CheckReport::default();
     check_keys(repo, &mut report).await?;
+    for n in repo.lease_notices().await? {
+        report.warnings.push(Problem {
+            object: n.key,
+            message: n.reason,
+        });
+    }
 
     // The index, from the repository alone.
     let mut objects = Vec::new();
@@ -716,59 +737,86 @@ impl Walker<'_> {
     }
 
     /// Damage below a tree, with paths relative to it; computed once per tree.
-    fn tree(&mut self, id: Id) -> BoxFuture<'_, Result<Arc<Vec<RelDamage>>>> {
-        Box::pin(async move {
-            if let Some(d) = self.memo.get(&id) {
-                return Ok(d.clone());
-            }
-            let mut out = Vec::new();
-            let tree = match self.blob_problem(&id)? {
-                Some(reason) => {
-                    out.push(RelDamage {
-                        path: String::new(),
-                        reason: format!("directory listing: {reason}"),
-                    });
-                    None
-                }
-                None => match self.repo.load_tree(&id).await {
-                    Ok(t) => Some(t),
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            crate::error::ErrorKind::Corrupt | crate::error::ErrorKind::NotFound
-                        ) =>
-                    {
-                        out.push(RelDamage {
-                            path: String::new(),
-                            reason: format!("directory listing (tree {id}): {e}"),
-                        });
-                        None
-                    }
-                    Err(e) => return Err(e),
-                },
-            };
-            if let Some(tree) = tree {
-                self.trees += 1;
-                for n in &tree.nodes {
-                    let name = n.name_lossy();
-                    if n.kind == NodeKind::File {
-                        let mut reported = false;
-                        for e in &n.content {
-                            if let Extent::Data { id: b, .. } = e {
-                                self.mark(*b)?;
-                                if !reported && let Some(reason) = self.blob_problem(b)? {
-                                    out.push(RelDamage {
-                                        path: name.clone(),
-                                        reason,
-                                    });
-                                    reported = true;
+    async fn tree(&mut self, root: Id) -> Result<Arc<Vec<RelDamage>>> {
+        if let Some(d) = self.memo.get(&root) {
+            return Ok(d.clone());
+        }
+        // Damage of each tree being walked, in its own entries, until its subtrees are done.
+        let mut own: HashMap<Id, Vec<RelDamage>> = HashMap::new();
+        let mut walk = TreeWalk::new(root);
+        loop {
+            let memo = &self.memo;
+            let step = walk
+                .step(self.repo, |_, n| {
+                    n.subtree.is_some_and(|t| memo.contains_key(&t))
+                })
+                .await;
+            match step {
+                None => break,
+                Some(Step::Enter(e)) => {
+                    let id = e.id;
+                    let mut out = Vec::new();
+                    let readable = match (self.blob_problem(&id)?, e.tree) {
+                        (Some(reason), _) => {
+                            out.push(RelDamage {
+                                path: String::new(),
+                                reason: format!("directory listing: {reason}"),
+                            });
+                            false
+                        }
+                        (None, Err(err))
+                            if matches!(
+                                err.kind(),
+                                crate::error::ErrorKind::Corrupt
+                                    | crate::error::ErrorKind::NotFound
+                            ) =>
+                        {
+                            out.push(RelDamage {
+                                path: String::new(),
+                                reason: format!("directory listing (tree {id}): {err}"),
+                            });
+                            false
+                        }
+                        (None, Err(err)) => return Err(err),
+                        (None, Ok(tree)) => {
+                            self.trees += 1;
+                            for n in &tree.nodes {
+                                if n.kind == NodeKind::File {
+                                    let mut reported = false;
+                                    for e in &n.content {
+                                        if let Extent::Data { id: b, .. } = e {
+                                            self.mark(*b)?;
+                                            if !reported
+                                                && let Some(reason) = self.blob_problem(b)?
+                                            {
+                                                out.push(RelDamage {
+                                                    path: n.name_lossy(),
+                                                    reason,
+                                                });
+                                                reported = true;
+                                            }
+                                        }
+                                    }
+                                }
+                                if let Some(sub) = n.subtree {
+                                    self.mark(sub)?;
                                 }
                             }
+                            true
                         }
+                    };
+                    own.insert(id, out);
+                    if !readable {
+                        walk.skip_children();
                     }
-                    if let Some(sub) = n.subtree {
-                        self.mark(sub)?;
-                        let below = self.tree(sub).await?;
+                }
+                Some(Step::Leave(l)) => {
+                    let mut out = own.remove(&l.id).unwrap_or_default();
+                    for n in l.tree.iter().flat_map(|t| &t.nodes) {
+                        let Some(below) = n.subtree.and_then(|t| self.memo.get(&t)) else {
+                            continue;
+                        };
+                        let name = n.name_lossy();
                         for d in below.iter() {
                             out.push(RelDamage {
                                 path: if d.path.is_empty() {
@@ -780,12 +828,11 @@ impl Walker<'_> {
                             });
                         }
                     }
+                    self.memo.insert(l.id, Arc::new(out));
                 }
             }
-            let out = Arc::new(out);
-            self.memo.insert(id, out.clone());
-            Ok(out)
-        })
+        }
+        Ok(self.memo.get(&root).cloned().unwrap_or_default())
     }
 }
 

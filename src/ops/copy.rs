@@ -28,12 +28,13 @@ use futures::{StreamExt, TryStreamExt};
 use super::progress::Progress;
 use crate::compress::Compression;
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::lease::LeaseKind;
 use crate::format::pack::BlobKind;
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::{Extent, NodeKind, Tree};
 use crate::id::Id;
+use crate::ops::walk::{Step, TreeWalk};
 use crate::repo::Repository;
+use crate::repo::lease::{LeaseHandle, LeaseMode};
 use crate::repo::packer::BlobSink;
 
 /// The snapshot meta key naming the source snapshot of a copy.
@@ -155,37 +156,18 @@ pub async fn copy_snapshots(
             "the source and the target are the same repository",
         ));
     }
-    let src_lease = source
-        .acquire_lease(LeaseKind::Shared, "copy (source)", opts.lease_wait)
-        .await?;
-    let dst_lease = if opts.dry_run {
-        None
+    let target_mode = if opts.dry_run {
+        LeaseMode::Unleased
     } else {
-        match target
-            .acquire_lease(LeaseKind::Shared, "copy", opts.lease_wait)
-            .await
-        {
-            Ok(l) => Some(l),
-            Err(e) => {
-                let _ = src_lease.release().await;
-                return Err(e);
-            }
-        }
+        LeaseMode::Write
     };
-    let r = run(
-        source,
-        target,
-        snapshots,
-        opts,
-        &src_lease,
-        dst_lease.as_ref(),
-    )
-    .await;
-    if let Some(l) = dst_lease {
-        l.release().await?;
-    }
-    src_lease.release().await?;
-    r
+    source
+        .with_lease(LeaseMode::Read, "copy (source)", opts.lease_wait, |_| {
+            target.with_lease(target_mode, "copy", opts.lease_wait, |dst_lease| {
+                run(source, target, snapshots, opts, dst_lease)
+            })
+        })
+        .await
 }
 
 /// Why a blob or tree could not be copied.
@@ -257,8 +239,7 @@ async fn run(
     target: &Arc<Repository>,
     snapshots: Vec<(Id, Snapshot)>,
     opts: &CopyOptions,
-    src_lease: &crate::repo::lease::LeaseGuard,
-    dst_lease: Option<&crate::repo::lease::LeaseGuard>,
+    dst_lease: LeaseHandle,
 ) -> Result<CopyReport> {
     let mut report = CopyReport {
         dry_run: opts.dry_run,
@@ -288,7 +269,7 @@ async fn run(
         let (sink, uploader) = BlobSink::start(target.clone(), opts.compression, opts.dry_run)?;
         ctx.session.clear();
         ctx.new_pairs.clear();
-        let root = copy_tree(&mut ctx, &sink, &sid, snap.tree, String::new()).await;
+        let root = copy_tree(&mut ctx, &sink, &sid, snap.tree).await;
         let root = match root {
             Ok(r) => r,
             Err(e) => {
@@ -329,12 +310,9 @@ async fn run(
         let tid = if opts.dry_run {
             None
         } else {
-            // Our leases must still hold: the source's, so no prune removed what we read, and
-            // the target's, so no prune can have removed what this snapshot deduplicated against.
-            src_lease.check()?;
-            if let Some(l) = dst_lease {
-                l.check()?;
-            }
+            // The target's lease must still hold, so no prune can have removed what this
+            // snapshot deduplicated against. (What was read from the source is verified.)
+            dst_lease.verify().await?;
             let tid = target.save_snapshot(&new).await?;
             target
                 .catalog()
@@ -356,104 +334,131 @@ async fn run(
     Ok(report)
 }
 
-/// Copy source tree `id` (at `path` in snapshot `snap`) and everything below it; returns the
-/// id of the rewritten tree in the target.
-fn copy_tree<'a>(
-    ctx: &'a mut Ctx<'_>,
-    sink: &'a Arc<BlobSink>,
-    snap: &'a Id,
-    id: Id,
-    path: String,
-) -> futures::future::BoxFuture<'a, std::result::Result<Id, CopyError>> {
-    Box::pin(async move {
-        // A tree copied before in this run: everything below it was copied with it.
-        if let Some(t) = ctx.mapped(&id) {
-            return Ok(t);
-        }
-        let tree = ctx
-            .source
-            .load_tree(&id)
+/// Copy source tree `root` of snapshot `snap` and everything below it; returns the id of the
+/// rewritten tree in the target. Subtrees first (a tree's new id depends on theirs).
+async fn copy_tree(
+    ctx: &mut Ctx<'_>,
+    sink: &Arc<BlobSink>,
+    snap: &Id,
+    root: Id,
+) -> std::result::Result<Id, CopyError> {
+    // A tree copied before in this run: everything below it was copied with it.
+    if let Some(t) = ctx.mapped(&root) {
+        return Ok(t);
+    }
+    let mut walk = TreeWalk::new(root);
+    loop {
+        let step = {
+            let done = &*ctx;
+            walk.step(ctx.source, |_, n| {
+                n.subtree.is_some_and(|t| done.mapped(&t).is_some())
+            })
             .await
-            .map_err(|e| source_error(e, snap, &path))?;
-        let mut nodes = tree.nodes;
-        for n in &mut nodes {
-            if let Some(sub) = n.subtree {
-                let p = format!("{path}/{}", n.name_lossy());
-                n.subtree = Some(copy_tree(ctx, sink, snap, sub, p).await?);
-            }
-        }
-
-        // The data blobs of this directory's files not mapped yet, each once, with the first
-        // path that needs it (for error messages).
-        let mut wanted: Vec<(Id, String)> = Vec::new();
-        let mut seen = HashSet::new();
-        for n in &nodes {
-            for e in &n.content {
-                if let Extent::Data { id, .. } = e
-                    && ctx.mapped(id).is_none()
-                    && seen.insert(*id)
-                {
-                    if let Some(t) = ctx.remembered(id)? {
-                        ctx.session.insert(*id, t);
-                        continue;
-                    }
-                    wanted.push((*id, format!("{path}/{}", n.name_lossy())));
+        };
+        match step {
+            None => break,
+            Some(Step::Enter(e)) => {
+                if let Err(err) = e.tree {
+                    return Err(source_error(err, snap, &snapshot_path(e.path)));
                 }
             }
-            if n.kind == NodeKind::File {
-                ctx.progress.add(1, n.size);
-            }
-        }
-        let source = ctx.source;
-        let target = ctx.target;
-        let fetched: Vec<(Id, Id, u64)> = futures::stream::iter(wanted)
-            .map(|(sid, p)| {
-                let sink = sink.clone();
-                async move {
-                    let plain = source
-                        .read_blob(&sid)
-                        .await
-                        .map_err(|e| source_error(e, snap, &p))?;
-                    let len = plain.len() as u64;
-                    let keys = target.keys().clone();
-                    let tid = tokio::task::spawn_blocking(move || {
-                        let tid = keys.blob_id(&plain);
-                        sink.save(BlobKind::Data, tid, &plain).map(|_| tid)
+            Some(Step::Leave(l)) => {
+                let id = l.id;
+                let path = snapshot_path(l.path);
+                let Some(tree) = l.tree else { continue };
+                let mut nodes = tree.nodes;
+                for n in &mut nodes {
+                    if let Some(sub) = n.subtree {
+                        n.subtree = Some(ctx.mapped(&sub).ok_or_else(|| {
+                            Error::Other(format!("tree {sub} was not copied (internal error)"))
+                        })?);
+                    }
+                }
+
+                // The data blobs of this directory's files not mapped yet, each once, with the first
+                // path that needs it (for error messages).
+                let mut wanted: Vec<(Id, String)> = Vec::new();
+                let mut seen = HashSet::new();
+                for n in &nodes {
+                    for e in &n.content {
+                        if let Extent::Data { id, .. } = e
+                            && ctx.mapped(id).is_none()
+                            && seen.insert(*id)
+                        {
+                            if let Some(t) = ctx.remembered(id)? {
+                                ctx.session.insert(*id, t);
+                                continue;
+                            }
+                            wanted.push((*id, format!("{path}/{}", n.name_lossy())));
+                        }
+                    }
+                    if n.kind == NodeKind::File {
+                        ctx.progress.add(1, n.size);
+                    }
+                }
+                let source = ctx.source;
+                let target = ctx.target;
+                let fetched: Vec<(Id, Id, u64)> = futures::stream::iter(wanted)
+                    .map(|(sid, p)| {
+                        let sink = sink.clone();
+                        async move {
+                            let plain = source
+                                .read_blob(&sid)
+                                .await
+                                .map_err(|e| source_error(e, snap, &p))?;
+                            let len = plain.len() as u64;
+                            let keys = target.keys().clone();
+                            let tid = tokio::task::spawn_blocking(move || {
+                                let tid = keys.blob_id(&plain);
+                                sink.save(BlobKind::Data, tid, &plain).map(|_| tid)
+                            })
+                            .await
+                            .map_err(|e| Error::Other(e.to_string()))??;
+                            Ok::<_, CopyError>((sid, tid, len))
+                        }
                     })
+                    .buffer_unordered(ctx.fetches)
+                    .try_collect()
+                    .await?;
+                for (sid, tid, len) in fetched {
+                    ctx.blobs_read += 1;
+                    ctx.bytes_read += len;
+                    ctx.progress.read_bytes.fetch_add(len, Ordering::Relaxed);
+                    ctx.session.insert(sid, tid);
+                    if !ctx.dry_run {
+                        ctx.new_pairs.push((sid, tid));
+                    }
+                }
+
+                for n in &mut nodes {
+                    for e in &mut n.content {
+                        if let Extent::Data { id, .. } = e {
+                            *id = ctx.mapped(id).ok_or_else(|| {
+                                Error::Other(format!("blob {id} was not copied (internal error)"))
+                            })?;
+                        }
+                    }
+                }
+                let data = Tree { nodes }.encode();
+                let tid = target.keys().blob_id(&data);
+                let sink = sink.clone();
+                tokio::task::spawn_blocking(move || sink.save(BlobKind::Tree, tid, &data))
                     .await
                     .map_err(|e| Error::Other(e.to_string()))??;
-                    Ok::<_, CopyError>((sid, tid, len))
-                }
-            })
-            .buffer_unordered(ctx.fetches)
-            .try_collect()
-            .await?;
-        for (sid, tid, len) in fetched {
-            ctx.blobs_read += 1;
-            ctx.bytes_read += len;
-            ctx.progress.read_bytes.fetch_add(len, Ordering::Relaxed);
-            ctx.session.insert(sid, tid);
-            if !ctx.dry_run {
-                ctx.new_pairs.push((sid, tid));
+                ctx.session.insert(id, tid);
             }
         }
+    }
+    Ok(ctx
+        .mapped(&root)
+        .ok_or_else(|| Error::Other(format!("tree {root} was not copied (internal error)")))?)
+}
 
-        for n in &mut nodes {
-            for e in &mut n.content {
-                if let Extent::Data { id, .. } = e {
-                    *id = ctx.mapped(id).ok_or_else(|| {
-                        Error::Other(format!("blob {id} was not copied (internal error)"))
-                    })?;
-                }
-            }
-        }
-        let data = Tree { nodes }.encode();
-        let tid = target.keys().blob_id(&data);
-        let sink = sink.clone();
-        tokio::task::spawn_blocking(move || sink.save(BlobKind::Tree, tid, &data))
-            .await
-            .map_err(|e| Error::Other(e.to_string()))??;
-        ctx.session.insert(id, tid);
-        Ok(tid)
-    })
+/// A walk's relative path as a snapshot path: `/a/b`, or empty for the start.
+fn snapshot_path(rel: &[u8]) -> String {
+    if rel.is_empty() {
+        String::new()
+    } else {
+        format!("/{}", String::from_utf8_lossy(rel))
+    }
 }

@@ -12,10 +12,9 @@ use jiff::tz::TimeZone;
 
 use super::forget::{Counters, Filter, GroupBy, GroupKey, Policy, SnapshotInfo, plan};
 use crate::error::{Error, Result};
-use crate::format::lease::LeaseKind;
 use crate::format::snapshot::Snapshot;
 use crate::id::Id;
-use crate::repo::lease::LeaseGuard;
+use crate::repo::lease::{LeaseHandle, LeaseMode};
 use crate::repo::{Repository, keys};
 
 /// What to forget.
@@ -96,28 +95,23 @@ pub async fn run(repo: &Arc<Repository>, opts: &ForgetOptions) -> Result<ForgetO
     if opts.dry_run {
         return decide(repo, opts);
     }
-    let lease = repo
-        .acquire_lease(LeaseKind::Exclusive, "forget", opts.lease_wait)
-        .await?;
-    let result = async {
-        // Snapshots committed before we held the lease are then visible to the decision.
-        repo.refresh().await?;
-        decide_and_delete(repo, opts, &lease).await
-    }
-    .await;
-    // Release the lease whatever happened, but report the operation's error first.
-    let released = lease.release().await;
-    let outcome = result?;
-    released?;
-    Ok(outcome)
+    // The lease's catalog refresh makes every snapshot committed before it visible to the
+    // decision.
+    repo.with_lease(LeaseMode::Exclusive, "forget", opts.lease_wait, |lease| {
+        decide_and_delete(repo, opts, lease)
+    })
+    .await
 }
 
 async fn decide_and_delete(
     repo: &Arc<Repository>,
     opts: &ForgetOptions,
-    lease: &LeaseGuard,
+    lease: LeaseHandle,
 ) -> Result<ForgetOutcome> {
     let mut out = decide(repo, opts)?;
+    if !out.remove.is_empty() {
+        lease.verify().await?;
+    }
     for (id, _) in &out.remove {
         // Never delete on a lease others may already consider gone.
         lease.check()?;
@@ -316,14 +310,19 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.kind(), crate::error::ErrorKind::InvalidInput);
 
-        let held = repo
-            .acquire_lease(LeaseKind::Shared, "backup", std::time::Duration::ZERO)
+        let last_one = opts(last(1), false);
+        let e = repo
+            .with_lease(
+                LeaseMode::Write,
+                "backup",
+                std::time::Duration::ZERO,
+                |_| run(&repo, &last_one),
+            )
             .await
-            .unwrap();
-        let e = run(&repo, &opts(last(1), false)).await.unwrap_err();
+            .unwrap_err();
         assert_eq!(e.kind(), crate::error::ErrorKind::Locked);
         assert_eq!(backend.list("snapshots/").await.unwrap().len(), 2);
-        held.release().await.unwrap();
+        assert_eq!(backend.list("locks/").await.unwrap().len(), 0);
         let done = run(&repo, &opts(last(1), false)).await.unwrap();
         assert_eq!(done.removed.len(), 1);
     }

@@ -14,3 +14,4 @@ pub mod read;
 pub mod repair;
 pub mod restore;
 pub mod streams;
+pub mod walk;

@@ -661,6 +661,7 @@ impl Harness {
                         &CheckOptions {
                             read_data: *rd,
                             progress: None,
+                            lease_wait: std::time::Duration::ZERO,
                         },
                     )
                     .await?;
@@ -805,6 +806,7 @@ impl Harness {
             &CheckOptions {
                 read_data: ReadData::All,
                 progress: None,
+                lease_wait: std::time::Duration::ZERO,
             },
         )
         .await

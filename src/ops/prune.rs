@@ -34,11 +34,12 @@ use crate::error::{Error, Result};
 use crate::format::Timestamp;
 use crate::format::condemned::{Condemned, CondemnedPack};
 use crate::format::index::IndexPack;
-use crate::format::lease::LeaseKind;
 use crate::format::pack::{BlobKind, PackBuilder, PackEntry, open_blob};
 use crate::format::tree::Extent;
 use crate::id::Id;
 use crate::ops::repair::write_index;
+use crate::ops::walk::{Step, TreeWalk};
+use crate::repo::lease::{LeaseHandle, LeaseMode};
 use crate::repo::{Repository, keys};
 
 #[derive(Debug, Clone)]
@@ -89,12 +90,10 @@ pub struct PruneReport {
 }
 
 pub async fn prune(repo: &Arc<Repository>, opts: &PruneOptions) -> Result<PruneReport> {
-    let lease = repo
-        .acquire_lease(LeaseKind::Exclusive, "prune", opts.lease_wait)
-        .await?;
-    let r = run(repo, opts, &lease).await;
-    lease.release().await?;
-    r
+    repo.with_lease(LeaseMode::Exclusive, "prune", opts.lease_wait, |lease| {
+        run(repo, opts, lease)
+    })
+    .await
 }
 
 /// Read the index and the snapshots from the repository, failing on any damage.
@@ -155,20 +154,27 @@ async fn mark(repo: &Repository) -> Result<u64> {
     // with a tree's id must not stop the tree from being walked).
     let mut walked: HashSet<Id> = HashSet::new();
     for (sid, snap) in &snaps {
-        let mut stack = vec![snap.tree];
-        while let Some(t) = stack.pop() {
-            if !walked.insert(t) {
-                continue;
-            }
+        if walked.contains(&snap.tree) {
+            continue;
+        }
+        let mut walk = TreeWalk::new(snap.tree);
+        loop {
+            let step = walk
+                .step(repo, |_, n| n.subtree.is_some_and(|t| walked.contains(&t)))
+                .await;
+            let e = match step {
+                None => break,
+                Some(Step::Leave(_)) => continue,
+                Some(Step::Enter(e)) => e,
+            };
+            let t = e.id;
+            walked.insert(t);
             if repo.lookup_blob(&t)?.is_none() {
                 return Err(missing(sid, &t));
             }
-            let tree = repo.load_tree(&t).await?;
+            let tree = e.tree?;
             pending.push(t);
             for n in &tree.nodes {
-                if let Some(s) = n.subtree {
-                    stack.push(s);
-                }
                 for e in &n.content {
                     if let Extent::Data { id, .. } = e {
                         pending.push(*id);
@@ -240,17 +246,29 @@ fn scan_index(
 
 /// Whether the tree `root` needs `blob` (itself, a subtree or a data blob below it).
 async fn references(repo: &Repository, root: Id, blob: &Id) -> Result<bool> {
-    let mut stack = vec![root];
+    if root == *blob {
+        return Ok(true);
+    }
     let mut seen: HashSet<Id> = HashSet::new();
-    while let Some(t) = stack.pop() {
-        if t == *blob {
+    let mut walk = TreeWalk::new(root);
+    loop {
+        let step = walk
+            .step(repo, |_, n| {
+                n.subtree.is_some_and(|t| {
+                    seen.contains(&t) || repo.lookup_blob(&t).ok().flatten().is_none()
+                }) && n.subtree != Some(*blob)
+            })
+            .await;
+        let e = match step {
+            None => return Ok(false),
+            Some(Step::Leave(_)) => continue,
+            Some(Step::Enter(e)) => e,
+        };
+        if e.id == *blob {
             return Ok(true);
         }
-        if !seen.insert(t) || repo.lookup_blob(&t)?.is_none() {
-            continue;
-        }
-        for n in &repo.load_tree(&t).await?.nodes {
-            stack.extend(n.subtree);
+        seen.insert(e.id);
+        for n in &e.tree?.nodes {
             let data = n.content.iter().filter_map(|e| match e {
                 Extent::Data { id, .. } => Some(id),
                 _ => None,
@@ -260,7 +278,6 @@ async fn references(repo: &Repository, root: Id, blob: &Id) -> Result<bool> {
             }
         }
     }
-    Ok(false)
 }
 
 fn missing(snap: &Id, blob: &Id) -> Error {
@@ -281,7 +298,7 @@ struct PackPlan {
 async fn run(
     repo: &Arc<Repository>,
     opts: &PruneOptions,
-    lease: &crate::repo::lease::LeaseGuard,
+    lease: LeaseHandle,
 ) -> Result<PruneReport> {
     let mut report = PruneReport {
         dry_run: opts.dry_run,
@@ -442,7 +459,7 @@ async fn run(
     }
 
     // The new condemnation record, then the new index, then deletions.
-    lease.check()?;
+    lease.verify().await?;
     let mut new_record = None;
     if !still_condemned.is_empty() {
         still_condemned.sort_by_key(|c| c.id);
@@ -482,7 +499,7 @@ async fn run(
     for id in old_records.iter().filter(|id| Some(**id) != new_record) {
         repo.backend().delete(&keys::condemned(id)).await?;
     }
-    lease.check()?;
+    lease.verify().await?;
     futures::stream::iter(delete.iter())
         .map(|(id, _)| async move { repo.backend().delete(&keys::pack(id)).await })
         .buffer_unordered(repo.connections().max(2) * 2)

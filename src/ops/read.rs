@@ -4,9 +4,10 @@ use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::sync::Arc;
 
+use super::walk::{Step, TreeWalk};
 use crate::error::{Error, Result};
 use crate::format::snapshot::Snapshot;
-use crate::format::tree::{Extent, Node, NodeKind, Tree};
+use crate::format::tree::{Extent, Node, NodeKind};
 use crate::id::Id;
 use crate::repo::Repository;
 
@@ -92,18 +93,18 @@ async fn walk_tree(
     prefix: &str,
     out: &mut Vec<(String, Node)>,
 ) -> Result<()> {
-    let mut stack: Vec<(Id, String)> = vec![(tree, prefix.to_string())];
-    while let Some((id, pfx)) = stack.pop() {
-        let t: Tree = repo.load_tree(&id).await?;
-        let mut subdirs = Vec::new();
-        for n in t.nodes {
-            let p = format!("{pfx}/{}", n.name_lossy());
-            if let Some(s) = n.subtree {
-                subdirs.push((s, p.clone()));
-            }
-            out.push((p, n));
+    let mut walk = TreeWalk::new(tree);
+    while let Some(step) = walk.step(repo, |_, _| false).await {
+        let Step::Enter(e) = step else { continue };
+        let t = e.tree?;
+        let dir = if e.path.is_empty() {
+            prefix.to_string()
+        } else {
+            format!("{prefix}/{}", String::from_utf8_lossy(e.path))
+        };
+        for n in &t.nodes {
+            out.push((format!("{dir}/{}", n.name_lossy()), n.clone()));
         }
-        stack.extend(subdirs.into_iter().rev());
     }
     // Sort into a true depth-first order (paths compare component-wise).
     out.sort_by(|a, b| a.0.split('/').cmp(b.0.split('/')));
@@ -184,46 +185,42 @@ pub async fn stats(repo: &Arc<Repository>, snaps: &[(Id, Snapshot)]) -> Result<S
     // Files and bytes below each tree, computed once per distinct tree.
     let mut memo: HashMap<Id, (u64, u64)> = HashMap::new();
     for (_, snap) in snaps {
-        let mut open: HashMap<Id, (u64, u64, Vec<Id>)> = HashMap::new();
-        let mut stack = vec![(snap.tree, false)];
-        while let Some((t, done)) = stack.pop() {
-            if done {
-                if memo.contains_key(&t) {
-                    continue;
-                }
-                let (f, b, subs) = open.remove(&t).unwrap_or_default();
-                let (mut f, mut b) = (f, b);
-                for sub in subs {
-                    let (sf, sb) = memo.get(&sub).copied().unwrap_or_default();
-                    f += sf;
-                    b += sb;
-                }
-                memo.insert(t, (f, b));
-                continue;
-            }
-            if memo.contains_key(&t) || open.contains_key(&t) {
-                continue;
-            }
-            count_blob(repo, &t, &mut seen_blobs, &mut s)?;
-            let tree = repo.load_tree(&t).await?;
-            let (mut files, mut bytes, mut subs) = (0u64, 0u64, Vec::new());
-            for n in &tree.nodes {
-                if let Some(sub) = n.subtree {
-                    subs.push(sub);
-                }
-                if n.kind == NodeKind::File {
-                    files += 1;
-                    bytes += n.size;
-                    for e in &n.content {
-                        if let Extent::Data { id, .. } = e {
-                            count_blob(repo, id, &mut seen_blobs, &mut s)?;
+        if !memo.contains_key(&snap.tree) {
+            let mut walk = TreeWalk::new(snap.tree);
+            loop {
+                let step = walk
+                    .step(repo, |_, n| {
+                        n.subtree.is_some_and(|t| memo.contains_key(&t))
+                    })
+                    .await;
+                match step {
+                    None => break,
+                    Some(Step::Enter(e)) => {
+                        count_blob(repo, &e.id, &mut seen_blobs, &mut s)?;
+                        for n in e.tree?.nodes.iter().filter(|n| n.kind == NodeKind::File) {
+                            for ext in &n.content {
+                                if let Extent::Data { id, .. } = ext {
+                                    count_blob(repo, id, &mut seen_blobs, &mut s)?;
+                                }
+                            }
                         }
+                    }
+                    Some(Step::Leave(l)) => {
+                        let (mut files, mut bytes) = (0u64, 0u64);
+                        for n in l.tree.iter().flat_map(|t| &t.nodes) {
+                            if n.kind == NodeKind::File {
+                                files += 1;
+                                bytes += n.size;
+                            }
+                            if let Some((f, b)) = n.subtree.and_then(|t| memo.get(&t)) {
+                                files += f;
+                                bytes += b;
+                            }
+                        }
+                        memo.insert(l.id, (files, bytes));
                     }
                 }
             }
-            stack.push((t, true));
-            stack.extend(subs.iter().map(|id| (*id, false)));
-            open.insert(t, (files, bytes, subs));
         }
         let (f, b) = memo.get(&snap.tree).copied().unwrap_or_default();
         s.files += f;

@@ -13,8 +13,9 @@ use futures::StreamExt;
 
 use crate::error::{Error, Result};
 use crate::format::index::{IndexObject, IndexPack};
-use crate::format::lease::LeaseKind;
 use crate::id::Id;
+use crate::ops::walk::{Step, TreeWalk};
+use crate::repo::lease::{LeaseHandle, LeaseMode};
 use crate::repo::{Repository, keys};
 
 /// Index objects are cut at about this many entries, to bound their size.
@@ -79,18 +80,13 @@ pub async fn repair_index(
     repo: &Arc<Repository>,
     lease_wait: Duration,
 ) -> Result<RepairIndexReport> {
-    let lease = repo
-        .acquire_lease(LeaseKind::Exclusive, "repair index", lease_wait)
-        .await?;
-    let r = rebuild(repo, &lease).await;
-    lease.release().await?;
-    r
+    repo.with_lease(LeaseMode::Exclusive, "repair index", lease_wait, |lease| {
+        rebuild(repo, lease)
+    })
+    .await
 }
 
-async fn rebuild(
-    repo: &Arc<Repository>,
-    lease: &crate::repo::lease::LeaseGuard,
-) -> Result<RepairIndexReport> {
+async fn rebuild(repo: &Arc<Repository>, lease: LeaseHandle) -> Result<RepairIndexReport> {
     let mut report = RepairIndexReport::default();
     let old: Vec<Id> = repo.list_ids(keys::INDEX).await?.into_iter().collect();
     let stored: Vec<(Id, u64)> = repo
@@ -149,7 +145,7 @@ async fn rebuild(
         }
     }
     packs.sort_by_key(|p| p.id);
-    lease.check()?;
+    lease.verify().await?;
     let written = write_index(repo, packs, old.clone()).await?;
     report.index_objects_written = written.len() as u64;
     for id in old.iter().filter(|id| !written.contains(id)) {
@@ -200,25 +196,27 @@ pub async fn repair_snapshots(
     repo: &Arc<Repository>,
     opts: &RepairSnapshotsOptions,
 ) -> Result<RepairSnapshotsReport> {
-    let lease = repo
-        .acquire_lease(LeaseKind::Exclusive, "repair snapshots", opts.lease_wait)
-        .await?;
-    let r = rewrite_damaged(repo, opts, &lease).await;
-    lease.release().await?;
-    r
+    repo.with_lease(
+        LeaseMode::Exclusive,
+        "repair snapshots",
+        opts.lease_wait,
+        |lease| rewrite_damaged(repo, opts, lease),
+    )
+    .await
 }
 
 async fn rewrite_damaged(
     repo: &Arc<Repository>,
     opts: &RepairSnapshotsOptions,
-    lease: &crate::repo::lease::LeaseGuard,
+    lease: LeaseHandle,
 ) -> Result<RepairSnapshotsReport> {
-    use crate::ops::check::{CheckOptions, check};
-    let report = check(
+    use crate::ops::check::{CheckOptions, check_leased};
+    let report = check_leased(
         repo,
         &CheckOptions {
             read_data: opts.read_data,
             progress: None,
+            lease_wait: Duration::ZERO,
         },
     )
     .await?;
@@ -278,7 +276,7 @@ async fn rewrite_damaged(
         }
         let remove: std::collections::BTreeSet<String> =
             d.paths.iter().map(|p| p.path.clone()).collect();
-        let root = rewrite_tree(repo, &sink, snap.tree, String::new(), &remove).await?;
+        let root = rewrite_tree(repo, &sink, snap.tree, &remove).await?;
         let mut new = snap.clone();
         new.tree = root;
         if !new.tags.iter().any(|t| t == "repaired") {
@@ -294,7 +292,7 @@ async fn rewrite_damaged(
     if opts.dry_run {
         return Ok(out);
     }
-    lease.check()?;
+    lease.verify().await?;
     for (i, snap) in pending {
         let id = repo.save_snapshot(&snap).await?;
         out.snapshots[i].repaired = Some(id.to_hex());
@@ -314,32 +312,58 @@ async fn rewrite_damaged(
     Ok(out)
 }
 
-/// A copy of tree `id` (at `prefix` in the snapshot) without the nodes whose paths are in
-/// `remove`; subtrees with nothing to remove below them are kept as they are.
-fn rewrite_tree<'a>(
-    repo: &'a Arc<Repository>,
-    sink: &'a Arc<crate::repo::packer::BlobSink>,
-    id: Id,
-    prefix: String,
-    remove: &'a std::collections::BTreeSet<String>,
-) -> futures::future::BoxFuture<'a, Result<Id>> {
-    Box::pin(async move {
-        let tree = repo.load_tree(&id).await?;
+/// A copy of tree `root` without the nodes whose snapshot paths (`/a/b`) are in `remove`;
+/// subtrees with nothing to remove below them are kept as they are.
+async fn rewrite_tree(
+    repo: &Arc<Repository>,
+    sink: &Arc<crate::repo::packer::BlobSink>,
+    root: Id,
+    remove: &std::collections::BTreeSet<String>,
+) -> Result<Id> {
+    let path_of = |rel: &[u8]| -> String {
+        if rel.is_empty() {
+            String::new()
+        } else {
+            format!("/{}", String::from_utf8_lossy(rel))
+        }
+    };
+    let removes_below = |p: &str| {
+        let below = format!("{p}/");
+        remove
+            .range(below.clone()..)
+            .next()
+            .is_some_and(|r| r.starts_with(&below))
+    };
+    // The rewritten trees by the path of their directory.
+    let mut rewritten: std::collections::HashMap<String, Id> = std::collections::HashMap::new();
+    let mut walk = TreeWalk::new(root);
+    loop {
+        let step = walk
+            .step(repo, |rel, _| {
+                let p = path_of(rel);
+                remove.contains(&p) || !removes_below(&p)
+            })
+            .await;
+        let l = match step {
+            None => break,
+            Some(Step::Enter(e)) => {
+                e.tree?;
+                continue;
+            }
+            Some(Step::Leave(l)) => l,
+        };
+        let dir = path_of(l.path);
+        let Some(tree) = l.tree else { continue };
         let mut nodes = Vec::with_capacity(tree.nodes.len());
         for mut n in tree.nodes {
-            let p = format!("{prefix}/{}", n.name_lossy());
+            let p = format!("{dir}/{}", n.name_lossy());
             if remove.contains(&p) {
                 continue;
             }
-            if let Some(sub) = n.subtree {
-                let below = format!("{p}/");
-                if remove
-                    .range(below.clone()..)
-                    .next()
-                    .is_some_and(|r| r.starts_with(&below))
-                {
-                    n.subtree = Some(rewrite_tree(repo, sink, sub, p, remove).await?);
-                }
+            if n.subtree.is_some()
+                && let Some(new) = rewritten.remove(&p)
+            {
+                n.subtree = Some(new);
             }
             nodes.push(n);
         }
@@ -351,6 +375,9 @@ fn rewrite_tree<'a>(
         })
         .await
         .map_err(|e| Error::Other(e.to_string()))??;
-        Ok(id)
-    })
+        rewritten.insert(dir, id);
+    }
+    rewritten
+        .remove("")
+        .ok_or_else(|| Error::Other(format!("tree {root} was not rewritten (internal error)")))
 }

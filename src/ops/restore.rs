@@ -24,12 +24,14 @@ use rayon::prelude::*;
 
 use super::progress::Progress;
 use super::read::{Resolved, resolve};
+use super::walk::{Step, TreeWalk};
 use crate::error::{Error, Result};
 use crate::format::pack::open_blob;
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::{Extent, Node, NodeKind, valid_name};
 use crate::id::Id;
 use crate::repo::catalog::BlobLocation;
+use crate::repo::lease::LeaseMode;
 use crate::repo::{Repository, keys};
 
 /// Blobs of one pack closer together than this are fetched in one ranged read.
@@ -45,6 +47,8 @@ pub struct RestoreOptions {
     /// Re-read every restored file and check it against the snapshot.
     pub verify: bool,
     pub progress: Option<Arc<Progress>>,
+    /// How long to wait for a prune's lease (restore reads under a shared one).
+    pub lease_wait: std::time::Duration,
 }
 
 #[derive(Debug, Default)]
@@ -143,7 +147,22 @@ fn os(b: &[u8]) -> &OsStr {
 
 /// Restore `path` of `snap` into `target`. A directory's contents go into `target`; a single
 /// file goes into `target/<name>`.
+/// Restore `path` of `snap` into `target`, under a shared lease so that no prune deletes the
+/// packs it is about to read.
 pub async fn restore(
+    repo: &Arc<Repository>,
+    snap: &Snapshot,
+    path: &str,
+    target: &Path,
+    opts: &RestoreOptions,
+) -> Result<RestoreOutcome> {
+    repo.with_lease(LeaseMode::Read, "restore", opts.lease_wait, |_| {
+        restore_leased(repo, snap, path, target, opts)
+    })
+    .await
+}
+
+async fn restore_leased(
     repo: &Arc<Repository>,
     snap: &Snapshot,
     path: &str,
@@ -159,14 +178,10 @@ pub async fn restore(
     let t0 = std::time::Instant::now();
     // 1. Plan: select the entries to restore.
     let mut items: Vec<Item> = Vec::new();
-    let mut stack: Vec<(Id, PathBuf, String, usize)> = Vec::new();
+    let mut walk = None;
     match &start {
-        Resolved::Root(t) => stack.push((*t, target.to_path_buf(), base.clone(), 0)),
-        Resolved::Node(n) if n.kind == NodeKind::Dir => {
-            if let Some(t) = n.subtree {
-                stack.push((t, target.to_path_buf(), base.clone(), 0));
-            }
-        }
+        Resolved::Root(t) => walk = Some(TreeWalk::new(*t)),
+        Resolved::Node(n) if n.kind == NodeKind::Dir => walk = n.subtree.map(TreeWalk::new),
         Resolved::Node(n) => {
             items.push(Item {
                 dest: target.join(os(&n.name)),
@@ -175,34 +190,44 @@ pub async fn restore(
             });
         }
     }
-    while let Some((tid, dir, spath, depth)) = stack.pop() {
-        let tree = repo.load_tree(&tid).await?;
-        for n in tree.nodes {
+    let snap_path = |rel: &[u8]| format!("{base}/{}", String::from_utf8_lossy(rel));
+    while let Some(walk) = walk.as_mut() {
+        // Descend where something may be selected below.
+        let step = walk
+            .step(repo, |rel, _| {
+                let sp = snap_path(rel);
+                (!exclude.empty && exclude.matches(&sp))
+                    || !(include.empty || include.matches(&sp) || include.may_match_below())
+            })
+            .await;
+        let e = match step {
+            None => break,
+            Some(Step::Leave(_)) => continue,
+            Some(Step::Enter(e)) => e,
+        };
+        let tree = e.tree?;
+        let dir = target.join(OsStr::from_bytes(e.path));
+        let spath = if e.path.is_empty() {
+            base.clone()
+        } else {
+            snap_path(e.path)
+        };
+        for n in &tree.nodes {
             if !valid_name(&n.name) {
-                return Err(Error::corrupt(format!("tree {tid}"), "invalid entry name"));
+                return Err(Error::corrupt(
+                    format!("tree {}", e.id),
+                    "invalid entry name",
+                ));
             }
             let sp = format!("{spath}/{}", n.name_lossy());
             if !exclude.empty && exclude.matches(&sp) {
                 continue;
             }
-            let selected = include.empty || include.matches(&sp);
-            let dest = dir.join(os(&n.name));
-            if n.kind == NodeKind::Dir {
-                if let Some(sub) = n.subtree
-                    && (selected || include.may_match_below())
-                {
-                    stack.push((sub, dest.clone(), sp.clone(), depth + 1));
-                }
+            if n.kind == NodeKind::Dir || include.empty || include.matches(&sp) {
                 items.push(Item {
-                    dest,
-                    node: n,
-                    depth: depth + 1,
-                });
-            } else if selected {
-                items.push(Item {
-                    dest,
-                    node: n,
-                    depth: depth + 1,
+                    dest: dir.join(os(&n.name)),
+                    node: n.clone(),
+                    depth: e.depth + 1,
                 });
             }
         }

@@ -21,11 +21,11 @@ use super::progress::Progress;
 use crate::chunker::Chunker;
 use crate::error::{Error, Result};
 use crate::format::Timestamp;
-use crate::format::lease::LeaseKind;
 use crate::format::pack::BlobKind;
 use crate::format::tree::{Extent, Node, NodeKind, valid_name};
 use crate::id::Id;
 use crate::repo::Repository;
+use crate::repo::lease::LeaseHandle;
 use crate::repo::packer::{BlobSink, DeltaBase, delta_chain_limit};
 use crate::source::fs::NameCache;
 
@@ -258,14 +258,27 @@ pub async fn backup_streams<F>(
 where
     F: FnOnce(&StreamWriter) -> Result<Produced> + Send + 'static,
 {
-    let lease = if opts.dry_run {
-        None
-    } else {
-        Some(
-            repo.acquire_lease(LeaseKind::Shared, "backup", opts.lease_wait)
-                .await?,
-        )
-    };
+    repo.with_lease(
+        super::backup::lease_mode(opts),
+        "backup",
+        opts.lease_wait,
+        |lease| backup_streams_leased(repo, opts, source, paths, chunker, produce, lease),
+    )
+    .await
+}
+
+async fn backup_streams_leased<F>(
+    repo: &Arc<Repository>,
+    opts: &BackupOptions,
+    source: &str,
+    paths: Vec<String>,
+    chunker: Chunker,
+    produce: F,
+    lease: LeaseHandle,
+) -> Result<BackupOutcome>
+where
+    F: FnOnce(&StreamWriter) -> Result<Produced> + Send + 'static,
+{
     let mut snap = new_snapshot(repo, opts, paths.clone(), source);
     let parent = repo
         .snapshots()?
@@ -286,15 +299,7 @@ where
             Err(e) => tracing::warn!("parent snapshot {id}: {e}; every stream is new"),
         }
     }
-    let session = match Session::start(repo, opts) {
-        Ok(s) => s,
-        Err(e) => {
-            if let Some(l) = lease {
-                let _ = l.release().await;
-            }
-            return Err(e);
-        }
-    };
+    let session = Session::start(repo, opts)?;
     let sink = session.sink.clone();
     let progress = opts.progress.clone().unwrap_or_default();
     let time = snap.time;
@@ -326,9 +331,6 @@ where
         Ok(r) => r,
         Err(e) => {
             session.abandon().await;
-            if let Some(l) = lease {
-                let _ = l.release().await;
-            }
             return Err(e);
         }
     };
@@ -339,13 +341,9 @@ where
     snap.summary.total_bytes = bytes;
     snap.summary.bytes_read = bytes;
     snap.summary.dirs = dirs;
-    let out = session
-        .commit(repo, snap, opts.dry_run, Vec::new(), lease.as_ref())
-        .await;
-    if let Some(l) = lease {
-        l.release().await?;
-    }
-    out
+    session
+        .commit(repo, snap, opts.dry_run, Vec::new(), &lease)
+        .await
 }
 
 /// A directory being assembled: files and subdirectories by name.

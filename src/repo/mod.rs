@@ -102,6 +102,8 @@ pub struct OpenOptions {
     pub connections: usize,
     /// Size limit of the local tree-blob cache in bytes (0: no cache). See [`blobcache`].
     pub cache_size: u64,
+    /// The caller's way to stop operations under a lease cleanly (see [`lease::Shutdown`]).
+    pub shutdown: lease::Shutdown,
 }
 
 impl OpenOptions {
@@ -111,6 +113,7 @@ impl OpenOptions {
             clock: Arc::new(SystemClock),
             connections: 4,
             cache_size: blobcache::DEFAULT_LIMIT,
+            shutdown: lease::Shutdown::default(),
         }
     }
 }
@@ -153,13 +156,19 @@ fn create_private_dir(p: &Path) -> Result<()> {
 }
 
 /// A damaged or unreadable-by-this-version object must not make the whole repository unusable
-/// (new backups included): warn and go on without it; `check` reports it. Other failures (the
+/// (new backups included): warn and go on without it; `check` reports it. An object listed a
+/// moment ago and gone now was deleted meanwhile (a forget or prune on another host, which
+/// needs no lease from a mere reader of the listing): go on without it too. Other failures (the
 /// backend being unreachable, say) still stop the operation.
 fn skip_damaged<T>(r: Result<T>) -> Result<Option<T>> {
     match r {
         Ok(v) => Ok(Some(v)),
         Err(e) if matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::UnsupportedVersion) => {
             tracing::warn!("{e}; ignoring it (run `cairn check`)");
+            Ok(None)
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            tracing::debug!("{e}: deleted since it was listed");
             Ok(None)
         }
         Err(e) => Err(e),
@@ -175,6 +184,7 @@ pub struct Repository {
     blob_cache: BlobCache,
     clock: Arc<dyn Clock>,
     connections: usize,
+    shutdown: lease::Shutdown,
 }
 
 impl std::fmt::Debug for Repository {
@@ -345,6 +355,7 @@ impl Repository {
             blob_cache,
             clock: open.clock.clone(),
             connections: open.connections.max(1),
+            shutdown: open.shutdown.clone(),
         };
         repo.refresh().await?;
         Ok(repo)
@@ -367,6 +378,9 @@ impl Repository {
     }
     pub fn connections(&self) -> usize {
         self.connections
+    }
+    pub fn shutdown(&self) -> &lease::Shutdown {
+        &self.shutdown
     }
 
     pub fn catalog(&self) -> MutexGuard<'_, Catalog> {
