@@ -330,7 +330,7 @@ pub(super) fn report_backup(g: &GlobalArgs, o: &BackupOutcome, took: Duration) -
         }));
     }
     for e in &o.errors {
-        eprintln!("cairn: could not read {e}");
+        ewriteln!("cairn: could not read {e}");
     }
     if g.quiet {
         return Ok(());
@@ -456,7 +456,7 @@ async fn ls(g: &GlobalArgs, a: LsArgs) -> Result<i32> {
         return Ok(EXIT_OK);
     }
     if !g.quiet {
-        eprintln!(
+        ewriteln!(
             "snapshot {} of {} at {}",
             id.short(),
             snap.paths.join(" "),
@@ -563,7 +563,7 @@ async fn restore_cmd(g: &GlobalArgs, a: RestoreArgs) -> Result<i32> {
         }))?;
     } else {
         for e in &o.errors {
-            eprintln!("cairn: {e}");
+            ewriteln!("cairn: {e}");
         }
         if !g.quiet {
             println!(
@@ -583,7 +583,7 @@ async fn restore_cmd(g: &GlobalArgs, a: RestoreArgs) -> Result<i32> {
     if o.errors.is_empty() {
         Ok(EXIT_OK)
     } else {
-        eprintln!("cairn: {} errors during restore", o.errors.len());
+        ewriteln!("cairn: {} errors during restore", o.errors.len());
         Ok(EXIT_FAILURE)
     }
 }
