@@ -64,9 +64,34 @@ pub mod keys {
     pub fn lock(id: &Id) -> String {
         format!("locks/{id}")
     }
-    /// The id at the end of a key such as `snapshots/<id>` or `data/ab/<id>`.
+    /// The id at the end of a key such as `snapshots/<id>` or `data/ab/<id>`: 64 lowercase
+    /// hex digits (format-spec/ids.md), since that is the name an object of this id is read
+    /// from (an upper-case spelling would parse, and then not be found).
     pub fn id_of(key: &str) -> Option<Id> {
-        key.rsplit('/').next()?.parse().ok()
+        let name = key.rsplit('/').next()?;
+        let id: Id = name.parse().ok()?;
+        (id.to_hex() == name).then_some(id)
+    }
+    /// The id of the pack at `key` if `key` is where that pack is stored (`data/<xx>/<id>`).
+    pub fn pack_id_of(key: &str) -> Option<Id> {
+        let id = id_of(key)?;
+        (pack(&id) == key).then_some(id)
+    }
+    /// Whether `key` names an object of the layout: `config`, `<dir>/<id>` for the
+    /// directories above, `data/<xx>/<id>` for packs. Anything else is not cairn's.
+    pub fn is_layout_key(key: &str) -> bool {
+        if key == CONFIG {
+            return true;
+        }
+        if key.starts_with(DATA) {
+            return pack_id_of(key).is_some();
+        }
+        [KEYS, SNAPSHOTS, INDEX, LOCKS, CONDEMNED]
+            .iter()
+            .any(|dir| {
+                key.strip_prefix(dir)
+                    .is_some_and(|name| !name.contains('/') && id_of(name).is_some())
+            })
     }
 }
 
@@ -264,6 +289,10 @@ impl Repository {
         let mut keyfiles = Vec::new();
         for entry in backend.list(keys::KEYS).await? {
             let name = entry.key.clone();
+            if keys::id_of(&name).is_none() {
+                // Not a key file's name: not cairn's (`check` reports it).
+                continue;
+            }
             let data = backend.get(&name).await?;
             if keys::id_of(&name) != Some(Id::of_bytes(&data)) {
                 tracing::warn!("{name}: contents do not match the name; skipping it");
