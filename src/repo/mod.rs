@@ -200,6 +200,9 @@ pub struct Repository {
     blob_cache: BlobCache,
     clock: Arc<dyn Clock>,
     connections: usize,
+    /// Set once the catalog's index has been loaded afresh from the repository's index
+    /// objects during this handle's life (see [`Repository::rebuild_index_once`]).
+    index_fresh: tokio::sync::OnceCell<()>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -374,6 +377,7 @@ impl Repository {
             blob_cache,
             clock: open.clock.clone(),
             connections: open.connections.max(1),
+            index_fresh: tokio::sync::OnceCell::new(),
         };
         repo.refresh().await?;
         Ok(repo)
@@ -494,6 +498,40 @@ impl Repository {
                 cat.add_index(Some(id), &idx.packs)?;
             }
         }
+        // The index now says what the repository says: a failed read is not the catalog's doing.
+        let _ = self.index_fresh.set(());
+        Ok(())
+    }
+
+    /// Whether a read through the catalog's locations may have failed because the catalog is
+    /// wrong (damaged, or out of step with the repository) rather than the data: the blob was
+    /// not in it, not where it said (the pack or the range missing), or did not open there.
+    pub fn catalog_may_explain(e: &Error) -> bool {
+        matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::NotFound)
+            || matches!(
+                e,
+                Error::Backend {
+                    transient: false,
+                    ..
+                }
+            )
+    }
+
+    /// After a read through the catalog failed (`failure` says how, for the warning): rebuild
+    /// the catalog's index from the repository's index objects, unless this handle has already
+    /// loaded it afresh, so that the caller can look the blob up and read it once more. Readers
+    /// call this only on failures [`Self::catalog_may_explain`] allows, so the normal path costs
+    /// nothing; concurrent callers wait for one rebuild.
+    pub async fn rebuild_index_once(&self, failure: &str) -> Result<()> {
+        self.index_fresh
+            .get_or_try_init(|| async {
+                tracing::warn!(
+                    "{failure}; the local catalog may be out of step with the repository: \
+                     rebuilding its index from the repository and reading again"
+                );
+                self.rebuild_index().await
+            })
+            .await?;
         Ok(())
     }
 
@@ -740,14 +778,34 @@ impl Repository {
     /// Read, verify and return one blob's plaintext. Tree blobs come from the local blob cache
     /// when it has them (verified like a download), and go into it when downloaded. A delta
     /// blob's base is read first.
+    ///
+    /// The blob is read where the catalog says. If that fails in a way a wrong catalog can
+    /// explain, the catalog's index is rebuilt from the repository (once per handle, with a
+    /// warning) and the blob read again; only then is the failure returned.
     pub async fn read_blob(&self, id: &Id) -> Result<Vec<u8>> {
-        self.read_chain(self.delta_chain(id, None)?).await
+        Ok(self.read_through_catalog(id, None).await?.0)
     }
 
     /// The plaintext of `base`, the base of delta blob `of`, read through its own bases if it
-    /// is a delta blob too.
+    /// is a delta blob too (and read again like [`Self::read_blob`]).
     pub async fn read_base(&self, base: &Id, of: &Id) -> Result<Vec<u8>> {
-        self.read_chain(self.delta_chain(base, Some(of))?).await
+        Ok(self.read_through_catalog(base, Some(of)).await?.0)
+    }
+
+    /// [`Self::read_blob`] (or [`Self::read_base`] with `of`) and the chain's root and depth.
+    async fn read_through_catalog(&self, id: &Id, of: Option<&Id>) -> Result<(Vec<u8>, Id, usize)> {
+        let read = || async {
+            let chain = self.delta_chain(id, of)?;
+            let (root, depth) = chain_root(&chain);
+            Ok::<_, Error>((self.read_chain(chain).await?, root, depth))
+        };
+        match read().await {
+            Err(e) if Self::catalog_may_explain(&e) => {
+                self.rebuild_index_once(&e.to_string()).await?;
+                read().await
+            }
+            r => r,
+        }
     }
 
     /// The end of blob `id`'s chain of bases (the blob stored whole that reading `id` starts
@@ -758,9 +816,7 @@ impl Repository {
 
     /// [`Self::read_blob`] and [`Self::delta_root`] together, following the chain once.
     pub async fn read_blob_with_root(&self, id: &Id) -> Result<(Vec<u8>, Id, usize)> {
-        let chain = self.delta_chain(id, None)?;
-        let (root, depth) = chain_root(&chain);
-        Ok((self.read_chain(chain).await?, root, depth))
+        self.read_through_catalog(id, None).await
     }
 
     /// The blobs read to read blob `id` (format-spec/pack.md §3): `id` first, then its base,
