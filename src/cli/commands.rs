@@ -147,6 +147,7 @@ pub(super) fn open_options(g: &GlobalArgs) -> OpenOptions {
     // A local disk gains nothing from more than two writers at once, and every pack in flight
     // is 16 MiB of memory.
     o.connections = connections(g);
+    o.accept_repository_change = g.accept_repository_change;
     if let Some(limit) = g.cache_size {
         o.cache_size = limit;
     }

@@ -1,6 +1,8 @@
 //! The command line: clap definitions, resolving flags and environment into library options,
 //! and rendering results. Exit codes: 0 ok, 1 failure, 3 snapshot written but some sources
-//! unreadable, 10 no repository, 11 lease not obtained, 12 wrong password, 130 interrupted.
+//! unreadable, 10 no repository, 11 lease not obtained, 12 wrong password, 13 the repository
+//! is not the one this cache knew at its location (`--accept-repository-change`), 130
+//! interrupted.
 //!
 //! Standard error is for people and logs, and may be closed or full: nothing written to it may
 //! change the outcome. Messages go through [`ewriteln!`], which ignores a failed write
@@ -35,6 +37,7 @@ pub const EXIT_PARTIAL: i32 = 3;
 pub const EXIT_NO_REPO: i32 = 10;
 pub const EXIT_LOCKED: i32 = 11;
 pub const EXIT_WRONG_PASSWORD: i32 = 12;
+pub const EXIT_REPOSITORY_CHANGED: i32 = 13;
 pub const EXIT_INTERRUPTED: i32 = 130;
 
 pub fn main() -> i32 {
@@ -130,6 +133,7 @@ fn report(e: &anyhow::Error) -> i32 {
         Some(ErrorKind::RepoNotFound) => EXIT_NO_REPO,
         Some(ErrorKind::Locked) => EXIT_LOCKED,
         Some(ErrorKind::WrongPassword) => EXIT_WRONG_PASSWORD,
+        Some(ErrorKind::RepositoryChanged) => EXIT_REPOSITORY_CHANGED,
         Some(ErrorKind::Interrupted) => EXIT_INTERRUPTED,
         _ => EXIT_FAILURE,
     }

@@ -7,9 +7,10 @@
 pub mod blobcache;
 pub mod catalog;
 pub mod lease;
+pub mod memory;
 pub mod packer;
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -127,6 +128,10 @@ pub struct OpenOptions {
     pub connections: usize,
     /// Size limit of the local tree-blob cache in bytes (0: no cache). See [`blobcache`].
     pub cache_size: u64,
+    /// Open the repository even if it is not what the cache remembers of its location or id
+    /// (encrypted before and not now, other key files), and remember it as it is now. See
+    /// [`memory`].
+    pub accept_repository_change: bool,
 }
 
 impl OpenOptions {
@@ -136,6 +141,7 @@ impl OpenOptions {
             clock: Arc::new(SystemClock),
             connections: 4,
             cache_size: blobcache::DEFAULT_LIMIT,
+            accept_repository_change: false,
         }
     }
 }
@@ -175,6 +181,79 @@ fn create_private_dir(p: &Path) -> Result<()> {
         .mode(0o700)
         .create(p)
         .map_err(|e| Error::io(p, e))
+}
+
+/// The key files under `keys/`: `(id, key, bytes)` of each whose bytes hash to its name. Names
+/// that are not ids are not cairn's (`check` reports them); a file under an id it does not hash
+/// to is skipped with a warning.
+async fn key_files(backend: &dyn Backend) -> Result<Vec<(Id, String, Bytes)>> {
+    let mut out = Vec::new();
+    for entry in backend.list(keys::KEYS).await? {
+        let Some(id) = keys::id_of(&entry.key) else {
+            continue;
+        };
+        let data = backend.get(&entry.key).await?;
+        if Id::of_bytes(&data) != id {
+            tracing::warn!("{}: contents do not match the name; skipping it", entry.key);
+            continue;
+        }
+        out.push((id, entry.key, data));
+    }
+    Ok(out)
+}
+
+/// Refuse to go on with a repository that differs from what was remembered of it (`was`),
+/// unless the caller accepts the change; accepted changes are collected for one warning.
+fn refuse_changes(
+    location: &str,
+    was: &memory::Record,
+    now: &memory::Record,
+    open: &OpenOptions,
+    accepted: &mut Vec<String>,
+) -> Result<()> {
+    let changes = memory::changes(was, now);
+    if changes.is_empty() {
+        return Ok(());
+    }
+    if !open.accept_repository_change {
+        return Err(Error::RepositoryChanged {
+            location: location.to_string(),
+            changes: changes.join("; "),
+        });
+    }
+    for c in changes {
+        if !accepted.contains(&c) {
+            accepted.push(c);
+        }
+    }
+    Ok(())
+}
+
+/// Remember `record` for its location and its repository id (where it differs from what was
+/// remembered). A cache that cannot be written only weakens the check: warn and go on.
+fn remember(
+    location: &str,
+    cache_dir: &Path,
+    record: &memory::Record,
+    at_location: Option<&memory::Record>,
+    of_repo: Option<&memory::Record>,
+) {
+    let Some(repo_id) = record.repo_id else {
+        return;
+    };
+    for (path, was) in [
+        (memory::by_location(cache_dir, location), at_location),
+        (memory::by_repo(cache_dir, &repo_id), of_repo),
+    ] {
+        if was != Some(record)
+            && let Err(e) = memory::save(&path, location, record)
+        {
+            tracing::warn!(
+                "could not remember the repository at {location} ({e}); a replacement of it \
+                 would not be noticed"
+            );
+        }
+    }
 }
 
 /// A damaged or unreadable-by-this-version object must not make the whole repository unusable
@@ -253,6 +332,7 @@ impl Repository {
         .await
         .map_err(|e| Error::Other(e.to_string()))??;
         let kbytes = keyfile.encode();
+        let key_id = Id::of_bytes(&kbytes);
         let keys = Keys::derive(&master, init.encryption);
         let config = Config {
             repo_id: Id(random_32()),
@@ -264,11 +344,25 @@ impl Repository {
         config.validate().map_err(Error::invalid)?;
         // Key first, config last: a location with a config always has a key to open it.
         backend
-            .put(&keys::key(&Id::of_bytes(&kbytes)), Bytes::from(kbytes))
+            .put(&keys::key(&key_id), Bytes::from(kbytes))
             .await?;
         backend
             .put(keys::CONFIG, Bytes::from(config.encode(keys.sealer())))
             .await?;
+        // A new repository here: whatever this cache knew of the location no longer holds.
+        // (keys/ may also hold orphans of an interrupted init, which open lists too.)
+        let mut key_ids: BTreeSet<Id> = key_files(&*backend)
+            .await?
+            .into_iter()
+            .map(|(id, _, _)| id)
+            .collect();
+        key_ids.insert(key_id);
+        let record = memory::Record {
+            repo_id: Some(config.repo_id),
+            encryption: init.encryption,
+            keys: key_ids,
+        };
+        remember(&backend.location(), &open.cache_dir, &record, None, None);
         Self::finish_open(backend, keys, config, open).await
     }
 
@@ -290,17 +384,9 @@ impl Repository {
             Err(e) => return Err(e.into()),
         };
         let mut keyfiles = Vec::new();
-        for entry in backend.list(keys::KEYS).await? {
-            let name = entry.key.clone();
-            if keys::id_of(&name).is_none() {
-                // Not a key file's name: not cairn's (`check` reports it).
-                continue;
-            }
-            let data = backend.get(&name).await?;
-            if keys::id_of(&name) != Some(Id::of_bytes(&data)) {
-                tracing::warn!("{name}: contents do not match the name; skipping it");
-                continue;
-            }
+        let mut key_ids = BTreeSet::new();
+        for (key_id, name, data) in key_files(&*backend).await? {
+            key_ids.insert(key_id);
             match KeyFile::decode(&data, &name) {
                 Ok(k) => keyfiles.push(k),
                 Err(e) => tracing::warn!("{e}; skipping it"),
@@ -327,6 +413,19 @@ impl Repository {
         } else {
             Encryption::Repokey
         };
+        // Is this what the cache knows of the location? Asked before any password is: a
+        // replaced repository gets no chance to see one, nor data written into it.
+        let location = backend.location();
+        let mut observed = memory::Record {
+            repo_id: None,
+            encryption: mode,
+            keys: key_ids,
+        };
+        let at_location = memory::load(&memory::by_location(&open.cache_dir, &location));
+        let mut accepted = Vec::new();
+        if let Some(was) = &at_location {
+            refuse_changes(&location, was, &observed, open, &mut accepted)?;
+        }
         let pw = match mode {
             Encryption::None => Zeroizing::new(Vec::new()),
             Encryption::Repokey => password()?,
@@ -355,6 +454,25 @@ impl Repository {
         })
         .await
         .map_err(|e| Error::Other(e.to_string()))??;
+        // And of the repository id, here or wherever else this cache met it.
+        observed.repo_id = Some(config.repo_id);
+        let of_repo = memory::load(&memory::by_repo(&open.cache_dir, &config.repo_id));
+        for was in at_location.iter().chain(of_repo.iter()) {
+            refuse_changes(&location, was, &observed, open, &mut accepted)?;
+        }
+        if !accepted.is_empty() {
+            tracing::warn!(
+                "accepting, as asked, that the repository at {location} changed: {}",
+                accepted.join("; ")
+            );
+        }
+        remember(
+            &location,
+            &open.cache_dir,
+            &observed,
+            at_location.as_ref(),
+            of_repo.as_ref(),
+        );
         Self::finish_open(backend, keys, config, open).await
     }
 
