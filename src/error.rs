@@ -27,6 +27,9 @@ pub enum ErrorKind {
     InvalidInput,
     /// The operation was interrupted (exit code 130).
     Interrupted,
+    /// The repository at a location is not the one this cache knew there: it went from
+    /// encrypted to unencrypted, or its key files changed (exit code 13). See `repo::memory`.
+    RepositoryChanged,
     /// A local I/O failure (source files, restore target, cache).
     Io,
     /// An object that must not be overwritten already exists.
@@ -76,6 +79,13 @@ pub enum Error {
     #[error("interrupted")]
     Interrupted,
 
+    #[error(
+        "the repository at {location} is not the one this computer knew there: {changes}. \
+         Someone with write access to the storage may have replaced it. If the change is yours, \
+         run again with --accept-repository-change"
+    )]
+    RepositoryChanged { location: String, changes: String },
+
     // The cause is printed by whoever prints the error chain (`{:#}`), not repeated here.
     #[error("{path}")]
     Io {
@@ -117,6 +127,7 @@ impl Error {
             Error::InvalidInput(_) => ErrorKind::InvalidInput,
             Error::Locked(_) => ErrorKind::Locked,
             Error::Interrupted => ErrorKind::Interrupted,
+            Error::RepositoryChanged { .. } => ErrorKind::RepositoryChanged,
             Error::Io { .. } => ErrorKind::Io,
             Error::Catalog { .. } => ErrorKind::Other,
             Error::Other(_) => ErrorKind::Other,

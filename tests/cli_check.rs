@@ -333,3 +333,81 @@ fn repair_snapshots_leaves_out_damaged_files() {
     assert_eq!(code, 0, "{v}");
     assert!(!strings(&v, "warnings").is_empty(), "{v}");
 }
+
+/// Objects cairn did not write where they are (names that are not ids under `snapshots/`,
+/// `index/`, `data/xx/`, `keys/`, `locks/`, `condemned/`, a pack under the wrong `data/xx/`,
+/// files elsewhere in the repository) and, on local disk, leftover `.tmp-` files of interrupted
+/// puts in any directory: each is a warning naming its key; none is an error.
+fn junk_is_reported_by_name(env: &Env) {
+    let src = env.path("src");
+    write(&src.join("f.txt"), b"some file\n");
+    env.backup(&[&src], &[]);
+    let some_id = format!("{}", blake3::hash(b"junk"));
+    let misplaced_dir = if some_id.starts_with("00") {
+        "01"
+    } else {
+        "00"
+    };
+    let mut junk: Vec<String> = vec![
+        "snapshots/not-an-id".into(),
+        "index/1234.bak".into(),
+        format!("index/{}", some_id.to_uppercase()),
+        "data/ab/short".into(),
+        format!("data/{misplaced_dir}/{some_id}"),
+        format!("data/{some_id}"),
+        "keys/README".into(),
+        "locks/junk".into(),
+        "condemned/junk".into(),
+        "stray.txt".into(),
+        "configuration.bak".into(),
+        "elsewhere/deeper/file".into(),
+    ];
+    if env.s3.is_none() {
+        // On S3 a put leaves nothing behind; such names would be plain non-id names there.
+        junk.extend([
+            ".tmp-00112233aabbccdd".to_string(),
+            "data/.tmp-0123456789abcdef".into(),
+            "snapshots/.tmp-fedcba9876543210".into(),
+            format!("data/{}/.tmp-aaaaaaaaaaaaaaaa", &some_id[..2]),
+        ]);
+    }
+    for k in &junk {
+        write(&env.repo.join(k), b"not cairn's");
+    }
+    let (code, v) = check(env, &[]);
+    assert_eq!(code, 0, "junk is not damage: {v}");
+    let objects: BTreeSet<String> = v["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["object"].as_str().unwrap().to_string())
+        .collect();
+    let missing: Vec<&String> = junk.iter().filter(|k| !objects.contains(*k)).collect();
+    assert!(missing.is_empty(), "not reported: {missing:?} in {v}");
+    assert!(v["errors"].as_array().unwrap().is_empty(), "{v}");
+    // The text output lists them too.
+    let out = env.run(["check"]).ok();
+    for k in &junk {
+        assert!(
+            out.stdout_str().contains(k.as_str()),
+            "{k} not named: {out}"
+        );
+    }
+    // The repository's own objects are not junk.
+    for w in v["warnings"].as_array().unwrap() {
+        let o = w["object"].as_str().unwrap();
+        assert!(junk.iter().any(|k| k == o), "unexpected warning {w}");
+    }
+}
+
+#[test]
+fn junk_objects_and_leftover_temporary_files_are_warnings() {
+    junk_is_reported_by_name(&Env::with_repo());
+}
+
+#[test]
+fn junk_objects_are_warnings_on_s3() {
+    let Some(env) = Env::new_s3() else { return };
+    env.run(["init"]).ok();
+    junk_is_reported_by_name(&env);
+}

@@ -552,3 +552,318 @@ fn interrupted_backup_exits_130_without_a_snapshot() {
         .ok();
     assert_eq!(env.snapshots().len(), 1);
 }
+
+/// Where standard error goes in [`exit_code_with_stderr`].
+#[derive(Debug, Clone, Copy)]
+enum Stderr {
+    /// `2>&-`
+    Closed,
+    /// `2>/dev/full`: every write fails with ENOSPC.
+    Full,
+}
+
+/// Run `c` with its standard error closed or full (standard output discarded) and return its
+/// exit code; fails the test if it does not finish within a minute.
+fn exit_code_with_stderr(c: Cairn, how: Stderr) -> i32 {
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    let mut cmd = c.command();
+    cmd.stdout(Stdio::null());
+    match how {
+        Stderr::Full => {
+            let full = fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .unwrap();
+            cmd.stderr(full);
+        }
+        Stderr::Closed => {
+            cmd.stderr(Stdio::null());
+            // SAFETY: close(2) is async-signal-safe; it runs in the child before exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::close(2);
+                    Ok(())
+                });
+            }
+        }
+    }
+    let mut child = cmd.spawn().unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            use std::os::unix::process::ExitStatusExt;
+            return s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0));
+        }
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("no exit within a minute with stderr {how:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Writing to a closed or full standard error is not a reason to fail: every command exits with
+/// the code it has with a working stderr (0 after success, the documented code of a failure),
+/// never 101 (a panic). Each case writes something to stderr: a warning, an error, a usage
+/// message or a list of unreadable files.
+#[test]
+fn closed_or_full_stderr_keeps_the_exit_code() {
+    let (env, src) = repo_with_snapshot();
+    let fresh = env.path("fresh-repo");
+    let missing = env.path("no-repo");
+    let t = env.path("t");
+    write(&src.join("locked.txt"), b"secret\n");
+    chmod(&src.join("locked.txt"), 0o000);
+    env.give_to_unprivileged();
+    type MakeCmd<'a> = Box<dyn Fn() -> Cairn + 'a>;
+    let cases: Vec<(&str, MakeCmd)> = vec![
+        // Warns that the test KDF is insecure, then succeeds.
+        (
+            "init",
+            Box::new(|| Cairn::bare(&env).arg("-r").arg(&fresh).arg("init")),
+        ),
+        (
+            "snapshots -v",
+            Box::new(|| env.cmd().args(["snapshots", "-v"])),
+        ),
+        (
+            "no repository",
+            Box::new(|| Cairn::bare(&env).arg("-r").arg(&missing).arg("snapshots")),
+        ),
+        (
+            "wrong password",
+            Box::new(|| {
+                env.cmd()
+                    .env("CAIRN_PASSWORD", "not the password")
+                    .arg("snapshots")
+            }),
+        ),
+        ("usage", Box::new(|| env.cmd().arg("frobnicate"))),
+        ("bad value", Box::new(|| env.cmd().args(["ls", "zz"]))),
+        (
+            "unreadable source",
+            Box::new(|| env.cmd().arg("backup").arg(&src).unprivileged()),
+        ),
+        (
+            "restore",
+            Box::new(|| env.cmd().args(["restore", "latest", "--target"]).arg(&t)),
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (what, make) in &cases {
+        let expected = make().run().code;
+        if *what == "init" {
+            // The first run created it; the ones below create it again.
+            let _ = fs::remove_dir_all(&fresh);
+        }
+        for how in [Stderr::Closed, Stderr::Full] {
+            let got = exit_code_with_stderr(make(), how);
+            if got != expected {
+                wrong.push(format!(
+                    "{what}: exit code {got} with stderr {how:?}, {expected} with a working stderr"
+                ));
+            }
+            if *what == "init" {
+                let _ = fs::remove_dir_all(&fresh);
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// No colour codes on a standard error that is not a terminal: warnings, errors and usage
+/// messages are plain text when piped into a log.
+#[test]
+fn no_colour_codes_when_stderr_is_not_a_terminal() {
+    let (env, _src) = repo_with_snapshot();
+    let fresh = env.path("fresh-repo");
+    let outs = [
+        // A warning (the insecure test KDF).
+        Cairn::bare(&env)
+            .arg("-r")
+            .arg(&fresh)
+            .arg("init")
+            .run()
+            .ok(),
+        // An error.
+        env.run(["ls", "zz"]).code(1),
+        // A usage error.
+        env.run(["frobnicate"]).code(1),
+        // Debug logging.
+        env.cmd()
+            .args(["restore", "latest", "-vv", "--target"])
+            .arg(env.path("t"))
+            .run()
+            .ok(),
+    ];
+    for out in &outs {
+        assert!(!out.stderr.is_empty(), "nothing on stderr: {out}");
+        assert!(
+            !out.stderr.contains('\u{1b}'),
+            "escape codes on a piped stderr: {out}"
+        );
+    }
+}
+
+/// On a terminal, warnings may be coloured, but not with `NO_COLOR` set (no-color.org).
+#[test]
+fn no_colour_codes_on_a_terminal_with_no_color() {
+    let env = Env::new();
+    let with_color = run_on_terminal(Cairn::bare(&env).arg("-r").arg(env.path("a")).arg("init"));
+    // The check below can fail: without NO_COLOR the warning is coloured.
+    assert!(
+        with_color.contains("\u{1b}["),
+        "no colour on a terminal at all: {with_color:?}"
+    );
+    for c in [
+        Cairn::bare(&env).arg("-r").arg(env.path("b")).arg("init"),
+        Cairn::bare(&env)
+            .arg("-r")
+            .arg(env.path("b"))
+            .arg("frobnicate"),
+        Cairn::bare(&env)
+            .arg("-r")
+            .arg(env.path("none"))
+            .arg("snapshots"),
+    ] {
+        let text = run_on_terminal(c.env("NO_COLOR", "1"));
+        assert!(!text.is_empty());
+        assert!(
+            !text.contains('\u{1b}'),
+            "escape codes with NO_COLOR: {text:?}"
+        );
+    }
+}
+
+/// Run `c` with its standard error on a pseudo-terminal; what it wrote there.
+fn run_on_terminal(c: Cairn) -> String {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes two descriptors into the integers it is given.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    for fd in [master, slave] {
+        // SAFETY: fcntl on descriptors we own; only the child's fd 2 should hold the terminal.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    // SAFETY: both descriptors were just opened and are owned here alone.
+    let (mut master, slave) = unsafe {
+        (
+            fs::File::from_raw_fd(master),
+            std::process::Stdio::from(fs::File::from_raw_fd(slave)),
+        )
+    };
+    let mut cmd = c.command();
+    cmd.stderr(slave).stdout(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    // Drop our copy of the terminal's other end (held by `cmd`), so reading ends with the child.
+    drop(cmd);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match master.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            // Linux reports the end of a pseudo-terminal whose other side closed as EIO.
+            Err(_) => break,
+        }
+    }
+    let status = child.wait().unwrap();
+    assert_ne!(status.code(), Some(101), "panicked");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The local catalog of the environment's repository.
+fn catalog_file(env: &Env) -> PathBuf {
+    let found: Vec<PathBuf> = files_below(&env.cache)
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == "catalog.sqlite"))
+        .collect();
+    assert_eq!(found.len(), 1, "one catalog in {}", env.cache.display());
+    found[0].clone()
+}
+
+/// The catalog is a cache: when it says a blob is somewhere it is not (wrong offset, pack or
+/// length, rows missing), `restore` and `dump` notice, rebuild the catalog's index from the
+/// repository once, read again and succeed, with a warning. Only a blob that also fails after
+/// the rebuild is reported as damaged (see `corrupt_pack_is_reported_by_file_name`).
+#[test]
+fn a_damaged_catalog_is_rebuilt_and_the_read_retried() {
+    let (env, src) = repo_with_snapshot();
+    let big = fs::read(src.join("big.bin")).unwrap();
+    let big_path = format!("{}/big.bin", src.display());
+    let damages = [
+        (
+            "data offsets",
+            "UPDATE blobs SET offset = offset + 1 WHERE kind = 0",
+        ),
+        (
+            "data packs",
+            "UPDATE blobs SET pack = randomblob(32) WHERE kind = 0",
+        ),
+        (
+            "data lengths",
+            "UPDATE blobs SET length = length - 1 WHERE kind = 0",
+        ),
+        (
+            "data plaintext lengths",
+            "UPDATE blobs SET raw_len = raw_len + 1 WHERE kind = 0",
+        ),
+        ("data rows", "DELETE FROM blobs WHERE kind = 0"),
+        ("every row", "DELETE FROM blobs"),
+        (
+            "tree plaintext lengths",
+            "UPDATE blobs SET raw_len = raw_len + 1",
+        ),
+    ];
+    let damage = |sql: &str| {
+        let db = rusqlite::Connection::open(catalog_file(&env)).unwrap();
+        db.execute_batch(sql).unwrap();
+    };
+    let mut failures = Vec::new();
+    for (what, sql) in damages {
+        damage(sql);
+        let t = env.path(&format!("restore {what}"));
+        let out = env
+            .cmd()
+            .args(["restore", "latest", "--target"])
+            .arg(&t)
+            .run();
+        let restored = t.join(src.strip_prefix("/").unwrap());
+        let same = out.code == 0
+            && fs::read(restored.join("big.bin")).ok().as_deref() == Some(&big[..])
+            && fs::read(restored.join("small.txt")).ok().as_deref() == Some(b"small file\n");
+        if !same {
+            failures.push(format!("restore with damaged {what}: {out}"));
+        } else if out.stderr.matches("rebuil").count() != 1 {
+            failures.push(format!(
+                "restore with damaged {what}: not one warning: {out}"
+            ));
+        }
+        damage(sql);
+        let out = env.run(["dump", "latest", &big_path]);
+        if out.code != 0 || out.stdout != big {
+            failures.push(format!(
+                "dump with damaged {what}: exit {}, {} bytes: {}",
+                out.code,
+                out.stdout.len(),
+                out.stderr
+            ));
+        } else if !out.stderr.contains("rebuil") {
+            failures.push(format!("dump with damaged {what}: no warning: {out}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    // And the catalog is whole again.
+    env.run(["check"]).ok();
+}

@@ -164,6 +164,10 @@ impl Backend for FaultBackend {
         }
     }
 
+    async fn hidden(&self) -> BResult<Vec<(String, String)>> {
+        self.inner.hidden().await
+    }
+
     async fn list(&self, prefix: &str) -> BResult<Vec<Entry>> {
         match self.act(false, false) {
             Act::Fail(k) => Err(injected(k, "list", prefix)),

@@ -169,6 +169,41 @@ fn list_blocking(root: &Path, prefix: &str) -> io::Result<Vec<Entry>> {
     Ok(out)
 }
 
+/// What [`list_blocking`] leaves out, anywhere under `root`: temporary files of puts, names
+/// that are not UTF-8, entries that are neither files nor directories.
+fn hidden_blocking(root: &Path) -> io::Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let mut stack = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, key_prefix)) = stack.pop() {
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for ent in rd {
+            let ent = ent?;
+            let name = ent.file_name();
+            let key = format!("{key_prefix}{}", name.to_string_lossy());
+            let ft = ent.file_type()?;
+            if name.to_str().is_none() {
+                out.push((key, "a name that is not UTF-8".into()));
+            } else if name.to_string_lossy().starts_with(TMP_PREFIX) {
+                out.push((
+                    key,
+                    "a temporary file left by an interrupted write (safe to delete when no \
+                     cairn is writing to the repository)"
+                        .into(),
+                ));
+            } else if ft.is_dir() {
+                stack.push((ent.path(), format!("{key}/")));
+            } else if !ft.is_file() {
+                out.push((key, "neither a file nor a directory".into()));
+            }
+        }
+    }
+    Ok(out)
+}
+
 async fn blocking<T: Send + 'static>(
     op: &'static str,
     key: &str,
@@ -229,6 +264,11 @@ impl Backend for LocalBackend {
         let root = self.root.clone();
         let p = prefix.to_string();
         blocking("list", prefix, move || list_blocking(&root, &p)).await
+    }
+
+    async fn hidden(&self) -> BResult<Vec<(String, String)>> {
+        let root = self.root.clone();
+        blocking("list", "", move || hidden_blocking(&root)).await
     }
 
     async fn delete(&self, key: &str) -> BResult<()> {

@@ -119,6 +119,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     async fn check(&self) -> BResult<()> {
         Ok(())
     }
+    /// What [`Backend::list`] never shows, as `(key, what it is)`: on local disk the temporary
+    /// files of interrupted puts, and entries it cannot show. Only `check` asks, to report
+    /// them; nothing on backends whose puts leave nothing behind.
+    async fn hidden(&self) -> BResult<Vec<(String, String)>> {
+        Ok(Vec::new())
+    }
 }
 
 /// Options for [`open_with`]; fields for one kind of backend are ignored by the others.

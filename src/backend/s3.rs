@@ -277,6 +277,11 @@ impl S3Backend {
             OK::ConditionNotMatch | OK::AlreadyExists => {
                 (BackendErrorKind::AlreadyExists, "object exists".to_string())
             }
+            // No credential provider (environment, shared files, container, EC2 metadata)
+            // had any: reqsign's own words for it say nothing an operator can act on.
+            _ if all.contains("failed to load signing credential") => {
+                (BackendErrorKind::Permanent, missing_credentials())
+            }
             OK::ConfigInvalid if all.contains("NoSuchBucket") => (
                 BackendErrorKind::Permanent,
                 format!(
@@ -334,6 +339,29 @@ impl S3Backend {
             ),
         };
         BackendError::new(kind, op, key, message)
+    }
+}
+
+/// What is missing when no AWS credential could be loaded, from which variables are set (their
+/// names only; values are never looked at beyond being empty or not).
+fn missing_credentials() -> String {
+    let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+    let id = set("AWS_ACCESS_KEY_ID");
+    let secret = set("AWS_SECRET_ACCESS_KEY");
+    if id && !secret {
+        "no S3 credentials: AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not".into()
+    } else if secret && !id {
+        "no S3 credentials: AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID is not".into()
+    } else if let Some(p) = std::env::var("AWS_PROFILE").ok().filter(|p| !p.is_empty()) {
+        format!(
+            "no S3 credentials: profile '{p}' (AWS_PROFILE) has none in the shared credentials \
+             file (~/.aws/credentials, or AWS_SHARED_CREDENTIALS_FILE); or set \
+             AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        )
+    } else {
+        "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE \
+         with a shared credentials file)"
+            .into()
     }
 }
 

@@ -48,6 +48,10 @@ pub struct GlobalArgs {
     /// How long to wait for a conflicting lease, e.g. 30s, 5m.
     #[arg(long, default_value = "0s", global = true)]
     pub lease_wait: String,
+    /// Open the repository even though it is not what this computer's cache remembers of it
+    /// (it was encrypted and is not, or its key files changed), and remember it as it is now.
+    #[arg(long, global = true)]
+    pub accept_repository_change: bool,
     #[command(flatten)]
     pub s3: super::s3args::S3Args,
 }

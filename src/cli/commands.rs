@@ -155,6 +155,7 @@ pub(super) fn open_options(g: &GlobalArgs) -> OpenOptions {
     // A local disk gains nothing from more than two writers at once, and every pack in flight
     // is 16 MiB of memory.
     o.connections = connections(g);
+    o.accept_repository_change = g.accept_repository_change;
     if let Some(limit) = g.cache_size {
         o.cache_size = limit;
     }
@@ -339,7 +340,7 @@ pub(super) fn report_backup(g: &GlobalArgs, o: &BackupOutcome, took: Duration) -
         }));
     }
     for e in &o.errors {
-        eprintln!("cairn: could not read {e}");
+        ewriteln!("cairn: could not read {e}");
     }
     if g.quiet {
         return Ok(());
@@ -465,7 +466,7 @@ async fn ls(g: &GlobalArgs, a: LsArgs) -> Result<i32> {
         return Ok(EXIT_OK);
     }
     if !g.quiet {
-        eprintln!(
+        ewriteln!(
             "snapshot {} of {} at {}",
             id.short(),
             snap.paths.join(" "),
@@ -583,7 +584,7 @@ async fn restore_cmd(g: &GlobalArgs, a: RestoreArgs) -> Result<i32> {
         }))?;
     } else {
         for e in &o.errors {
-            eprintln!("cairn: {e}");
+            ewriteln!("cairn: {e}");
         }
         if !g.quiet {
             println!(
@@ -603,7 +604,7 @@ async fn restore_cmd(g: &GlobalArgs, a: RestoreArgs) -> Result<i32> {
     if o.errors.is_empty() {
         Ok(EXIT_OK)
     } else {
-        eprintln!("cairn: {} errors during restore", o.errors.len());
+        ewriteln!("cairn: {} errors during restore", o.errors.len());
         Ok(EXIT_FAILURE)
     }
 }

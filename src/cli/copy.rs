@@ -116,7 +116,7 @@ pub async fn copy(g: &GlobalArgs, a: CopyArgs) -> Result<i32> {
 
 fn print_report(r: &CopyReport, quiet: bool, took: std::time::Duration) {
     for f in &r.failed {
-        eprintln!(
+        ewriteln!(
             "cairn: error: {}; snapshot {} not copied",
             f.error,
             f.source.short()
@@ -154,6 +154,6 @@ fn print_report(r: &CopyReport, quiet: bool, took: std::time::Duration) {
         println!("dry run: nothing written to the target");
     }
     if !r.failed.is_empty() {
-        eprintln!("cairn: {} snapshots could not be copied", r.failed.len());
+        ewriteln!("cairn: {} snapshots could not be copied", r.failed.len());
     }
 }

@@ -78,23 +78,23 @@ fn print_report(r: &CheckReport, quiet: bool) {
         }
     }
     for e in &r.errors {
-        eprintln!("error: {}: {}", e.object, e.message);
+        ewriteln!("error: {}: {}", e.object, e.message);
     }
     for d in &r.damaged_snapshots {
         let when = d
             .time
             .map(|t| format!(" ({})", t.to_rfc3339()))
             .unwrap_or_default();
-        eprintln!(
+        ewriteln!(
             "error: snapshot {}{when}: {} damaged paths",
             &d.id[..8],
             d.paths.len()
         );
         for p in d.paths.iter().take(20) {
-            eprintln!("  {}: {}", p.path, p.reason);
+            ewriteln!("  {}: {}", p.path, p.reason);
         }
         if d.paths.len() > 20 {
-            eprintln!("  ... and {} more (see --json)", d.paths.len() - 20);
+            ewriteln!("  ... and {} more (see --json)", d.paths.len() - 20);
         }
     }
     if r.ok() {
@@ -102,7 +102,7 @@ fn print_report(r: &CheckReport, quiet: bool) {
             println!("no errors found");
         }
     } else {
-        eprintln!(
+        ewriteln!(
             "{} errors; {} snapshots cannot be restored in full",
             r.errors.len(),
             r.damaged_snapshots.len()
@@ -229,7 +229,7 @@ pub async fn repair(g: &GlobalArgs, a: RepairArgs) -> Result<i32> {
                     r.blobs, r.packs, r.index_objects_written, r.index_objects_removed
                 );
                 for p in &r.unreadable_packs {
-                    eprintln!("error: {p}: header unreadable; its blobs are lost to the index");
+                    ewriteln!("error: {p}: header unreadable; its blobs are lost to the index");
                 }
             }
             Ok(if r.unreadable_packs.is_empty() {
@@ -263,7 +263,7 @@ pub async fn repair(g: &GlobalArgs, a: RepairArgs) -> Result<i32> {
                 for s in &r.snapshots {
                     match (&s.repaired, &s.unrepairable) {
                         (_, Some(why)) => {
-                            eprintln!("snapshot {}: cannot be repaired: {why}", &s.original[..8])
+                            ewriteln!("snapshot {}: cannot be repaired: {why}", &s.original[..8])
                         }
                         (Some(new), _) => println!(
                             "snapshot {} -> {}{}: {} paths left out",

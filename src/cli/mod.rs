@@ -1,6 +1,22 @@
 //! The command line: clap definitions, resolving flags and environment into library options,
 //! and rendering results. Exit codes: 0 ok, 1 failure, 3 snapshot written but some sources
-//! unreadable, 10 no repository, 11 lease not obtained, 12 wrong password, 130 interrupted.
+//! unreadable, 10 no repository, 11 lease not obtained, 12 wrong password, 13 the repository
+//! is not the one this cache knew at its location (`--accept-repository-change`), 130
+//! interrupted.
+//!
+//! Standard error is for people and logs, and may be closed or full: nothing written to it may
+//! change the outcome. Messages go through [`ewriteln!`], which ignores a failed write
+//! (`eprintln!` panics, and a panic exits 101), and colour is used only on a terminal.
+// `eprintln!` panics when stderr is full; use `ewriteln!`.
+#![deny(clippy::print_stderr)]
+
+/// `eprintln!` that ignores a failed write (a closed or full standard error).
+macro_rules! ewriteln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 
 mod args;
 mod commands;
@@ -21,6 +37,7 @@ pub const EXIT_PARTIAL: i32 = 3;
 pub const EXIT_NO_REPO: i32 = 10;
 pub const EXIT_LOCKED: i32 = 11;
 pub const EXIT_WRONG_PASSWORD: i32 = 12;
+pub const EXIT_REPOSITORY_CHANGED: i32 = 13;
 pub const EXIT_INTERRUPTED: i32 = 130;
 
 pub fn main() -> i32 {
@@ -39,7 +56,7 @@ pub fn main() -> i32 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("cairn: cannot start the async runtime: {e}");
+            ewriteln!("cairn: cannot start the async runtime: {e}");
             return EXIT_FAILURE;
         }
     };
@@ -72,25 +89,39 @@ pub fn main() -> i32 {
     }
 }
 
+/// Log lines go to stderr: cairn's own at the level `-q`/`-v` choose; other crates' (opendal,
+/// the AWS signer, ...) only from `-vv` on, as they print their internals in Rust's debug
+/// notation and whatever matters reaches the user as an error anyway. `CAIRN_LOG` (an
+/// `EnvFilter` directive) overrides both.
 fn init_logging(g: &args::GlobalArgs) {
-    let level = if g.quiet {
-        "error"
+    let directives = if g.quiet {
+        "cairn=error".to_string()
     } else {
         match g.verbose {
-            0 => "warn",
-            1 => "info",
-            2 => "debug",
-            _ => "trace",
+            0 => "cairn=warn".to_string(),
+            1 => "cairn=info".to_string(),
+            2 => "cairn=debug,warn".to_string(),
+            _ => "trace".to_string(),
         }
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("cairn={level},warn")));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(directives));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour_on_stderr())
+        // Its fallback for a failed write is `eprintln!`, which panics on a full stderr.
+        .log_internal_errors(false)
         .without_time()
         .with_target(false)
         .try_init();
+}
+
+/// Colour only on a terminal, and not with `NO_COLOR` set to anything but "" (no-color.org).
+/// (clap decides the same way for its own messages.)
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Print an error and choose the exit code.
@@ -108,7 +139,7 @@ fn report(e: &anyhow::Error) -> i32 {
             return EXIT_OK;
         }
     }
-    eprintln!("cairn: error: {e:#}");
+    ewriteln!("cairn: error: {e:#}");
     let kind = e
         .chain()
         .find_map(|c| c.downcast_ref::<cairn::Error>())
@@ -117,6 +148,7 @@ fn report(e: &anyhow::Error) -> i32 {
         Some(ErrorKind::RepoNotFound) => EXIT_NO_REPO,
         Some(ErrorKind::Locked) => EXIT_LOCKED,
         Some(ErrorKind::WrongPassword) => EXIT_WRONG_PASSWORD,
+        Some(ErrorKind::RepositoryChanged) => EXIT_REPOSITORY_CHANGED,
         Some(ErrorKind::Interrupted) => EXIT_INTERRUPTED,
         _ => EXIT_FAILURE,
     }

@@ -246,7 +246,7 @@ async fn restore(g: &GlobalArgs, a: MysqlRestoreArgs) -> Result<i32> {
         }))?;
     } else if !g.quiet {
         if !o.replaced.is_empty() {
-            eprintln!("replaced existing tables: {}", o.replaced.join(", "));
+            ewriteln!("replaced existing tables: {}", o.replaced.join(", "));
         }
         println!(
             "restored {} {} into database {}{} in {}",

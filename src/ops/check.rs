@@ -198,14 +198,17 @@ pub(crate) async fn check_leased(
     repo.refresh().await?;
     report.stats.condemned_packs = repo.catalog().condemned_packs()?.len() as u64;
 
+    // Everything in the repository, listed once: the packs, and what is not cairn's.
+    let listing = repo.backend().list("").await?;
+    report
+        .warnings
+        .extend(unexpected_objects(&listing, repo.backend().hidden().await?));
     // Packs: present, with the indexed size?
-    let stored: HashMap<Id, u64> = repo
-        .backend()
-        .list(keys::DATA)
-        .await?
-        .into_iter()
-        .filter_map(|e| keys::id_of(&e.key).map(|id| (id, e.size)))
+    let stored: HashMap<Id, u64> = listing
+        .iter()
+        .filter_map(|e| keys::pack_id_of(&e.key).map(|id| (id, e.size)))
         .collect();
+    drop(listing);
     let indexed = repo.catalog().packs()?;
     report.stats.packs = indexed.len() as u64;
     report.stats.pack_bytes = indexed.iter().map(|p| p.2).sum();
@@ -426,6 +429,59 @@ pub(crate) async fn check_leased(
         });
     }
     Ok(report)
+}
+
+/// A warning for each listed key that is not an object of the layout (format-spec/layout.md)
+/// and for each entry the backend hides from listings (`hidden`: temporary files of
+/// interrupted writes on local disk). Readers ignore all of them; they only take space, and
+/// may be a sign that something else writes into the repository.
+fn unexpected_objects(
+    listing: &[crate::backend::Entry],
+    hidden: Vec<(String, String)>,
+) -> Vec<Problem> {
+    let mut out: Vec<Problem> = listing
+        .iter()
+        .filter(|e| !keys::is_layout_key(&e.key))
+        .map(|e| Problem {
+            object: e.key.clone(),
+            message: format!(
+                "not an object of the repository: {}; cairn ignores it",
+                why_unexpected(&e.key)
+            ),
+        })
+        .collect();
+    out.extend(hidden.into_iter().map(|(key, what)| Problem {
+        object: key,
+        message: format!("not an object of the repository: {what}"),
+    }));
+    out.sort_by(|a, b| a.object.cmp(&b.object));
+    out
+}
+
+/// Why [`keys::is_layout_key`] rejects `key`, in words.
+fn why_unexpected(key: &str) -> String {
+    if let Some(rest) = key.strip_prefix(keys::DATA) {
+        return match keys::id_of(key) {
+            Some(id) => format!(
+                "a pack name in the wrong place (pack {} belongs at {})",
+                id.short(),
+                keys::pack(&id)
+            ),
+            None if rest.contains('/') => "its name is not a pack id".into(),
+            None => "packs are stored at data/<xx>/<id>".into(),
+        };
+    }
+    let dirs = [
+        keys::KEYS,
+        keys::SNAPSHOTS,
+        keys::INDEX,
+        keys::LOCKS,
+        keys::CONDEMNED,
+    ];
+    match dirs.iter().find(|d| key.starts_with(**d)) {
+        Some(d) => format!("its name is not an id (objects under {d} are named by their id)"),
+        None => "no such key in the repository layout".into(),
+    }
 }
 
 fn list_some(items: impl Iterator<Item = String>) -> String {
@@ -853,5 +909,40 @@ mod tests {
         for bad in ["0/3", "4/3", "1/0", "x/2", "0%", "101%", "", "5"] {
             assert!(ReadData::parse_subset(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn layout_keys() {
+        let id = Id::of_bytes(b"x");
+        let h = id.to_hex();
+        for ok in [
+            "config".to_string(),
+            keys::pack(&id),
+            keys::snapshot(&id),
+            keys::index(&id),
+            keys::key(&id),
+            keys::lock(&id),
+            keys::condemned(&id),
+        ] {
+            assert!(keys::is_layout_key(&ok), "{ok}");
+        }
+        let wrong_dir = if h.starts_with("00") { "01" } else { "00" };
+        for bad in [
+            format!("data/{wrong_dir}/{h}"),
+            format!("data/{h}"),
+            format!("data/{}/{h}/x", &h[..2]),
+            format!("index/{}", h.to_uppercase()),
+            format!("index/{h}.bak"),
+            format!("snapshots/{}", &h[..63]),
+            format!("snapshots/x/{h}"),
+            format!("other/{h}"),
+            "config.old".into(),
+            "keys/".into(),
+            "".into(),
+        ] {
+            assert!(!keys::is_layout_key(&bad), "{bad}");
+            assert!(!why_unexpected(&bad).is_empty());
+        }
+        assert!(why_unexpected(&format!("data/{wrong_dir}/{h}")).contains(&keys::pack(&id)));
     }
 }

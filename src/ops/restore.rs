@@ -294,6 +294,9 @@ async fn restore_leased(
     let mut leaves: Vec<usize> = Vec::new(); // created and finished right away
     let remaining: Vec<AtomicU32> = (0..items.len()).map(|_| AtomicU32::new(0)).collect();
     let mut by_pack: HashMap<Id, HashMap<Id, PlannedBlob>> = HashMap::new();
+    // Extents the catalog does not know, or knows with another length than the snapshot's:
+    // (file, offset, blob, length, what is wrong). Planned again after a rebuild of the index.
+    let mut suspects: Vec<(usize, u64, Id, u32, String)> = Vec::new();
     // All lookups in one read transaction.
     repo.catalog().read_transaction(|catalog| -> Result<()> {
         for (i, it) in items.iter().enumerate() {
@@ -322,30 +325,9 @@ async fn restore_leased(
             let mut planned = 0u32;
             for e in &node.content {
                 if let Extent::Data { id, len } = e {
-                    match catalog.lookup(id)? {
-                        Some(loc) if loc.raw_len != *len => out.errors.push(format!(
-                            "{}: the snapshot says blob {id} has {len} bytes, the index {}",
-                            it.dest.display(),
-                            loc.raw_len
-                        )),
-                        Some(loc) => {
-                            planned += 1;
-                            by_pack
-                                .entry(loc.pack)
-                                .or_default()
-                                .entry(*id)
-                                .or_insert_with(|| PlannedBlob {
-                                    id: *id,
-                                    loc,
-                                    targets: Vec::new(),
-                                })
-                                .targets
-                                .push(FileTarget { file: i, offset });
-                        }
-                        None => out.errors.push(format!(
-                            "{}: blob {id} is missing from the index",
-                            it.dest.display()
-                        )),
+                    planned += 1;
+                    if let Err(why) = plan_blob(catalog, &mut by_pack, i, offset, id, *len)? {
+                        suspects.push((i, offset, *id, *len, why));
                     }
                 }
                 offset += e.len();
@@ -359,6 +341,19 @@ async fn restore_leased(
         }
         Ok(())
     })??;
+    if let Some((_, _, _, _, why)) = suspects.first() {
+        // The catalog may be wrong rather than the snapshot: ask once more after a rebuild.
+        repo.rebuild_index_once(why).await?;
+        repo.catalog().read_transaction(|catalog| -> Result<()> {
+            for (i, offset, id, len, _) in suspects {
+                if let Err(why) = plan_blob(catalog, &mut by_pack, i, offset, &id, len)? {
+                    out.errors
+                        .push(format!("{}: {why}", items[i].dest.display()));
+                }
+            }
+            Ok(())
+        })??;
+    }
     // New files in a directory we created belong to us already (no set-group-id directory to
     // inherit from), so an owner change to ourselves can be skipped.
     let (euid, egid) = unsafe_ids();
@@ -408,25 +403,65 @@ async fn restore_leased(
     // workers idle at the end.
     let parallel = (repo.connections() * 3).max(6);
     let progress = opts.progress.clone();
-    let reads: Vec<(Id, Vec<PlannedBlob>)> = by_pack
-        .into_iter()
-        .flat_map(|(pack, blobs)| {
-            plan_reads(blobs.into_values().collect())
-                .into_iter()
-                .map(move |g| (pack, g))
-        })
-        .collect();
-    let mut results = futures::stream::iter(reads.into_iter().map(|(pack, group)| {
-        let repo = repo.clone();
-        let ctx = ctx.clone();
-        let progress = progress.clone();
-        async move { restore_read(&repo, pack, group, &ctx, progress.as_deref()).await }
-    }))
-    .buffer_unordered(parallel);
-    while let Some(r) = results.next().await {
-        let (bytes, errs) = r?;
-        out.bytes += bytes;
-        out.errors.extend(errs);
+    // Blobs that could not be read where the catalog said are read once more after a rebuild
+    // of its index (a damaged or stale catalog); what fails again is reported.
+    let mut second_pass = false;
+    loop {
+        let reads: Vec<(Id, Vec<PlannedBlob>)> = std::mem::take(&mut by_pack)
+            .into_iter()
+            .flat_map(|(pack, blobs)| {
+                plan_reads(blobs.into_values().collect())
+                    .into_iter()
+                    .map(move |g| (pack, g))
+            })
+            .collect();
+        let mut results = futures::stream::iter(reads.into_iter().map(|(pack, group)| {
+            let repo = repo.clone();
+            let ctx = ctx.clone();
+            let progress = progress.clone();
+            async move { restore_read(&repo, pack, group, &ctx, progress.as_deref()).await }
+        }))
+        .buffer_unordered(parallel);
+        let mut failed: Vec<(PlannedBlob, String)> = Vec::new();
+        while let Some(r) = results.next().await {
+            let (bytes, errs, f) = r?;
+            out.bytes += bytes;
+            out.errors.extend(errs);
+            failed.extend(f);
+        }
+        drop(results);
+        let Some((_, why)) = failed.first() else {
+            break;
+        };
+        if second_pass {
+            for (b, why) in &failed {
+                for t in &b.targets {
+                    out.errors
+                        .push(format!("{}: {why}", items[t.file].dest.display()));
+                }
+            }
+            break;
+        }
+        second_pass = true;
+        repo.rebuild_index_once(why).await?;
+        repo.catalog().read_transaction(|catalog| -> Result<()> {
+            for (b, _) in failed {
+                for t in b.targets {
+                    let dest = &items[t.file].dest;
+                    if let Err(why) = plan_blob(
+                        catalog,
+                        &mut by_pack,
+                        t.file,
+                        t.offset,
+                        &b.id,
+                        b.loc.raw_len,
+                    )? {
+                        out.errors.push(format!("{}: {why}", dest.display()));
+                    }
+                }
+            }
+            Ok(())
+        })??;
     }
     // Files some of whose contents could not be fetched (errors reported above) still get their
     // length and metadata, and `--verify` reports them too.
@@ -631,6 +666,39 @@ fn apply_metadata_fd(f: &File, path: &Path, node: &Node, owned: bool) -> Vec<Str
     errs
 }
 
+/// Plan one extent of file `file` at `offset` (blob `id` of `len` bytes): where the catalog
+/// says the blob is, or, as `Err`, why it cannot be planned.
+fn plan_blob(
+    catalog: &crate::repo::catalog::Catalog,
+    by_pack: &mut HashMap<Id, HashMap<Id, PlannedBlob>>,
+    file: usize,
+    offset: u64,
+    id: &Id,
+    len: u32,
+) -> Result<std::result::Result<(), String>> {
+    Ok(match catalog.lookup(id)? {
+        Some(loc) if loc.raw_len != len => Err(format!(
+            "the snapshot says blob {id} has {len} bytes, the index {}",
+            loc.raw_len
+        )),
+        Some(loc) => {
+            by_pack
+                .entry(loc.pack)
+                .or_default()
+                .entry(*id)
+                .or_insert_with(|| PlannedBlob {
+                    id: *id,
+                    loc,
+                    targets: Vec::new(),
+                })
+                .targets
+                .push(FileTarget { file, offset });
+            Ok(())
+        }
+        None => Err(format!("blob {id} is missing from the index")),
+    })
+}
+
 /// Group a pack's blobs into ranged reads.
 fn plan_reads(mut blobs: Vec<PlannedBlob>) -> Vec<Vec<PlannedBlob>> {
     blobs.sort_by_key(|b| b.loc.offset);
@@ -651,14 +719,16 @@ fn plan_reads(mut blobs: Vec<PlannedBlob>) -> Vec<Vec<PlannedBlob>> {
     groups
 }
 
-/// Fetch one ranged read of a pack and write its blobs wherever they belong.
+/// Fetch one ranged read of a pack and write its blobs wherever they belong. Returns the bytes
+/// written, errors, and the blobs that failed in a way a wrong catalog can explain (with why),
+/// which the caller may plan again.
 async fn restore_read(
     repo: &Arc<Repository>,
     pack: Id,
     group: Vec<PlannedBlob>,
     ctx: &Arc<WriteCtx>,
     progress: Option<&Progress>,
-) -> Result<(u64, Vec<String>)> {
+) -> Result<(u64, Vec<String>, Vec<(PlannedBlob, String)>)> {
     let key = keys::pack(&pack);
     let start = group[0].loc.offset as u64;
     let last = group.last().expect("non-empty group");
@@ -666,16 +736,21 @@ async fn restore_read(
     let data = match repo.backend().get_range(&key, start, end - start).await {
         Ok(d) => d,
         Err(e) => {
+            let why = format!("pack {pack}: {e}");
+            if Repository::catalog_may_explain(&Error::from(e)) {
+                return Ok((
+                    0,
+                    Vec::new(),
+                    group.into_iter().map(|b| (b, why.clone())).collect(),
+                ));
+            }
             let mut errors = Vec::new();
             for b in &group {
                 for t in &b.targets {
-                    errors.push(format!(
-                        "{}: pack {pack}: {e}",
-                        ctx.items[t.file].dest.display()
-                    ));
+                    errors.push(format!("{}: {why}", ctx.items[t.file].dest.display()));
                 }
             }
-            return Ok((0, errors));
+            return Ok((0, errors, Vec::new()));
         }
     };
     // Delta blobs are opened against their bases, read first.
@@ -691,26 +766,37 @@ async fn restore_read(
     let ctx = ctx.clone();
     // One blocking task per read: opening blobs is CPU work, writing small files is
     // system-call latency, and several of these run at once.
-    let (n, errs) = tokio::task::spawn_blocking(move || {
+    let (n, errs, group, retry) = tokio::task::spawn_blocking(move || {
         let mut n = 0u64;
         let mut errs = Vec::new();
-        for b in &group {
+        // Indices into `group` of blobs to plan again, and why.
+        let mut retry: Vec<(usize, String)> = Vec::new();
+        for (bi, b) in group.iter().enumerate() {
             let off = (b.loc.offset as u64 - start) as usize;
-            let sealed = &data[off..off + b.loc.length as usize];
-            let opened = match b.loc.base.map(|base| &bases[&base]) {
-                Some(Err(e)) => Err(e.clone()),
-                base => open_blob(
+            // Within what was read unless the range came back short.
+            let sealed = data
+                .get(off..off + b.loc.length as usize)
+                .ok_or_else(|| Error::corrupt(format!("pack {pack}"), "shorter than indexed"));
+            let opened = match (b.loc.base.map(|base| &bases[&base]), sealed) {
+                // The base was read through the repository, which already retried it.
+                (Some(Err(e)), _) => Err((e.clone(), false)),
+                (_, Err(e)) => Err((e.to_string(), true)),
+                (base, Ok(sealed)) => open_blob(
                     &ctx.keys,
                     &b.id,
                     sealed,
                     b.loc.raw_len,
                     base.and_then(|r| r.as_ref().ok()).map(|v| v.as_slice()),
                 )
-                .map_err(|e| e.to_string()),
+                .map_err(|e| (e.to_string(), Repository::catalog_may_explain(&e))),
             };
             let plain = match opened {
                 Ok(p) => p,
-                Err(e) => {
+                Err((e, true)) => {
+                    retry.push((bi, e));
+                    continue;
+                }
+                Err((e, false)) => {
                     for t in &b.targets {
                         errs.push(format!("{}: {e}", ctx.items[t.file].dest.display()));
                     }
@@ -734,14 +820,19 @@ async fn restore_read(
                 }
             }
         }
-        (n, errs)
+        (n, errs, group, retry)
     })
     .await
     .map_err(|e| Error::Other(e.to_string()))?;
     if let Some(p) = progress {
         p.bytes.fetch_add(n, Ordering::Relaxed);
     }
-    Ok((n, errs))
+    let mut group: Vec<Option<PlannedBlob>> = group.into_iter().map(Some).collect();
+    let retry = retry
+        .into_iter()
+        .filter_map(|(bi, why)| Some((group[bi].take()?, why)))
+        .collect();
+    Ok((n, errs, retry))
 }
 
 fn verify_file(

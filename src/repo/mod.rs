@@ -7,9 +7,10 @@
 pub mod blobcache;
 pub mod catalog;
 pub mod lease;
+pub mod memory;
 pub mod packer;
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -64,9 +65,34 @@ pub mod keys {
     pub fn lock(id: &Id) -> String {
         format!("locks/{id}")
     }
-    /// The id at the end of a key such as `snapshots/<id>` or `data/ab/<id>`.
+    /// The id at the end of a key such as `snapshots/<id>` or `data/ab/<id>`: 64 lowercase
+    /// hex digits (format-spec/ids.md), since that is the name an object of this id is read
+    /// from (an upper-case spelling would parse, and then not be found).
     pub fn id_of(key: &str) -> Option<Id> {
-        key.rsplit('/').next()?.parse().ok()
+        let name = key.rsplit('/').next()?;
+        let id: Id = name.parse().ok()?;
+        (id.to_hex() == name).then_some(id)
+    }
+    /// The id of the pack at `key` if `key` is where that pack is stored (`data/<xx>/<id>`).
+    pub fn pack_id_of(key: &str) -> Option<Id> {
+        let id = id_of(key)?;
+        (pack(&id) == key).then_some(id)
+    }
+    /// Whether `key` names an object of the layout: `config`, `<dir>/<id>` for the
+    /// directories above, `data/<xx>/<id>` for packs. Anything else is not cairn's.
+    pub fn is_layout_key(key: &str) -> bool {
+        if key == CONFIG {
+            return true;
+        }
+        if key.starts_with(DATA) {
+            return pack_id_of(key).is_some();
+        }
+        [KEYS, SNAPSHOTS, INDEX, LOCKS, CONDEMNED]
+            .iter()
+            .any(|dir| {
+                key.strip_prefix(dir)
+                    .is_some_and(|name| !name.contains('/') && id_of(name).is_some())
+            })
     }
 }
 
@@ -104,6 +130,10 @@ pub struct OpenOptions {
     pub cache_size: u64,
     /// The caller's way to stop operations under a lease cleanly (see [`lease::Shutdown`]).
     pub shutdown: lease::Shutdown,
+    /// Open the repository even if it is not what the cache remembers of its location or id
+    /// (encrypted before and not now, other key files), and remember it as it is now. See
+    /// [`memory`].
+    pub accept_repository_change: bool,
 }
 
 impl OpenOptions {
@@ -114,6 +144,7 @@ impl OpenOptions {
             connections: 4,
             cache_size: blobcache::DEFAULT_LIMIT,
             shutdown: lease::Shutdown::default(),
+            accept_repository_change: false,
         }
     }
 }
@@ -155,6 +186,79 @@ fn create_private_dir(p: &Path) -> Result<()> {
         .map_err(|e| Error::io(p, e))
 }
 
+/// The key files under `keys/`: `(id, key, bytes)` of each whose bytes hash to its name. Names
+/// that are not ids are not cairn's (`check` reports them); a file under an id it does not hash
+/// to is skipped with a warning.
+async fn key_files(backend: &dyn Backend) -> Result<Vec<(Id, String, Bytes)>> {
+    let mut out = Vec::new();
+    for entry in backend.list(keys::KEYS).await? {
+        let Some(id) = keys::id_of(&entry.key) else {
+            continue;
+        };
+        let data = backend.get(&entry.key).await?;
+        if Id::of_bytes(&data) != id {
+            tracing::warn!("{}: contents do not match the name; skipping it", entry.key);
+            continue;
+        }
+        out.push((id, entry.key, data));
+    }
+    Ok(out)
+}
+
+/// Refuse to go on with a repository that differs from what was remembered of it (`was`),
+/// unless the caller accepts the change; accepted changes are collected for one warning.
+fn refuse_changes(
+    location: &str,
+    was: &memory::Record,
+    now: &memory::Record,
+    open: &OpenOptions,
+    accepted: &mut Vec<String>,
+) -> Result<()> {
+    let changes = memory::changes(was, now);
+    if changes.is_empty() {
+        return Ok(());
+    }
+    if !open.accept_repository_change {
+        return Err(Error::RepositoryChanged {
+            location: location.to_string(),
+            changes: changes.join("; "),
+        });
+    }
+    for c in changes {
+        if !accepted.contains(&c) {
+            accepted.push(c);
+        }
+    }
+    Ok(())
+}
+
+/// Remember `record` for its location and its repository id (where it differs from what was
+/// remembered). A cache that cannot be written only weakens the check: warn and go on.
+fn remember(
+    location: &str,
+    cache_dir: &Path,
+    record: &memory::Record,
+    at_location: Option<&memory::Record>,
+    of_repo: Option<&memory::Record>,
+) {
+    let Some(repo_id) = record.repo_id else {
+        return;
+    };
+    for (path, was) in [
+        (memory::by_location(cache_dir, location), at_location),
+        (memory::by_repo(cache_dir, &repo_id), of_repo),
+    ] {
+        if was != Some(record)
+            && let Err(e) = memory::save(&path, location, record)
+        {
+            tracing::warn!(
+                "could not remember the repository at {location} ({e}); a replacement of it \
+                 would not be noticed"
+            );
+        }
+    }
+}
+
 /// A damaged or unreadable-by-this-version object must not make the whole repository unusable
 /// (new backups included): warn and go on without it; `check` reports it. An object listed a
 /// moment ago and gone now was deleted meanwhile (a forget or prune on another host, which
@@ -185,6 +289,9 @@ pub struct Repository {
     clock: Arc<dyn Clock>,
     connections: usize,
     shutdown: lease::Shutdown,
+    /// Set once the catalog's index has been loaded afresh from the repository's index
+    /// objects during this handle's life (see [`Repository::rebuild_index_once`]).
+    index_fresh: tokio::sync::OnceCell<()>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -235,6 +342,7 @@ impl Repository {
         .await
         .map_err(|e| Error::Other(e.to_string()))??;
         let kbytes = keyfile.encode();
+        let key_id = Id::of_bytes(&kbytes);
         let keys = Keys::derive(&master, init.encryption);
         let config = Config {
             repo_id: Id(random_32()),
@@ -246,11 +354,25 @@ impl Repository {
         config.validate().map_err(Error::invalid)?;
         // Key first, config last: a location with a config always has a key to open it.
         backend
-            .put(&keys::key(&Id::of_bytes(&kbytes)), Bytes::from(kbytes))
+            .put(&keys::key(&key_id), Bytes::from(kbytes))
             .await?;
         backend
             .put(keys::CONFIG, Bytes::from(config.encode(keys.sealer())))
             .await?;
+        // A new repository here: whatever this cache knew of the location no longer holds.
+        // (keys/ may also hold orphans of an interrupted init, which open lists too.)
+        let mut key_ids: BTreeSet<Id> = key_files(&*backend)
+            .await?
+            .into_iter()
+            .map(|(id, _, _)| id)
+            .collect();
+        key_ids.insert(key_id);
+        let record = memory::Record {
+            repo_id: Some(config.repo_id),
+            encryption: init.encryption,
+            keys: key_ids,
+        };
+        remember(&backend.location(), &open.cache_dir, &record, None, None);
         Self::finish_open(backend, keys, config, open).await
     }
 
@@ -272,13 +394,9 @@ impl Repository {
             Err(e) => return Err(e.into()),
         };
         let mut keyfiles = Vec::new();
-        for entry in backend.list(keys::KEYS).await? {
-            let name = entry.key.clone();
-            let data = backend.get(&name).await?;
-            if keys::id_of(&name) != Some(Id::of_bytes(&data)) {
-                tracing::warn!("{name}: contents do not match the name; skipping it");
-                continue;
-            }
+        let mut key_ids = BTreeSet::new();
+        for (key_id, name, data) in key_files(&*backend).await? {
+            key_ids.insert(key_id);
             match KeyFile::decode(&data, &name) {
                 Ok(k) => keyfiles.push(k),
                 Err(e) => tracing::warn!("{e}; skipping it"),
@@ -305,6 +423,19 @@ impl Repository {
         } else {
             Encryption::Repokey
         };
+        // Is this what the cache knows of the location? Asked before any password is: a
+        // replaced repository gets no chance to see one, nor data written into it.
+        let location = backend.location();
+        let mut observed = memory::Record {
+            repo_id: None,
+            encryption: mode,
+            keys: key_ids,
+        };
+        let at_location = memory::load(&memory::by_location(&open.cache_dir, &location));
+        let mut accepted = Vec::new();
+        if let Some(was) = &at_location {
+            refuse_changes(&location, was, &observed, open, &mut accepted)?;
+        }
         let pw = match mode {
             Encryption::None => Zeroizing::new(Vec::new()),
             Encryption::Repokey => password()?,
@@ -333,6 +464,25 @@ impl Repository {
         })
         .await
         .map_err(|e| Error::Other(e.to_string()))??;
+        // And of the repository id, here or wherever else this cache met it.
+        observed.repo_id = Some(config.repo_id);
+        let of_repo = memory::load(&memory::by_repo(&open.cache_dir, &config.repo_id));
+        for was in at_location.iter().chain(of_repo.iter()) {
+            refuse_changes(&location, was, &observed, open, &mut accepted)?;
+        }
+        if !accepted.is_empty() {
+            tracing::warn!(
+                "accepting, as asked, that the repository at {location} changed: {}",
+                accepted.join("; ")
+            );
+        }
+        remember(
+            &location,
+            &open.cache_dir,
+            &observed,
+            at_location.as_ref(),
+            of_repo.as_ref(),
+        );
         Self::finish_open(backend, keys, config, open).await
     }
 
@@ -356,6 +506,7 @@ impl Repository {
             clock: open.clock.clone(),
             connections: open.connections.max(1),
             shutdown: open.shutdown.clone(),
+            index_fresh: tokio::sync::OnceCell::new(),
         };
         repo.refresh().await?;
         Ok(repo)
@@ -479,6 +630,40 @@ impl Repository {
                 cat.add_index(Some(id), &idx.packs)?;
             }
         }
+        // The index now says what the repository says: a failed read is not the catalog's doing.
+        let _ = self.index_fresh.set(());
+        Ok(())
+    }
+
+    /// Whether a read through the catalog's locations may have failed because the catalog is
+    /// wrong (damaged, or out of step with the repository) rather than the data: the blob was
+    /// not in it, not where it said (the pack or the range missing), or did not open there.
+    pub fn catalog_may_explain(e: &Error) -> bool {
+        matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::NotFound)
+            || matches!(
+                e,
+                Error::Backend {
+                    transient: false,
+                    ..
+                }
+            )
+    }
+
+    /// After a read through the catalog failed (`failure` says how, for the warning): rebuild
+    /// the catalog's index from the repository's index objects, unless this handle has already
+    /// loaded it afresh, so that the caller can look the blob up and read it once more. Readers
+    /// call this only on failures [`Self::catalog_may_explain`] allows, so the normal path costs
+    /// nothing; concurrent callers wait for one rebuild.
+    pub async fn rebuild_index_once(&self, failure: &str) -> Result<()> {
+        self.index_fresh
+            .get_or_try_init(|| async {
+                tracing::warn!(
+                    "{failure}; the local catalog may be out of step with the repository: \
+                     rebuilding its index from the repository and reading again"
+                );
+                self.rebuild_index().await
+            })
+            .await?;
         Ok(())
     }
 
@@ -725,14 +910,34 @@ impl Repository {
     /// Read, verify and return one blob's plaintext. Tree blobs come from the local blob cache
     /// when it has them (verified like a download), and go into it when downloaded. A delta
     /// blob's base is read first.
+    ///
+    /// The blob is read where the catalog says. If that fails in a way a wrong catalog can
+    /// explain, the catalog's index is rebuilt from the repository (once per handle, with a
+    /// warning) and the blob read again; only then is the failure returned.
     pub async fn read_blob(&self, id: &Id) -> Result<Vec<u8>> {
-        self.read_chain(self.delta_chain(id, None)?).await
+        Ok(self.read_through_catalog(id, None).await?.0)
     }
 
     /// The plaintext of `base`, the base of delta blob `of`, read through its own bases if it
-    /// is a delta blob too.
+    /// is a delta blob too (and read again like [`Self::read_blob`]).
     pub async fn read_base(&self, base: &Id, of: &Id) -> Result<Vec<u8>> {
-        self.read_chain(self.delta_chain(base, Some(of))?).await
+        Ok(self.read_through_catalog(base, Some(of)).await?.0)
+    }
+
+    /// [`Self::read_blob`] (or [`Self::read_base`] with `of`) and the chain's root and depth.
+    async fn read_through_catalog(&self, id: &Id, of: Option<&Id>) -> Result<(Vec<u8>, Id, usize)> {
+        let read = || async {
+            let chain = self.delta_chain(id, of)?;
+            let (root, depth) = chain_root(&chain);
+            Ok::<_, Error>((self.read_chain(chain).await?, root, depth))
+        };
+        match read().await {
+            Err(e) if Self::catalog_may_explain(&e) => {
+                self.rebuild_index_once(&e.to_string()).await?;
+                read().await
+            }
+            r => r,
+        }
     }
 
     /// The end of blob `id`'s chain of bases (the blob stored whole that reading `id` starts
@@ -743,9 +948,7 @@ impl Repository {
 
     /// [`Self::read_blob`] and [`Self::delta_root`] together, following the chain once.
     pub async fn read_blob_with_root(&self, id: &Id) -> Result<(Vec<u8>, Id, usize)> {
-        let chain = self.delta_chain(id, None)?;
-        let (root, depth) = chain_root(&chain);
-        Ok((self.read_chain(chain).await?, root, depth))
+        self.read_through_catalog(id, None).await
     }
 
     /// The blobs read to read blob `id` (format-spec/pack.md §3): `id` first, then its base,
