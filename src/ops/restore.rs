@@ -248,7 +248,7 @@ pub async fn restore(
     // written (the rest is left to the backend, the catalog and the writers' transient ones).
     let budget = (crate::source::fs::open_files_limit().min(1 << 20) as usize) / 2;
     let tdir = Arc::new(
-        TargetDir::open(target, (budget / 4).clamp(4, 256)).map_err(|e| Error::io(target, e))?,
+        TargetDir::open(target, (budget / 4).clamp(4, 4096)).map_err(|e| Error::io(target, e))?,
     );
     let max_kept = (budget / 2).clamp(4, 1024);
     // Entries whose place below the target cannot be named in one system call (longer than
@@ -358,16 +358,18 @@ pub async fn restore(
         }
         Ok(())
     })??;
-    // New files in a directory we created belong to us already (no set-group-id directory to
-    // inherit from), so an owner change to ourselves can be skipped.
+    // In a directory made by this restore there is nothing to clear first (what is in the way
+    // of an entry is cleared only when making it fails), and new files belong to us already (no
+    // set-group-id directory to inherit from), so an owner change to ourselves can be skipped.
+    let fresh_parent: Vec<bool> = items
+        .iter()
+        .map(|it| it.dest.parent().is_some_and(|p| fresh_dirs.contains(p)))
+        .collect();
     let (euid, egid) = unsafe_ids();
     let owned: Vec<bool> = items
         .iter()
-        .map(|it| {
-            it.node.uid == euid
-                && it.node.gid == egid
-                && it.dest.parent().is_some_and(|p| fresh_dirs.contains(p))
-        })
+        .zip(&fresh_parent)
+        .map(|(it, &fresh)| it.node.uid == euid && it.node.gid == egid && fresh)
         .collect();
     let items = Arc::new(items);
     let ctx = Arc::new(WriteCtx {
@@ -378,6 +380,7 @@ pub async fn restore(
         kept: AtomicUsize::new(0),
         max_kept,
         owned,
+        fresh_parent,
         remaining,
         verify: opts.verify,
         keys: repo.keys().clone(),
@@ -519,6 +522,8 @@ struct WriteCtx {
     max_kept: usize,
     /// Whether a new file at this entry already has the right owner.
     owned: Vec<bool>,
+    /// Whether the entry's directory was made by this restore (nothing there to clear).
+    fresh_parent: Vec<bool>,
     /// Data extents of each file still to be written.
     remaining: Vec<AtomicU32>,
     verify: bool,
@@ -559,7 +564,7 @@ impl WriteCtx {
     fn open_file(&self, i: usize, slot: &mut Slot) -> std::io::Result<Arc<File>> {
         let (dir, name) = self.at(i)?;
         let f = Arc::new(match slot.id {
-            None => target::create_file(dir.as_fd(), name, self.verify)?,
+            None => target::create_file(dir.as_fd(), name, self.verify, !self.fresh_parent[i])?,
             Some(id) => target::reopen_file(dir.as_fd(), name, self.verify, id)?,
         });
         if self.kept.fetch_add(1, Ordering::AcqRel) < self.max_kept {
@@ -615,10 +620,12 @@ fn make_leaf(ctx: &WriteCtx, i: usize) -> Vec<String> {
         ctx.release(i);
         return errs;
     }
+    let clear = !ctx.fresh_parent[i];
     let made = ctx.at(i).and_then(|(dir, name)| {
+        let d = dir.as_fd();
         match it.node.kind {
-            NodeKind::Symlink => target::make_symlink(os(&it.node.target), dir.as_fd(), name)?,
-            kind => target::make_node(dir.as_fd(), name, file_type(kind), it.node.rdev)?,
+            NodeKind::Symlink => target::make_symlink(os(&it.node.target), d, name, clear)?,
+            kind => target::make_node(d, name, file_type(kind), it.node.rdev, clear)?,
         }
         Ok((dir, name))
     });

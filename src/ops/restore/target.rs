@@ -18,7 +18,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 
 use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
@@ -31,7 +31,7 @@ pub const MAX_REL_PATH: usize = libc::PATH_MAX as usize - 1;
 pub struct TargetDir {
     root: Arc<OwnedFd>,
     /// Directory handles (`O_PATH`) by path relative to the target.
-    dirs: Mutex<HashMap<PathBuf, Arc<OwnedFd>>>,
+    dirs: RwLock<HashMap<PathBuf, Arc<OwnedFd>>>,
     max_cached: usize,
     /// Set once `openat2` turned out not to exist (Linux < 5.6).
     no_openat2: AtomicBool,
@@ -73,7 +73,7 @@ impl TargetDir {
         )?;
         Ok(TargetDir {
             root: Arc::new(root),
-            dirs: Mutex::new(HashMap::new()),
+            dirs: RwLock::new(HashMap::new()),
             max_cached: max_cached.max(1),
             no_openat2: AtomicBool::new(false),
         })
@@ -83,7 +83,7 @@ impl TargetDir {
         if rel.as_os_str().is_empty() {
             return Some(self.root.clone());
         }
-        let dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        let dirs = self.dirs.read().unwrap_or_else(|e| e.into_inner());
         dirs.get(rel).cloned()
     }
 
@@ -101,7 +101,7 @@ impl TargetDir {
             _ => self.resolve(rel)?,
         };
         let fd = Arc::new(fd);
-        let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut dirs = self.dirs.write().unwrap_or_else(|e| e.into_inner());
         if dirs.len() >= self.max_cached
             && let Some(k) = dirs.keys().next().cloned()
         {
@@ -182,11 +182,17 @@ pub fn clear(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
 }
 
 /// Run `make`; if something is already at `name`, remove it (see [`clear`]) and run it again.
+/// With `clear_first`, what is there is removed beforehand (where something is likely to be:
+/// one system call less than failing first).
 fn replacing<T>(
     dir: BorrowedFd<'_>,
     name: &OsStr,
+    clear_first: bool,
     make: impl Fn() -> rustix::io::Result<T>,
 ) -> io::Result<T> {
+    if clear_first {
+        clear(dir, name)?;
+    }
     match make() {
         Err(Errno::EXIST) => {
             clear(dir, name)?;
@@ -220,8 +226,13 @@ fn file_flags(read: bool) -> OFlags {
 }
 
 /// Create regular file `name` in `dir` (mode 0600), replacing what is there.
-pub fn create_file(dir: BorrowedFd<'_>, name: &OsStr, read: bool) -> io::Result<File> {
-    let fd = replacing(dir, name, || {
+pub fn create_file(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    read: bool,
+    clear_first: bool,
+) -> io::Result<File> {
+    let fd = replacing(dir, name, clear_first, || {
         rustix::fs::openat(
             dir,
             name,
@@ -270,13 +281,26 @@ pub fn open_dir(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<File> {
     Ok(File::from(fd))
 }
 
-pub fn make_symlink(target: &OsStr, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
-    replacing(dir, name, || rustix::fs::symlinkat(target, dir, name))
+pub fn make_symlink(
+    target: &OsStr,
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    clear_first: bool,
+) -> io::Result<()> {
+    replacing(dir, name, clear_first, || {
+        rustix::fs::symlinkat(target, dir, name)
+    })
 }
 
 /// Make a FIFO or device node (mode 0600), replacing what is there.
-pub fn make_node(dir: BorrowedFd<'_>, name: &OsStr, kind: FileType, dev: u64) -> io::Result<()> {
-    replacing(dir, name, || {
+pub fn make_node(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    kind: FileType,
+    dev: u64,
+    clear_first: bool,
+) -> io::Result<()> {
+    replacing(dir, name, clear_first, || {
         rustix::fs::mknodat(dir, name, kind, Mode::from_raw_mode(0o600), dev)
     })
 }
@@ -289,7 +313,7 @@ pub fn hard_link(
     new_dir: BorrowedFd<'_>,
     new_name: &OsStr,
 ) -> io::Result<()> {
-    replacing(new_dir, new_name, || {
+    replacing(new_dir, new_name, false, || {
         rustix::fs::linkat(old_dir, old_name, new_dir, new_name, AtFlags::empty())
     })
 }
@@ -434,7 +458,7 @@ mod tests {
         for p in ["a", "a/b", "a/b/c", "a", "a/b/c", "a/b"] {
             assert!(d.dir(Path::new(p)).is_ok(), "{p}");
         }
-        assert!(d.dirs.lock().map(|m| m.len()).unwrap_or(0) <= 4);
+        assert!(d.dirs.read().map(|m| m.len()).unwrap_or(0) <= 4);
     }
 
     #[test]
@@ -465,18 +489,21 @@ mod tests {
         std::fs::write(t.path().join("full/inner"), b"keep").expect("write");
 
         use std::io::Write;
-        create_file(root, OsStr::new("f"), false)
+        create_file(root, OsStr::new("f"), false, false)
             .and_then(|mut f| f.write_all(b"new"))
             .expect("file over a link");
-        make_symlink(OsStr::new("target"), root, OsStr::new("l")).expect("link over a link");
-        make_node(root, OsStr::new("n"), FileType::Fifo, 0).expect("fifo over a link");
+        make_symlink(OsStr::new("target"), root, OsStr::new("l"), false).expect("link over a link");
+        make_node(root, OsStr::new("n"), FileType::Fifo, 0, true).expect("fifo over a link");
         hard_link(root, OsStr::new("f"), root, OsStr::new("h")).expect("link over a link");
         assert!(make_dir(root, OsStr::new("dirlink")).expect("dir over a link"));
         assert!(make_dir(root, OsStr::new("file")).expect("dir over a file"));
         assert!(!make_dir(root, OsStr::new("full")).expect("existing dir kept"));
-        create_file(root, OsStr::new("empty"), false).expect("file over an empty dir");
-        let e = create_file(root, OsStr::new("full"), false).expect_err("tree in the way");
-        assert!(e.to_string().contains("non-empty directory"), "{e}");
+        create_file(root, OsStr::new("empty"), false, true).expect("file over an empty dir");
+        for clear_first in [false, true] {
+            let e = create_file(root, OsStr::new("full"), false, clear_first)
+                .expect_err("tree in the way");
+            assert!(e.to_string().contains("non-empty directory"), "{e}");
+        }
         assert_eq!(
             std::fs::read(t.path().join("full/inner")).expect("read"),
             b"keep"
