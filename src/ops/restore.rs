@@ -8,15 +8,25 @@
 //! read-only modes are not disturbed by what is written inside them). `--verify` re-reads every
 //! restored file and checks it chunk by chunk against the snapshot, before the metadata is
 //! applied (so the read neither needs the final mode's permission nor changes access times).
+//!
+//! Nothing is ever written through a symlink inside the target (issue 18): every entry is made
+//! and changed relative to a handle on its parent directory, reached from the target without
+//! following links (see [`target`]). What is in the way of an entry (a link, a file, an empty
+//! directory, anything of the wrong type) is replaced by the snapshot's entry; a non-empty
+//! directory where the snapshot has something else is an error for that entry and is left as
+//! it is; an existing directory where the snapshot has one is kept and restored into.
+
+mod target;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::StreamExt;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
@@ -33,6 +43,7 @@ use crate::id::Id;
 use crate::repo::catalog::BlobLocation;
 use crate::repo::lease::LeaseMode;
 use crate::repo::{Repository, keys};
+use target::TargetDir;
 
 /// Blobs of one pack closer together than this are fetched in one ranged read.
 const MERGE_GAP: u64 = 256 * 1024;
@@ -257,6 +268,23 @@ async fn restore_leased(
     // A target that did not exist is "fresh": nothing inside it needs to be cleared first.
     let target_fresh = !target.exists();
     fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
+    // The target itself is followed if it is a link (the user named it); nothing below it is.
+    // Handles stay within the open-files limit: some for directories, more for files being
+    // written (the rest is left to the backend, the catalog and the writers' transient ones).
+    let budget = (crate::source::fs::open_files_limit().min(1 << 20) as usize) / 2;
+    let tdir = Arc::new(
+        TargetDir::open(target, (budget / 4).clamp(4, 4096)).map_err(|e| Error::io(target, e))?,
+    );
+    let max_kept = (budget / 2).clamp(4, 1024);
+    // Entries whose place below the target cannot be named in one system call (longer than
+    // PATH_MAX) are errors of their own.
+    items.retain(|it| match target::split(target, &it.dest) {
+        Ok(_) => true,
+        Err(e) => {
+            out.errors.push(e);
+            false
+        }
+    });
 
     tracing::debug!(
         "restore: planned {} entries in {:?}",
@@ -274,13 +302,12 @@ async fn restore_leased(
         if it.node.kind != NodeKind::Dir {
             continue;
         }
-        match fs::create_dir(&it.dest) {
-            Ok(()) => {
-                fresh_dirs.insert(it.dest.clone());
-                created[i] = true;
-                out.dirs += 1;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && it.dest.is_dir() => {
+        // A link or anything else in the way is replaced; a real directory is kept.
+        match locate(&tdir, target, &it.dest).and_then(|(d, n)| target::make_dir(d.as_fd(), n)) {
+            Ok(fresh) => {
+                if fresh {
+                    fresh_dirs.insert(it.dest.clone());
+                }
                 created[i] = true;
                 out.dirs += 1;
             }
@@ -288,7 +315,8 @@ async fn restore_leased(
         }
     }
 
-    // 3. Plan the contents by pack; sort out hard links; clear what a previous restore left.
+    // 3. Plan the contents by pack; sort out hard links. What a previous restore (or anything
+    // else) left where an entry goes is removed when the entry is made.
     let mut hardlinks: Vec<(usize, usize)> = Vec::new();
     let mut primary: HashMap<(u64, u64), usize> = HashMap::new();
     let mut leaves: Vec<usize> = Vec::new(); // created and finished right away
@@ -312,10 +340,6 @@ async fn restore_leased(
                     primary.insert(key, i);
                 }
                 _ => {}
-            }
-            let parent_fresh = it.dest.parent().is_some_and(|p| fresh_dirs.contains(p));
-            if !parent_fresh {
-                let _ = fs::remove_file(&it.dest);
             }
             if node.kind != NodeKind::File {
                 leaves.push(i);
@@ -354,21 +378,29 @@ async fn restore_leased(
             Ok(())
         })??;
     }
-    // New files in a directory we created belong to us already (no set-group-id directory to
-    // inherit from), so an owner change to ourselves can be skipped.
+    // In a directory made by this restore there is nothing to clear first (what is in the way
+    // of an entry is cleared only when making it fails), and new files belong to us already (no
+    // set-group-id directory to inherit from), so an owner change to ourselves can be skipped.
+    let fresh_parent: Vec<bool> = items
+        .iter()
+        .map(|it| it.dest.parent().is_some_and(|p| fresh_dirs.contains(p)))
+        .collect();
     let (euid, egid) = unsafe_ids();
     let owned: Vec<bool> = items
         .iter()
-        .map(|it| {
-            it.node.uid == euid
-                && it.node.gid == egid
-                && it.dest.parent().is_some_and(|p| fresh_dirs.contains(p))
-        })
+        .zip(&fresh_parent)
+        .map(|(it, &fresh)| it.node.uid == euid && it.node.gid == egid && fresh)
         .collect();
     let items = Arc::new(items);
     let ctx = Arc::new(WriteCtx {
+        slots: (0..items.len()).map(|_| Mutex::default()).collect(),
         items: items.clone(),
+        target: target.to_path_buf(),
+        tdir: tdir.clone(),
+        kept: AtomicUsize::new(0),
+        max_kept,
         owned,
+        fresh_parent,
         remaining,
         verify: opts.verify,
         keys: repo.keys().clone(),
@@ -467,10 +499,10 @@ async fn restore_leased(
     // length and metadata, and `--verify` reports them too.
     for i in 0..items.len() {
         if ctx.remaining[i].load(Ordering::Acquire) > 0 {
-            match ctx.open(i) {
-                Ok(f) => out.errors.extend(ctx.finish_file(i, &f)),
-                Err(e) => out.errors.push(format!("{}: {e}", items[i].dest.display())),
+            if let Some(f) = ctx.file(i, &mut out.errors) {
+                out.errors.extend(ctx.finish_file(i, &f));
             }
+            ctx.release(i);
         }
     }
     out.verified_files = ctx.verified.load(Ordering::Relaxed);
@@ -478,10 +510,13 @@ async fn restore_leased(
     // 6. Hard links, then directories' metadata, deepest first.
     tracing::debug!("restore: links and directories at {:?}", t0.elapsed());
     for (link, target_i) in hardlinks {
-        let (l, t) = (&items[link], &items[target_i]);
-        let _ = fs::remove_file(&l.dest);
-        if let Err(e) = fs::hard_link(&t.dest, &l.dest) {
-            out.errors.push(format!("{}: {e}", l.dest.display()));
+        let linked = ctx.at(target_i).and_then(|(od, on)| {
+            let (nd, nn) = ctx.at(link)?;
+            target::hard_link(od.as_fd(), on, nd.as_fd(), nn)
+        });
+        if let Err(e) = linked {
+            out.errors
+                .push(format!("{}: {e}", items[link].dest.display()));
         } else {
             out.files += 1;
         }
@@ -491,8 +526,20 @@ async fn restore_leased(
         .collect();
     dirs.sort_by_key(|&i| std::cmp::Reverse(items[i].depth));
     for i in dirs {
-        out.errors
-            .extend(apply_metadata(&items[i].dest, &items[i].node));
+        let it = &items[i];
+        // Through a handle on the directory itself; one we may not read (not being root) by
+        // name in its parent.
+        let errs = match ctx.at(i) {
+            Ok((d, name)) => match target::open_dir(d.as_fd(), name) {
+                Ok(f) => apply_metadata_fd(&f, &it.dest, &it.node, false),
+                Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+                    apply_metadata_at(d.as_fd(), name, &it.dest, &it.node)
+                }
+                Err(e) => vec![format!("{}: {e}", it.dest.display())],
+            },
+            Err(e) => vec![format!("{}: {e}", it.dest.display())],
+        };
+        out.errors.extend(errs);
     }
     tracing::debug!("restore: done at {:?}", t0.elapsed());
     Ok(out)
@@ -503,11 +550,40 @@ fn unsafe_ids() -> (u32, u32) {
     unsafe { (libc::geteuid(), libc::getegid()) }
 }
 
+/// The handle on the parent directory of `dest` (below `target`) and the entry's name.
+fn locate<'a>(
+    tdir: &TargetDir,
+    target: &Path,
+    dest: &'a Path,
+) -> std::io::Result<(Arc<OwnedFd>, &'a OsStr)> {
+    let (parent, name) = target::split(target, dest).map_err(std::io::Error::other)?;
+    Ok((tdir.dir(parent)?, name))
+}
+
+/// A file being written: kept open while it has contents outstanding (up to a bound on open
+/// files), else reopened by name for each write, checking it is still the file made.
+#[derive(Default)]
+struct Slot {
+    file: Option<Arc<File>>,
+    /// Device and inode, recorded when the file was not kept open.
+    id: Option<(u64, u64)>,
+    /// The file could not be made (reported once).
+    failed: bool,
+}
+
 /// What the writers of file contents share.
 struct WriteCtx {
     items: Arc<Vec<Item>>,
+    target: PathBuf,
+    tdir: Arc<TargetDir>,
+    slots: Vec<Mutex<Slot>>,
+    /// Files kept open in `slots`, at most `max_kept`.
+    kept: AtomicUsize,
+    max_kept: usize,
     /// Whether a new file at this entry already has the right owner.
     owned: Vec<bool>,
+    /// Whether the entry's directory was made by this restore (nothing there to clear).
+    fresh_parent: Vec<bool>,
     /// Data extents of each file still to be written.
     remaining: Vec<AtomicU32>,
     verify: bool,
@@ -516,15 +592,57 @@ struct WriteCtx {
 }
 
 impl WriteCtx {
-    fn open(&self, i: usize) -> std::io::Result<File> {
-        OpenOptions::new()
-            .read(self.verify)
-            .write(true)
-            .create(true)
-            // Several writers fill parts of one file; stale files were removed beforehand.
-            .truncate(false)
-            .mode(0o600)
-            .open(&self.items[i].dest)
+    fn at(&self, i: usize) -> std::io::Result<(Arc<OwnedFd>, &OsStr)> {
+        locate(&self.tdir, &self.target, &self.items[i].dest)
+    }
+
+    fn slot(&self, i: usize) -> MutexGuard<'_, Slot> {
+        self.slots[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The open file of entry `i`, made on first use (replacing whatever is in its place).
+    /// Several writers fill parts of one file; the first one makes it. A file that cannot be
+    /// made is reported in `errs` once, however many writers ask for it.
+    fn file(&self, i: usize, errs: &mut Vec<String>) -> Option<Arc<File>> {
+        let mut slot = self.slot(i);
+        if let Some(f) = &slot.file {
+            return Some(f.clone());
+        }
+        if slot.failed {
+            return None;
+        }
+        match self.open_file(i, &mut slot) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                slot.failed = true;
+                errs.push(format!("{}: {e}", self.items[i].dest.display()));
+                None
+            }
+        }
+    }
+
+    fn open_file(&self, i: usize, slot: &mut Slot) -> std::io::Result<Arc<File>> {
+        let (dir, name) = self.at(i)?;
+        let f = Arc::new(match slot.id {
+            None => target::create_file(dir.as_fd(), name, self.verify, !self.fresh_parent[i])?,
+            Some(id) => target::reopen_file(dir.as_fd(), name, self.verify, id)?,
+        });
+        if self.kept.fetch_add(1, Ordering::AcqRel) < self.max_kept {
+            slot.file = Some(f.clone());
+        } else {
+            self.kept.fetch_sub(1, Ordering::AcqRel);
+            if slot.id.is_none() {
+                slot.id = Some(target::file_id(f.as_fd())?);
+            }
+        }
+        Ok(f)
+    }
+
+    /// Close entry `i`'s file once nothing more is to be written to it.
+    fn release(&self, i: usize) {
+        if self.slot(i).file.take().is_some() {
+            self.kept.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     /// Set the final length (holes stay holes), verify if asked, apply metadata.
@@ -554,79 +672,79 @@ impl WriteCtx {
 /// Create an entry that has no contents to fetch, and apply its metadata.
 fn make_leaf(ctx: &WriteCtx, i: usize) -> Vec<String> {
     let it = &ctx.items[i];
-    let made = match it.node.kind {
-        NodeKind::File => match ctx.open(i) {
-            Ok(f) => return ctx.finish_file(i, &f),
-            Err(e) => Err(e),
-        },
-        NodeKind::Symlink => std::os::unix::fs::symlink(os(&it.node.target), &it.dest),
-        _ => make_special(&it.dest, &it.node),
-    };
+    if it.node.kind == NodeKind::File {
+        let mut errs = Vec::new();
+        if let Some(f) = ctx.file(i, &mut errs) {
+            errs.extend(ctx.finish_file(i, &f));
+        }
+        ctx.release(i);
+        return errs;
+    }
+    let clear = !ctx.fresh_parent[i];
+    let made = ctx.at(i).and_then(|(dir, name)| {
+        let d = dir.as_fd();
+        match it.node.kind {
+            NodeKind::Symlink => target::make_symlink(os(&it.node.target), d, name, clear)?,
+            kind => target::make_node(d, name, file_type(kind), it.node.rdev, clear)?,
+        }
+        Ok((dir, name))
+    });
     match made {
-        Ok(()) => apply_metadata(&it.dest, &it.node),
+        Ok((dir, name)) => apply_metadata_at(dir.as_fd(), name, &it.dest, &it.node),
         Err(e) => vec![format!("{}: {e}", it.dest.display())],
     }
 }
 
-fn make_special(path: &Path, node: &Node) -> std::io::Result<()> {
-    let _ = fs::remove_file(path);
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    let kind = match node.kind {
-        NodeKind::Fifo => libc::S_IFIFO,
-        NodeKind::CharDev => libc::S_IFCHR,
-        _ => libc::S_IFBLK,
-    };
-    // SAFETY: c is a valid NUL-terminated path.
-    let r = unsafe { libc::mknod(c.as_ptr(), kind | 0o600, node.rdev as libc::dev_t) };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
+fn file_type(kind: NodeKind) -> rustix::fs::FileType {
+    use rustix::fs::FileType;
+    match kind {
+        NodeKind::File => FileType::RegularFile,
+        NodeKind::Dir => FileType::Directory,
+        NodeKind::Symlink => FileType::Symlink,
+        NodeKind::Fifo => FileType::Fifo,
+        NodeKind::CharDev => FileType::CharacterDevice,
+        NodeKind::BlockDev => FileType::BlockDevice,
+        NodeKind::Socket => FileType::Socket,
     }
-    Ok(())
 }
 
-/// Owner, mode, extended attributes and times. Returns what failed; an owner change that is not
-/// permitted (not running as root) is skipped silently, as other tools do.
-fn apply_metadata(path: &Path, node: &Node) -> Vec<String> {
+/// Owner, extended attributes, mode (not of a symlink) and times of `name` in `dir`, never
+/// following a link; for entries that are not opened (symlinks, FIFOs, devices). Returns what
+/// failed; an owner change that is not permitted (not running as root) is skipped silently,
+/// as other tools do.
+fn apply_metadata_at(dir: BorrowedFd<'_>, name: &OsStr, path: &Path, node: &Node) -> Vec<String> {
     let mut errs = Vec::new();
-    let c = match std::ffi::CString::new(path.as_os_str().as_bytes()) {
-        Ok(c) => c,
-        Err(e) => return vec![format!("{}: {e}", path.display())],
-    };
-    // SAFETY: c is a valid NUL-terminated path; lchown does not follow symlinks.
-    let r = unsafe { libc::lchown(c.as_ptr(), node.uid, node.gid) };
-    if r != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EPERM) {
-            errs.push(format!("{}: chown: {e}", path.display()));
-        }
+    if let Err(e) = target::chown_at(dir, name, node.uid, node.gid)
+        && e.raw_os_error() != Some(libc::EPERM)
+    {
+        errs.push(format!("{}: chown: {e}", path.display()));
     }
     for x in &node.xattrs {
-        if let Err(e) = xattr::set(path, os(&x.name), &x.value) {
-            // Attributes of privileged namespaces may not be settable here; user ones must be.
-            if x.name.starts_with(b"user.") {
-                errs.push(format!(
-                    "{}: xattr {}: {e}",
-                    path.display(),
-                    String::from_utf8_lossy(&x.name)
-                ));
-            }
+        // Attributes of privileged namespaces may not be settable here; user ones must be.
+        if let Err(e) = target::xattr_at(dir, name, os(&x.name), &x.value)
+            && x.name.starts_with(b"user.")
+        {
+            errs.push(format!(
+                "{}: xattr {}: {e}",
+                path.display(),
+                String::from_utf8_lossy(&x.name)
+            ));
         }
     }
-    if node.kind != NodeKind::Symlink {
-        use std::os::unix::fs::PermissionsExt;
-        if let Err(e) = fs::set_permissions(path, fs::Permissions::from_mode(node.mode)) {
-            errs.push(format!("{}: chmod: {e}", path.display()));
-        }
+    if node.kind != NodeKind::Symlink
+        && let Err(e) = target::chmod_at(dir, name, file_type(node.kind), node.mode)
+    {
+        errs.push(format!("{}: chmod: {e}", path.display()));
     }
-    let ft = |t: crate::format::Timestamp| filetime::FileTime::from_unix_time(t.secs, t.nanos);
-    if let Err(e) = filetime::set_symlink_file_times(path, ft(node.atime), ft(node.mtime)) {
+    let t = |t: crate::format::Timestamp| (t.secs, t.nanos);
+    if let Err(e) = target::times_at(dir, name, t(node.atime), t(node.mtime)) {
         errs.push(format!("{}: times: {e}", path.display()));
     }
     errs
 }
 
-/// [`apply_metadata`] through an open file: no path lookups, and the same order (owner before
-/// mode, since a change of owner clears set-id bits; times last).
+/// [`apply_metadata_at`] through an open file or directory: no path lookups, and the same
+/// order (owner before mode, since a change of owner clears set-id bits; times last).
 fn apply_metadata_fd(f: &File, path: &Path, node: &Node, owned: bool) -> Vec<String> {
     use std::os::unix::io::AsRawFd;
     let mut errs = Vec::new();
@@ -805,15 +923,15 @@ async fn restore_read(
             };
             for t in &b.targets {
                 let dest = &ctx.items[t.file].dest;
-                let written = ctx.open(t.file).and_then(|f| {
-                    f.write_all_at(&plain, t.offset)?;
-                    Ok(f)
-                });
-                match written {
-                    Ok(f) => {
+                let Some(f) = ctx.file(t.file, &mut errs) else {
+                    continue;
+                };
+                match f.write_all_at(&plain, t.offset) {
+                    Ok(()) => {
                         n += plain.len() as u64;
                         if ctx.remaining[t.file].fetch_sub(1, Ordering::AcqRel) == 1 {
                             errs.extend(ctx.finish_file(t.file, &f));
+                            ctx.release(t.file);
                         }
                     }
                     Err(e) => errs.push(format!("{}: {e}", dest.display())),
