@@ -140,15 +140,17 @@ fn unreadable_sources_give_exit_3_and_a_snapshot() {
         .run()
         .code(3);
     let v = out.json();
-    let errors: Vec<String> = v["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e.as_str().unwrap().to_string())
-        .collect();
+    // Each unreadable entry, typed: its path, why (for a scheduler) and what the system said.
+    let errors = v["errors"].as_array().unwrap();
     assert_eq!(errors.len(), 2, "{v}");
-    assert!(errors.iter().any(|e| e.contains("locked.txt")), "{v}");
-    assert!(errors.iter().any(|e| e.contains("locked-dir")), "{v}");
+    for name in ["locked.txt", "locked-dir"] {
+        let e = errors
+            .iter()
+            .find(|e| e["path"].as_str().unwrap().ends_with(name))
+            .unwrap_or_else(|| panic!("no error for {name}: {v}"));
+        assert_eq!(e["kind"], "permission_denied", "{v}");
+        assert!(e["message"].as_str().unwrap().contains("ermission"), "{v}");
+    }
     assert_eq!(v["summary"]["errors"], 2, "{v}");
     assert_eq!(v["summary"]["total_files"], 1, "{v}");
     let id = v["snapshot_id"]

@@ -201,10 +201,17 @@ fn kill_9_during_prune_loses_nothing() {
         killed, wanted,
         "only {killed} prunes were killed part way ({finished} finished first)"
     );
-    // The next prune finishes and leaves nothing behind.
+    // The next prune finishes and leaves nothing behind but the temporary files of the writes
+    // that the kills interrupted (check names them; format-spec/ordering.md).
     env.run(["prune", "--grace", "0s"]).ok();
     let v = env.run(["check", "--read-data", "--json"]).ok().json();
-    assert_eq!(v["warnings"], serde_json::json!([]), "{v}");
+    let others: Vec<&serde_json::Value> = v["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| !w["object"].as_str().unwrap().contains("/.tmp-"))
+        .collect();
+    assert!(others.is_empty(), "{v}");
 }
 
 fn copy_tree(from: &Path, to: &Path) {

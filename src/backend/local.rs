@@ -150,14 +150,24 @@ fn list_blocking(root: &Path, prefix: &str) -> io::Result<Vec<Entry>> {
                 continue;
             }
             let key = format!("{key_prefix}{name}");
-            let ft = ent.file_type()?;
+            let ft = match ent.file_type() {
+                Ok(ft) => ft,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
             if ft.is_dir() {
                 let sub = format!("{key}/");
                 if sub.starts_with(prefix) || prefix.starts_with(&sub) {
                     stack.push((ent.path(), sub));
                 }
             } else if ft.is_file() && key.starts_with(prefix) {
-                let m = ent.metadata()?;
+                // Deleted since the directory was read (leases come and go all the time):
+                // not listed, as if the listing had come a moment later.
+                let m = match ent.metadata() {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
                 out.push(Entry {
                     key,
                     size: m.len(),

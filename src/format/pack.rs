@@ -393,9 +393,7 @@ impl PackBuilder {
         });
         let mut tail = Vec::with_capacity(header.len() + 64);
         match nonce {
-            Some(n) => {
-                sealer.seal_with(&Kind::PackHeader.header(), &header, n, &mut tail)
-            }
+            Some(n) => sealer.seal_with(&Kind::PackHeader.header(), &header, n, &mut tail),
             None => sealer.seal_into(&Kind::PackHeader.header(), &header, &mut tail),
         }
         let hlen = tail.len() as u32;

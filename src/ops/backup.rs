@@ -101,14 +101,100 @@ pub struct BackupOutcome {
     pub snapshot_id: Option<Id>,
     pub snapshot: Snapshot,
     /// Source entries that could not be read; they are missing from the snapshot.
-    pub errors: Vec<String>,
+    pub errors: Vec<SourceProblem>,
+}
+
+/// A source entry that could not be backed up: it is missing from the snapshot (exit code 3).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SourceProblem {
+    /// The entry's path (lossy UTF-8); empty for a stream.
+    pub path: String,
+    pub kind: SourceProblemKind,
+    /// What the system said.
+    pub message: String,
+}
+
+/// Why a source entry could not be backed up, at the granularity a scheduler acts on: an entry
+/// that vanished or changed type during the backup is usually fine on the next run; one that
+/// cannot be read needs a fix (permissions, a failing disk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceProblemKind {
+    /// It disappeared, or stopped being what it was, while the backup ran.
+    Vanished,
+    /// No permission to read it.
+    PermissionDenied,
+    /// Any other failure to read it.
+    Unreadable,
+}
+
+impl SourceProblem {
+    pub fn io(path: &Path, e: &std::io::Error) -> SourceProblem {
+        use std::io::ErrorKind as K;
+        let kind = match e.kind() {
+            K::NotFound => SourceProblemKind::Vanished,
+            K::PermissionDenied => SourceProblemKind::PermissionDenied,
+            _ => SourceProblemKind::Unreadable,
+        };
+        SourceProblem {
+            path: path.to_string_lossy().into_owned(),
+            kind,
+            message: e.to_string(),
+        }
+    }
+
+    fn vanished(path: &Path, why: &str) -> SourceProblem {
+        SourceProblem {
+            path: path.to_string_lossy().into_owned(),
+            kind: SourceProblemKind::Vanished,
+            message: why.to_string(),
+        }
+    }
+
+    /// The problem as an error of the whole operation (a stream that could not be read).
+    pub(crate) fn into_error(self, name: &str) -> Error {
+        let kind = match self.kind {
+            SourceProblemKind::Vanished => std::io::ErrorKind::NotFound,
+            SourceProblemKind::PermissionDenied => std::io::ErrorKind::PermissionDenied,
+            SourceProblemKind::Unreadable => std::io::ErrorKind::Other,
+        };
+        let path = if self.path.is_empty() {
+            name
+        } else {
+            &self.path
+        };
+        Error::io(path, std::io::Error::new(kind, self.message))
+    }
+}
+
+impl std::fmt::Display for SourceProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
 }
 
 /// Errors of a file job: the source failing is reported and skipped; the repository failing
 /// aborts the backup.
 pub(crate) enum JobError {
-    Source(String),
+    Source(SourceProblem),
     Fatal(Error),
+}
+
+impl JobError {
+    /// A stream's problem as the problem of the file at `path`.
+    fn at(self, path: &Path) -> JobError {
+        match self {
+            JobError::Source(mut p) if p.path.is_empty() => {
+                p.path = path.to_string_lossy().into_owned();
+                JobError::Source(p)
+            }
+            e => e,
+        }
+    }
 }
 
 struct FileResult {
@@ -282,7 +368,7 @@ pub(crate) fn chunk_stream<R: Read>(
         let batch = match stream.next_batch() {
             Ok(Some(b)) => b,
             Ok(None) => break,
-            Err(e) => return Err(JobError::Source(e.to_string())),
+            Err(e) => return Err(JobError::Source(SourceProblem::io(Path::new(""), &e))),
         };
         let ids = store(&batch).map_err(JobError::Fatal)?;
         let n: u64 = batch.iter().map(|c| c.len() as u64).sum();
@@ -333,16 +419,26 @@ fn read_file(
     opened: Option<Opened>,
     progress: &Progress,
 ) -> std::result::Result<FileResult, JobError> {
-    let src = |e: std::io::Error| JobError::Source(format!("{}: {e}", path.display()));
+    read_file_at(sink, chunker, path, opened, progress).map_err(|e| e.at(path))
+}
+
+fn read_file_at(
+    sink: &BlobSink,
+    chunker: &Chunker,
+    path: &Path,
+    opened: Option<Opened>,
+    progress: &Progress,
+) -> std::result::Result<FileResult, JobError> {
+    let src = |e: std::io::Error| JobError::Source(SourceProblem::io(path, &e));
     let (file, advised) = match opened {
         Some(o) => (o.file, o.advised),
         None => (open_noatime(path).map_err(src)?, 0),
     };
     let meta = file.metadata().map_err(src)?;
     if !meta.is_file() {
-        return Err(JobError::Source(format!(
-            "{}: no longer a regular file",
-            path.display()
+        return Err(JobError::Source(SourceProblem::vanished(
+            path,
+            "no longer a regular file",
         )));
     }
     if !looks_sparse(&meta) {
@@ -490,7 +586,7 @@ struct Walker {
     /// most one wake-up, per batch rather than per entry).
     batch: Vec<Event>,
     budget: Arc<Budget>,
-    errors: Arc<Mutex<Vec<String>>>,
+    errors: Arc<Mutex<Vec<SourceProblem>>>,
     counters: Counters,
     progress: Arc<Progress>,
 }
@@ -499,13 +595,17 @@ struct Walker {
 struct Stop;
 
 impl Walker {
-    fn error(&self, msg: String) {
-        tracing::warn!("{msg}");
+    fn problem(&self, p: SourceProblem) {
+        tracing::warn!("{p}");
         self.progress.errors.fetch_add(1, Ordering::Relaxed);
         self.errors
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(msg);
+            .push(p);
+    }
+
+    fn error(&self, path: &Path, e: &std::io::Error) {
+        self.problem(SourceProblem::io(path, e));
     }
 
     fn send(&mut self, e: Event) -> std::result::Result<(), Stop> {
@@ -567,7 +667,7 @@ impl Walker {
                             self.walk_dirs(dir)?;
                         }
                     }
-                    Err(e) => self.error(format!("{}: {e}", path.display())),
+                    Err(e) => self.error(path, &e),
                 },
                 Target::Inner(path, grand) => {
                     // Directories on the way to a source path: their own metadata, and only the
@@ -575,18 +675,18 @@ impl Walker {
                     let meta = match std::fs::metadata(path) {
                         Ok(m) if m.is_dir() => m,
                         Ok(_) => {
-                            self.error(format!("{}: not a directory", path.display()));
+                            self.problem(SourceProblem::vanished(path, "not a directory"));
                             continue;
                         }
                         Err(e) => {
-                            self.error(format!("{}: {e}", path.display()));
+                            self.error(path, &e);
                             continue;
                         }
                     };
                     let node = match node_from_meta(path, name.clone(), &meta, &self.names) {
                         Ok(n) => self.stamp_atime(n),
                         Err(e) => {
-                            self.error(format!("{}: {e}", path.display()));
+                            self.error(path, &e);
                             continue;
                         }
                     };
@@ -636,7 +736,7 @@ impl Walker {
         let mut node = match node {
             Ok(n) => self.stamp_atime(n),
             Err(e) => {
-                self.error(format!("{}: {e}", path.display()));
+                self.error(path, &e);
                 return Ok(None);
             }
         };
@@ -740,7 +840,7 @@ impl Walker {
                         stack.push(sub);
                     }
                 }
-                Err(e) => self.error(format!("{}: {e}", path.display())),
+                Err(e) => self.error(&path, &e),
             }
         }
         Ok(())
@@ -763,12 +863,12 @@ impl Walker {
         let names = match read_dir_names(dir) {
             Ok((names, errors)) => {
                 for e in errors {
-                    self.error(format!("{}: {e}", dir.display()));
+                    self.error(dir, &e);
                 }
                 names
             }
             Err(e) => {
-                self.error(format!("{}: {e}", dir.display()));
+                self.error(dir, &e);
                 Vec::new()
             }
         };
@@ -881,7 +981,7 @@ struct Assembled {
 fn assemble(
     sink: &BlobSink,
     events: Receiver<Vec<Event>>,
-    errors: &Mutex<Vec<String>>,
+    errors: &Mutex<Vec<SourceProblem>>,
 ) -> Result<Assembled> {
     let mut stack: Vec<(Option<Node>, Vec<Node>)> = vec![(None, Vec::new())];
     let mut total_files = 0u64;
@@ -928,9 +1028,9 @@ fn assemble(
                     total_bytes += node.size;
                     stack.last_mut().expect("root frame").1.push(node);
                 }
-                Ok(Err(JobError::Source(msg))) => {
-                    tracing::warn!("{msg}");
-                    errors.lock().unwrap_or_else(|p| p.into_inner()).push(msg);
+                Ok(Err(JobError::Source(p))) => {
+                    tracing::warn!("{p}");
+                    errors.lock().unwrap_or_else(|e| e.into_inner()).push(p);
                 }
                 Ok(Err(JobError::Fatal(e))) => return Err(e),
                 Err(_) => return Err(Error::Other("a file reader stopped unexpectedly".into())),
@@ -1008,7 +1108,7 @@ impl Session {
         repo: &Repository,
         mut snap: Snapshot,
         dry_run: bool,
-        errors: Vec<String>,
+        errors: Vec<SourceProblem>,
         lease: &LeaseHandle,
     ) -> Result<BackupOutcome> {
         self.sink.flush().await?;
@@ -1311,11 +1411,9 @@ where
     });
     let (root, size) = match job.await {
         Ok(Ok(r)) => r,
-        Ok(Err(JobError::Source(msg))) => {
+        Ok(Err(JobError::Source(p))) => {
             session.abandon().await;
-            return Err(Error::Other(format!(
-                "reading {name}: {msg}; no snapshot written"
-            )));
+            return Err(p.into_error(name));
         }
         Ok(Err(JobError::Fatal(e))) => {
             session.abandon().await;

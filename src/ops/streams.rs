@@ -159,7 +159,7 @@ impl StreamWriter<'_> {
 /// A producer's stream that could not be read is an error like any other.
 fn stream_error(e: JobError) -> Error {
     match e {
-        JobError::Source(msg) => Error::Other(format!("reading the stream: {msg}")),
+        JobError::Source(p) => p.into_error("the stream"),
         JobError::Fatal(e) => e,
     }
 }

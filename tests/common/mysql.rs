@@ -56,7 +56,10 @@ pub fn server() -> Option<&'static Server> {
         })
         .as_ref();
     if server.is_none() {
-        let test = std::thread::current().name().unwrap_or("a MySQL test").to_string();
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("a MySQL test")
+            .to_string();
         super::s3server::skipped(&test, "MariaDB not installed: did not run");
     }
     server

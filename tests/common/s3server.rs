@@ -110,7 +110,10 @@ impl S3Server {
                     "{test}: s3s-fs is not installed and CAIRN_REQUIRE_SERVERS=1 (run .ci/install-s3s.sh)"
                 );
             }
-            skipped(test, "s3s-fs not installed: ran on local disk instead of S3");
+            skipped(
+                test,
+                "s3s-fs not installed: ran on local disk instead of S3",
+            );
             return None;
         };
         let dir = tempfile::Builder::new()
