@@ -30,7 +30,10 @@ fn wait_for_lease(env: &Env, child: &mut Child) -> bool {
         if child.try_wait().unwrap().is_some() {
             return false;
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "no lease appeared");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no lease appeared"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
     true
@@ -78,7 +81,10 @@ fn fill(src: &Path, round: u64) {
 }
 
 fn snapshot_id(v: &serde_json::Value) -> String {
-    v["snapshot_id"].as_str().expect("a snapshot id").to_string()
+    v["snapshot_id"]
+        .as_str()
+        .expect("a snapshot id")
+        .to_string()
 }
 
 /// Host B (its own cache) backs up; host A forgets that snapshot and prunes with no grace, which
@@ -96,7 +102,14 @@ fn backup_racing_another_hosts_prune_commits_only_stored_data() {
         fill(&src, round);
         let m = Manifest::capture(&src);
         let host_b = || env.cmd().env("CAIRN_CACHE_DIR", &cache_b);
-        let first = snapshot_id(&host_b().args(["backup", "--json"]).arg(&src).run().ok().json());
+        let first = snapshot_id(
+            &host_b()
+                .args(["backup", "--json"])
+                .arg(&src)
+                .run()
+                .ok()
+                .json(),
+        );
         let mut forget = vec!["forget".to_string(), first];
         forget.extend(previous.take());
         env.run(&forget).ok();
@@ -295,7 +308,10 @@ fn repackable(env: &Env) -> (PathBuf, Manifest, String) {
             if j % 2 == 0 {
                 write(&b.join(format!("d{i}/f{j}")), &data);
             } else {
-                write(&b.join(format!("d{i}/g{j}")), &random_bytes(9000 + i * 100 + j, 60 << 10));
+                write(
+                    &b.join(format!("d{i}/g{j}")),
+                    &random_bytes(9000 + i * 100 + j, 60 << 10),
+                );
             }
         }
     }
@@ -319,7 +335,11 @@ fn restore_and_check_hold_a_shared_lease_against_prune() {
         let mut reader = match what {
             "restore" => env
                 .cmd()
-                .args(["restore", &format!("{}:{}", &idb[..8], b.display()), "--target"])
+                .args([
+                    "restore",
+                    &format!("{}:{}", &idb[..8], b.display()),
+                    "--target",
+                ])
                 .arg(&target),
             _ => env.cmd().args(["check", "--read-data"]),
         }

@@ -113,7 +113,11 @@ pub async fn backup(repo: &Arc<Repository>, opts: &MysqlBackupOptions) -> Result
             let version = tools.dump_version()?;
             // Accounts are not transactional data: read them just before the dump starts.
             let grants = match grants {
-                true => Some(src::dump_grants(&tools.client, &conn)?),
+                true => Some(src::dump_grants(
+                    &tools.client,
+                    &conn,
+                    info.version.contains("MariaDB"),
+                )?),
                 false => None,
             };
             Ok((info, dbs, version, grants))

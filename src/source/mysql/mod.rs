@@ -321,19 +321,33 @@ fn unescape_batch(v: &str) -> String {
     out
 }
 
-/// Users and their grants as SQL that any client can load (`mysql/_grants.sql`): for every
-/// account but the server's own, sorted by user and host, `SHOW CREATE USER` made idempotent
-/// (`CREATE USER IF NOT EXISTS`) and its `SHOW GRANTS`. Works on MariaDB and MySQL alike. An
-/// account the server cannot show (a MariaDB role, say) is noted in a comment.
-pub fn dump_grants(client: &Path, conn: &Connection) -> Result<Vec<u8>> {
-    let rows = query(
-        client,
-        conn,
-        "SELECT HEX(user), HEX(host) FROM mysql.user ORDER BY user, host",
-    )?;
-    let mut out = String::from(
-        "-- cairn: users and grants (SHOW CREATE USER, SHOW GRANTS), sorted by user and host\n",
-    );
+/// One account as `mysql/_grants.sql` records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountGrants {
+    /// The account as SQL: `'user'@'host'`, or `'role'` for a role.
+    pub account: String,
+    /// A MariaDB role (`mysql.user.is_role`), created with `CREATE ROLE`.
+    pub role: bool,
+    /// `SHOW CREATE USER` made idempotent (users only; empty for roles).
+    pub create: Vec<String>,
+    /// `SHOW GRANTS`, one statement each (without `SET DEFAULT ROLE`).
+    pub grants: Vec<String>,
+    /// `SET DEFAULT ROLE` statements (MariaDB shows them with the grants).
+    pub default_role: Vec<String>,
+    /// Why the server could not show the account (it is left out).
+    pub skipped: Option<String>,
+}
+
+/// Users, roles and their grants as SQL that any client can load (`mysql/_grants.sql`), for
+/// every account but the server's own, sorted by user and host. Works on MariaDB and MySQL
+/// alike; on MariaDB (`mariadb`), rows of `mysql.user` with `is_role = 'Y'` are roles.
+pub fn dump_grants(client: &Path, conn: &Connection, mariadb: bool) -> Result<Vec<u8>> {
+    let sql = match mariadb {
+        true => "SELECT HEX(user), HEX(host), is_role = 'Y' FROM mysql.user ORDER BY user, host",
+        false => "SELECT HEX(user), HEX(host), 0 FROM mysql.user ORDER BY user, host",
+    };
+    let rows = query(client, conn, sql)?;
+    let mut accounts = Vec::new();
     for row in rows {
         let [user, host] = [0, 1].map(|i| {
             row.get(i)
@@ -341,38 +355,131 @@ pub fn dump_grants(client: &Path, conn: &Connection) -> Result<Vec<u8>> {
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
                 .unwrap_or_default()
         });
+        let role = row.get(2).is_some_and(|v| v.trim() == "1");
         if user.is_empty() || SYSTEM_ACCOUNTS.contains(&user.as_str()) {
             continue;
         }
-        let account = format!("{}@{}", sql_string(&user), sql_string(&host));
-        let create = match query(client, conn, &format!("SHOW CREATE USER {account}")) {
-            Ok(r) => r,
-            Err(e) => {
-                out.push_str(&format!(
-                    "-- skipped {account}: {}\n",
-                    e.to_string().replace('\n', " ")
-                ));
-                continue;
-            }
+        let mut a = AccountGrants {
+            account: match role {
+                true => sql_string(&user),
+                false => format!("{}@{}", sql_string(&user), sql_string(&host)),
+            },
+            role,
+            create: Vec::new(),
+            grants: Vec::new(),
+            default_role: Vec::new(),
+            skipped: None,
         };
-        out.push('\n');
-        for r in create {
-            let stmt = unescape_batch(&r.join("\t"));
-            let stmt = match stmt.strip_prefix("CREATE USER ") {
-                Some(rest) if !rest.starts_with("IF NOT EXISTS") => {
-                    format!("CREATE USER IF NOT EXISTS {rest}")
+        if !role {
+            match query(client, conn, &format!("SHOW CREATE USER {}", a.account)) {
+                Ok(r) => {
+                    a.create = r
+                        .into_iter()
+                        .map(|r| {
+                            let stmt = unescape_batch(&r.join("\t"));
+                            match stmt.strip_prefix("CREATE USER ") {
+                                Some(rest) if !rest.starts_with("IF NOT EXISTS") => {
+                                    format!("CREATE USER IF NOT EXISTS {rest}")
+                                }
+                                _ => stmt,
+                            }
+                        })
+                        .collect()
                 }
-                _ => stmt,
-            };
-            out.push_str(&stmt);
-            out.push_str(";\n");
+                Err(e) => {
+                    a.skipped = Some(e.to_string().replace('\n', " "));
+                    accounts.push(a);
+                    continue;
+                }
+            }
         }
-        for r in query(client, conn, &format!("SHOW GRANTS FOR {account}"))? {
-            out.push_str(&unescape_batch(&r.join("\t")));
+        for r in query(client, conn, &format!("SHOW GRANTS FOR {}", a.account))? {
+            let stmt = unescape_batch(&r.join("\t"));
+            match stmt.starts_with("SET DEFAULT ROLE ") {
+                true => a.default_role.push(stmt),
+                false => a.grants.push(stmt),
+            }
+        }
+        accounts.push(a);
+    }
+    Ok(grants_sql(&accounts).into_bytes())
+}
+
+/// The text of `mysql/_grants.sql` (format-spec/mysql.md): every user created, then every
+/// role, then every grant (a role's privileges and the roles granted to it, then each user's,
+/// with the roles granted to it), then the default roles. So nothing is granted before it
+/// exists, whatever the names' order.
+///
+/// Only an admin of a role may grant it, and `CREATE ROLE` makes its creator one, which the
+/// account loading the file should not stay. So the roles are created `WITH ADMIN` a helper
+/// role (`cairn_import_<connection id>`, as `mariadb-dump --system=users` does) that the loader
+/// holds while the file loads and that is dropped at the end; the admins the server had are
+/// in their own grants (`GRANT r TO a WITH ADMIN OPTION`).
+pub fn grants_sql(accounts: &[AccountGrants]) -> String {
+    let mut out = String::from(
+        "-- cairn: users, roles and grants (SHOW CREATE USER, SHOW GRANTS): users, then roles, \
+         then grants, then default roles\n",
+    );
+    for a in accounts {
+        if let Some(why) = &a.skipped {
+            out.push_str(&format!("-- skipped {}: {why}\n", a.account));
+        }
+    }
+    out.push_str("\n-- users\n");
+    for a in accounts.iter().filter(|a| !a.role) {
+        for s in &a.create {
+            out.push_str(s);
             out.push_str(";\n");
         }
     }
-    Ok(out.into_bytes())
+    let roles: Vec<&AccountGrants> = accounts.iter().filter(|a| a.role).collect();
+    if !roles.is_empty() {
+        out.push_str(
+            "\n-- roles, created with a helper role as their admin (dropped at the end)\n\
+             SET @cairn_previous_role = CURRENT_ROLE();\n\
+             SET @cairn_import = CONCAT('`cairn_import_', CONNECTION_ID(), '`');\n\
+             EXECUTE IMMEDIATE CONCAT('CREATE ROLE ', @cairn_import);\n\
+             EXECUTE IMMEDIATE CONCAT('GRANT ', @cairn_import, ' TO CURRENT_USER');\n\
+             EXECUTE IMMEDIATE CONCAT('SET ROLE ', @cairn_import);\n",
+        );
+        for r in &roles {
+            let stmt = format!("CREATE ROLE IF NOT EXISTS {} WITH ADMIN ", r.account);
+            out.push_str(&format!(
+                "EXECUTE IMMEDIATE CONCAT({}, @cairn_import);\n",
+                sql_string(&stmt)
+            ));
+        }
+    }
+    out.push_str("\n-- grants\n");
+    // A role's SHOW GRANTS repeats the grants of the roles granted to it: each once.
+    let mut seen = std::collections::HashSet::new();
+    for a in roles
+        .iter()
+        .copied()
+        .chain(accounts.iter().filter(|a| !a.role))
+    {
+        for s in a.grants.iter().filter(|s| seen.insert(s.as_str())) {
+            out.push_str(s);
+            out.push_str(";\n");
+        }
+    }
+    let defaults: Vec<&String> = accounts.iter().flat_map(|a| &a.default_role).collect();
+    if !defaults.is_empty() {
+        out.push_str("\n-- default roles\n");
+        for s in defaults {
+            out.push_str(s);
+            out.push_str(";\n");
+        }
+    }
+    if !roles.is_empty() {
+        out.push_str(
+            "\nSET ROLE NONE;\n\
+             EXECUTE IMMEDIATE CONCAT('DROP ROLE ', @cairn_import);\n\
+             EXECUTE IMMEDIATE CONCAT('SET ROLE ', \
+             IF(@cairn_previous_role IS NULL, 'NONE', QUOTE(@cairn_previous_role)));\n",
+        );
+    }
+    out
 }
 
 /// The path of the users-and-grants file: `mysql/_grants.sql`.
@@ -671,6 +778,57 @@ mod tests {
         assert_eq!(encode_name("users"), "users");
         assert_eq!(encode_name("_schema"), "%5Fschema");
         assert_eq!(table_path("app", "a/b")[2], "a%2Fb.sql");
+    }
+
+    #[test]
+    fn grants_file_creates_every_account_before_granting() {
+        let user = AccountGrants {
+            account: "'a'@'h'".into(),
+            role: false,
+            create: vec!["CREATE USER IF NOT EXISTS `a`@`h`".into()],
+            grants: vec![
+                "GRANT `zrole` TO `a`@`h`".into(),
+                "GRANT USAGE ON *.* TO `a`@`h`".into(),
+            ],
+            default_role: vec!["SET DEFAULT ROLE `zrole` FOR `a`@`h`".into()],
+            skipped: None,
+        };
+        let role = AccountGrants {
+            account: "'zrole'".into(),
+            role: true,
+            create: vec![],
+            grants: vec![
+                "GRANT SELECT ON `db`.* TO `zrole`".into(),
+                "GRANT `it's` TO `zrole`".into(),
+            ],
+            default_role: vec![],
+            skipped: None,
+        };
+        let inner = AccountGrants {
+            account: sql_string("it's"),
+            grants: vec!["GRANT SELECT ON `db`.* TO `zrole`".into()],
+            ..role.clone()
+        };
+        let sql = grants_sql(&[user.clone(), role, inner]);
+        let at = |needle: &str| {
+            sql.find(needle)
+                .unwrap_or_else(|| panic!("{needle:?} missing from\n{sql}"))
+        };
+        let create_helper = at("CONCAT('CREATE ROLE ', @cairn_import)");
+        assert!(at("CREATE USER IF NOT EXISTS `a`") < create_helper);
+        // The statement is a string literal: its quotes are doubled once more.
+        assert!(at("CREATE ROLE IF NOT EXISTS ''zrole''") < at("GRANT `zrole` TO `a`"));
+        assert!(at("CREATE ROLE IF NOT EXISTS ''it''''s''") < at("GRANT `it's` TO `zrole`"));
+        assert!(at("GRANT USAGE ON *.* TO `a`") < at("SET DEFAULT ROLE `zrole`"));
+        assert!(at("SET DEFAULT ROLE") < at("CONCAT('DROP ROLE ', @cairn_import)"));
+        assert_eq!(sql.matches("GRANT SELECT ON `db`.* TO `zrole`").count(), 1);
+        // Without roles: no helper role and nothing MariaDB-only.
+        let plain = grants_sql(&[user]);
+        assert!(
+            !plain.contains("cairn_import") && !plain.contains("EXECUTE"),
+            "{plain}"
+        );
+        assert!(plain.contains("GRANT `zrole` TO `a`@`h`;\n"));
     }
 
     #[test]
