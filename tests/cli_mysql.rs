@@ -544,11 +544,33 @@ fn grants_are_stored_and_load_back() {
 
     mysql_backup(&env, srv, &db, &[]).ok();
     env.run(["dump", "latest", "mysql/_grants.sql"]).code(1);
+    // Restoring grants from a snapshot without them says how to get them.
+    env.cmd()
+        .args(["mysql", "restore", "latest", "--grants"])
+        .args(srv.cairn_args())
+        .run()
+        .code(1)
+        .stderr_has("mysql backup --grants");
+    // Nothing to restore: a clear error.
+    env.cmd()
+        .args(["mysql", "restore", "latest"])
+        .args(srv.cairn_args())
+        .run()
+        .code(1)
+        .stderr_has("--database");
     mysql_backup(&env, srv, &db, &["--grants"]).ok();
     let sql = env
         .run(["dump", "latest", "mysql/_grants.sql"])
         .ok()
         .stdout_str();
+    // --to-stdout --grants prints the file.
+    let printed = env
+        .cmd()
+        .args(["mysql", "restore", "latest", "--grants", "--to-stdout"])
+        .run()
+        .ok()
+        .stdout_str();
+    assert_eq!(printed, sql);
     assert!(
         sql.contains(&format!("CREATE USER IF NOT EXISTS `{user}`@`localhost`")),
         "{sql}"
@@ -564,17 +586,7 @@ fn grants_are_stored_and_load_back() {
 
     // Drop the account, load the file through the client: the same grants and password.
     srv.sql(None, &format!("DROP USER {account}"));
-    let mut load = srv.client();
-    load.stdin(std::process::Stdio::piped());
-    let mut child = load.spawn().unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(sql.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    load_sql(srv, &sql).unwrap();
     assert_eq!(srv.sql(None, &format!("SHOW GRANTS FOR {account}")), before);
     srv.sql(None, &format!("DROP USER {account}"));
 }
@@ -682,7 +694,13 @@ fn roles_and_default_roles_are_stored_and_load_back() {
         &format!("DROP USER {account}; DROP ROLE '{reader}'; DROP ROLE '{writer}';"),
     );
     assert!(login("SELECT 1").is_err());
-    load_sql(srv, &sql).unwrap_or_else(|e| panic!("loading the grants: {e}\n{sql}"));
+    let restore = || {
+        env.cmd()
+            .args(["mysql", "restore", "latest", "--grants"])
+            .args(srv.cairn_args())
+            .run()
+    };
+    restore().ok();
 
     check_login("after the load");
     assert!(sql.contains(&format!("`{reader}`")), "{sql}");
@@ -691,7 +709,6 @@ fn roles_and_default_roles_are_stored_and_load_back() {
             .any(|l| l.starts_with("-- skipped") && l.contains(&reader)),
         "{sql}"
     );
-    login(&format!("INSERT INTO `{db}`.t VALUES (3)")).unwrap();
     let after = [
         grants_of(&account),
         grants_of(&format!("'{reader}'")),
@@ -711,6 +728,20 @@ fn roles_and_default_roles_are_stored_and_load_back() {
         .trim(),
         "0"
     );
+    // Loading again over the accounts changes nothing (the loader is the roles' admin, as it
+    // was when it created them).
+    restore().ok();
+    check_login("after loading again");
+    assert_eq!(
+        [
+            grants_of(&account),
+            grants_of(&format!("'{reader}'")),
+            grants_of(&format!("'{writer}'")),
+        ],
+        before
+    );
+    // The role's granted role works too.
+    login(&format!("INSERT INTO `{db}`.t VALUES (3)")).unwrap();
     srv.sql(
         None,
         &format!("DROP USER {account}; DROP ROLE '{reader}'; DROP ROLE '{writer}';"),

@@ -110,15 +110,20 @@ pub struct MysqlRestoreArgs {
     /// Snapshot: id prefix or "latest" (the latest MySQL snapshot).
     pub snapshot: String,
     /// The database in the snapshot.
-    #[arg(long)]
-    pub database: String,
+    #[arg(long, required_unless_present = "grants")]
+    pub database: Option<String>,
     /// Only this table (repeatable); default: the whole database.
-    #[arg(long = "table", value_name = "TABLE")]
+    #[arg(long = "table", value_name = "TABLE", requires = "database")]
     pub tables: Vec<String>,
     /// Load into this database instead (created if missing).
-    #[arg(long)]
+    #[arg(long, requires = "database")]
     pub into: Option<String>,
-    /// Write the SQL to standard output instead of loading it.
+    /// Load the users, roles and grants (mysql/_grants.sql, stored by `mysql backup
+    /// --grants`), before the database if one is given. They are loaded as stored: they name
+    /// the original databases, whatever --into says.
+    #[arg(long)]
+    pub grants: bool,
+    /// Write the SQL to standard output instead of loading it (the grants first).
     #[arg(long)]
     pub to_stdout: bool,
     /// Replace tables that already exist in the target database.
@@ -224,6 +229,7 @@ async fn restore(g: &GlobalArgs, a: MysqlRestoreArgs) -> Result<i32> {
         tables: a.tables.clone(),
         into: a.into.clone(),
         force: a.force,
+        grants: a.grants,
     };
     let started = Instant::now();
     if a.to_stdout {
@@ -240,6 +246,7 @@ async fn restore(g: &GlobalArgs, a: MysqlRestoreArgs) -> Result<i32> {
             "database": o.database,
             "tables": o.tables,
             "schema": o.schema,
+            "grants": o.grants,
             "replaced": o.replaced,
             "bytes": o.bytes,
             "seconds": started.elapsed().as_secs_f64(),
@@ -248,22 +255,26 @@ async fn restore(g: &GlobalArgs, a: MysqlRestoreArgs) -> Result<i32> {
         if !o.replaced.is_empty() {
             eprintln!("replaced existing tables: {}", o.replaced.join(", "));
         }
-        println!(
-            "restored {} {} into database {}{} in {}",
-            o.tables.len(),
-            if o.tables.len() == 1 {
-                "table"
-            } else {
-                "tables"
-            },
-            o.database,
-            if o.schema {
-                " (with views, routines and events)"
-            } else {
-                ""
-            },
-            super::output::duration(started.elapsed())
-        );
+        let took = super::output::duration(started.elapsed());
+        if o.grants {
+            println!("restored the users, roles and grants");
+        }
+        if let Some(db) = &o.database {
+            println!(
+                "restored {} {} into database {db}{} in {took}",
+                o.tables.len(),
+                if o.tables.len() == 1 {
+                    "table"
+                } else {
+                    "tables"
+                },
+                if o.schema {
+                    " (with views, routines and events)"
+                } else {
+                    ""
+                },
+            );
+        }
     }
     Ok(EXIT_OK)
 }

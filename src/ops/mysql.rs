@@ -347,33 +347,73 @@ fn assemble(
 pub struct MysqlRestoreOptions {
     pub conn: Connection,
     pub client_binary: Option<PathBuf>,
-    /// The database in the snapshot.
-    pub database: String,
+    /// The database in the snapshot; `None` with `grants` to restore only those.
+    pub database: Option<String>,
     /// Tables to restore; empty: the whole database (tables, then views, routines, events).
     pub tables: Vec<String>,
     /// Restore into this database instead (created if missing).
     pub into: Option<String>,
     /// Replace tables that already exist.
     pub force: bool,
+    /// Load the users, roles and grants (`mysql/_grants.sql`) first.
+    pub grants: bool,
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct MysqlRestoreOutcome {
-    pub database: String,
+    /// The database restored into (`None`: only grants).
+    pub database: Option<String>,
     pub tables: Vec<String>,
     pub schema: bool,
+    /// The users, roles and grants were loaded.
+    pub grants: bool,
     pub bytes: u64,
     /// Tables that existed and were replaced (with `force`).
     pub replaced: Vec<String>,
+}
+
+impl MysqlRestoreOptions {
+    fn check(&self) -> Result<()> {
+        if self.database.is_none() {
+            if !self.grants {
+                return Err(Error::invalid(
+                    "nothing to restore: give --database DB (and --table T), --grants, or both",
+                ));
+            }
+            if !self.tables.is_empty() || self.into.is_some() {
+                return Err(Error::invalid("--table and --into need --database"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The users-and-grants file of a snapshot.
+async fn grants_node(repo: &Repository, snap: &Snapshot) -> Result<Node> {
+    let path = src::grants_path().join("/");
+    match read::resolve(repo, snap, &path).await {
+        Ok(Resolved::Node(n)) if n.kind == NodeKind::File => Ok(*n),
+        Ok(_) => Err(missing_grants()),
+        Err(e) if e.kind() == crate::error::ErrorKind::NotFound => Err(missing_grants()),
+        Err(e) => Err(e),
+    }
+}
+
+fn missing_grants() -> Error {
+    Error::not_found(
+        "users and grants in this snapshot (mysql/_grants.sql: `cairn mysql backup --grants` \
+         stores them)",
+    )
 }
 
 /// The files to restore: (table name or `None` for the schema, node).
 async fn plan(
     repo: &Repository,
     snap: &Snapshot,
-    opts: &MysqlRestoreOptions,
+    database: &str,
+    tables: &[String],
 ) -> Result<Vec<(Option<String>, Node)>> {
-    let dir = format!("mysql/{}", encode_name(&opts.database));
+    let dir = format!("mysql/{}", encode_name(database));
     let tree_id = match read::resolve(repo, snap, &dir).await {
         Ok(Resolved::Node(n)) if n.kind == NodeKind::Dir => n.subtree,
         Ok(_) => None,
@@ -381,14 +421,11 @@ async fn plan(
         Err(e) => return Err(e),
     };
     let tree_id = tree_id.ok_or_else(|| {
-        Error::not_found(format!(
-            "database {} in the snapshot",
-            sql_ident(&opts.database)
-        ))
+        Error::not_found(format!("database {} in the snapshot", sql_ident(database)))
     })?;
     let tree = repo.load_tree(&tree_id).await?;
     let mut out = Vec::new();
-    if opts.tables.is_empty() {
+    if tables.is_empty() {
         let mut schema = None;
         for n in &tree.nodes {
             let name = n.name_lossy();
@@ -405,7 +442,7 @@ async fn plan(
             out.push((None, s));
         }
     } else {
-        for t in &opts.tables {
+        for t in tables {
             let file = format!("{}.sql", encode_name(t));
             let node = tree
                 .find(file.as_bytes())
@@ -413,7 +450,7 @@ async fn plan(
                 .ok_or_else(|| {
                     Error::not_found(format!(
                         "table {}.{} in the snapshot",
-                        sql_ident(&opts.database),
+                        sql_ident(database),
                         sql_ident(t)
                     ))
                 })?;
@@ -423,18 +460,31 @@ async fn plan(
     Ok(out)
 }
 
-/// Write the SQL of the chosen tables (or the whole database) to `out`.
+/// Write the SQL of the grants (first, with `grants`) and of the chosen tables (or the whole
+/// database) to `out`.
 pub async fn restore_to_writer(
     repo: &Repository,
     snap: &Snapshot,
     opts: &MysqlRestoreOptions,
     out: &mut (dyn Write + Send),
 ) -> Result<MysqlRestoreOutcome> {
-    let files = plan(repo, snap, opts).await?;
+    opts.check()?;
+    let grants = match opts.grants {
+        true => Some(grants_node(repo, snap).await?),
+        false => None,
+    };
+    let files = match &opts.database {
+        Some(db) => plan(repo, snap, db, &opts.tables).await?,
+        None => Vec::new(),
+    };
     let mut o = MysqlRestoreOutcome {
         database: opts.database.clone(),
         ..Default::default()
     };
+    if let Some(g) = grants {
+        o.bytes += read::dump(repo, &g, out).await?;
+        o.grants = true;
+    }
     for (table, node) in files {
         o.bytes += read::dump(repo, &node, out).await?;
         match table {
@@ -461,16 +511,32 @@ fn split_create_database(schema: &[u8], original: &str, target: &str) -> (Option
     (create, rest)
 }
 
-/// Load the chosen tables (or the whole database) into the server through the client.
-pub async fn restore_to_server(
+/// A database restore, checked against the server and ready to load.
+struct DatabasePlan {
+    /// The database restored into.
+    target: String,
+    files: Vec<(Option<String>, Node)>,
+    /// The target database exists already.
+    exists: bool,
+    /// Its CREATE DATABASE statement (renamed), from the schema file.
+    create: Option<String>,
+    /// The schema file without it, when the whole database is restored.
+    schema_rest: Option<Vec<u8>>,
+    replaced: Vec<String>,
+}
+
+/// Plan a database restore: what the snapshot has, what the server has, and a refusal to
+/// replace existing tables unless forced. Loads nothing.
+async fn prepare_database(
     repo: &Repository,
     snap: &Snapshot,
     opts: &MysqlRestoreOptions,
-) -> Result<MysqlRestoreOutcome> {
-    let client = Tools::find_client(opts.client_binary.as_deref())?;
-    let target = opts.into.clone().unwrap_or_else(|| opts.database.clone());
-    let files = plan(repo, snap, opts).await?;
-    let (client2, conn, t2) = (client.clone(), opts.conn.clone(), target.clone());
+    client: &std::path::Path,
+    original: &str,
+) -> Result<DatabasePlan> {
+    let target = opts.into.clone().unwrap_or_else(|| original.to_string());
+    let files = plan(repo, snap, original, &opts.tables).await?;
+    let (client2, conn, t2) = (client.to_path_buf(), opts.conn.clone(), target.clone());
     let existing = tokio::task::spawn_blocking(move || -> Result<Option<Vec<String>>> {
         if src::database_exists(&client2, &conn, &t2)? {
             Ok(Some(src::list_tables(&client2, &conn, &t2)?))
@@ -481,18 +547,15 @@ pub async fn restore_to_server(
     .await
     .map_err(|e| Error::Other(format!("connecting: {e}")))?
     .map_err(|e| Error::Other(format!("cannot reach the database server: {e}")))?;
-    let mut o = MysqlRestoreOutcome {
-        database: target.clone(),
-        ..Default::default()
-    };
+    let mut replaced = Vec::new();
     if let Some(existing) = &existing {
-        o.replaced = files
+        replaced = files
             .iter()
             .filter_map(|(t, _)| t.clone())
             .filter(|t| existing.contains(t))
             .collect();
-        if !o.replaced.is_empty() && !opts.force {
-            let names: Vec<String> = o.replaced.iter().map(|t| sql_ident(t)).collect();
+        if !replaced.is_empty() && !opts.force {
+            let names: Vec<String> = replaced.iter().map(|t| sql_ident(t)).collect();
             return Err(Error::invalid(format!(
                 "database {} already has {} {}: restoring would replace {}; use --force to \
                  replace {}",
@@ -506,37 +569,81 @@ pub async fn restore_to_server(
     }
     // The schema file: its CREATE DATABASE (renamed) creates a missing database; the rest is
     // loaded after the tables, as the dump had it.
-    let mut schema_rest = None;
-    let mut create = None;
     let schema_node = match files.iter().find(|(t, _)| t.is_none()) {
         Some((_, n)) => Some(n.clone()),
         None => {
-            let path = format!("mysql/{}/_schema.sql", encode_name(&opts.database));
+            let path = format!("mysql/{}/_schema.sql", encode_name(original));
             match read::resolve(repo, snap, &path).await {
                 Ok(Resolved::Node(n)) if n.kind == NodeKind::File => Some(*n),
                 _ => None,
             }
         }
     };
+    let (mut create, mut schema_rest) = (None, None);
     if let Some(n) = &schema_node {
         let mut buf = Vec::new();
         read::dump(repo, n, &mut buf).await?;
-        let (c, rest) = split_create_database(&buf, &opts.database, &target);
+        let (c, rest) = split_create_database(&buf, original, &target);
         create = c;
         schema_rest = Some(rest);
     }
-    if existing.is_none() {
-        let sql = create.unwrap_or_else(|| format!("CREATE DATABASE {}", sql_ident(&target)));
+    Ok(DatabasePlan {
+        target,
+        files,
+        exists: existing.is_some(),
+        create,
+        schema_rest,
+        replaced,
+    })
+}
+
+/// Load the grants (first, with `grants`) and the chosen tables (or the whole database) into
+/// the server through the client. Every check (the files in the snapshot, tables that would be
+/// replaced) is made before anything is loaded.
+pub async fn restore_to_server(
+    repo: &Repository,
+    snap: &Snapshot,
+    opts: &MysqlRestoreOptions,
+) -> Result<MysqlRestoreOutcome> {
+    opts.check()?;
+    let client = Tools::find_client(opts.client_binary.as_deref())?;
+    let grants = match opts.grants {
+        true => Some(grants_node(repo, snap).await?),
+        false => None,
+    };
+    let plan = match &opts.database {
+        Some(db) => Some(prepare_database(repo, snap, opts, &client, db).await?),
+        None => None,
+    };
+    let mut o = MysqlRestoreOutcome::default();
+    // Accounts first: the definers of views, routines and triggers then exist.
+    if let Some(g) = &grants {
+        o.bytes += load(repo, &client, &opts.conn, None, Feed::Node(g))
+            .await
+            .map_err(|e| Error::Other(format!("loading the users and grants: {e}")))?;
+        o.grants = true;
+    }
+    let Some(mut plan) = plan else {
+        return Ok(o);
+    };
+    let target = plan.target.clone();
+    o.database = Some(target.clone());
+    o.replaced = std::mem::take(&mut plan.replaced);
+    if !plan.exists {
+        let sql = plan
+            .create
+            .take()
+            .unwrap_or_else(|| format!("CREATE DATABASE {}", sql_ident(&target)));
         let (client2, conn) = (client.clone(), opts.conn.clone());
         tokio::task::spawn_blocking(move || src::query(&client2, &conn, &sql))
             .await
             .map_err(|e| Error::Other(format!("creating the database: {e}")))?
             .map_err(|e| Error::Other(format!("creating database {}: {e}", sql_ident(&target))))?;
     }
-    for (table, node) in &files {
+    for (table, node) in &plan.files {
         match table {
             Some(t) => {
-                o.bytes += load(repo, &client, &opts.conn, &target, Feed::Node(node))
+                o.bytes += load(repo, &client, &opts.conn, Some(&target), Feed::Node(node))
                     .await
                     .map_err(|e| {
                         Error::Other(format!(
@@ -548,8 +655,8 @@ pub async fn restore_to_server(
                 o.tables.push(t.clone());
             }
             None => {
-                let rest = schema_rest.take().unwrap_or_default();
-                o.bytes += load(repo, &client, &opts.conn, &target, Feed::Bytes(rest))
+                let rest = plan.schema_rest.take().unwrap_or_default();
+                o.bytes += load(repo, &client, &opts.conn, Some(&target), Feed::Bytes(rest))
                     .await
                     .map_err(|e| {
                         Error::Other(format!(
@@ -570,18 +677,21 @@ enum Feed<'a> {
     Bytes(Vec<u8>),
 }
 
-/// Run the client on database `db` and feed it SQL; an error with the client's message if it
-/// fails.
+/// Run the client (on database `db`, if given) and feed it SQL; an error with the client's
+/// message if it fails.
 async fn load(
     repo: &Repository,
     client: &std::path::Path,
     conn: &Connection,
-    db: &str,
+    db: Option<&str>,
     feed: Feed<'_>,
 ) -> Result<u64> {
-    let mut child = src::client_command(client, conn)
-        .arg("--binary-mode")
-        .arg(format!("--database={db}"))
+    let mut cmd = src::client_command(client, conn);
+    cmd.arg("--binary-mode");
+    if let Some(db) = db {
+        cmd.arg(format!("--database={db}"));
+    }
+    let mut child = cmd
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
