@@ -962,3 +962,93 @@ fn a_delta_is_only_as_good_as_its_base() {
         assert!(out.stderr.contains("the base of delta blob"), "{out}");
     }
 }
+
+/// A row larger than 16 MiB under Debian's stock client configuration (`max_allowed_packet =
+/// 16M` for the client and the dump tool) backs up and restores identically: cairn gives both
+/// tools a large `--max-allowed-packet` (issue 18 item 8; before, the dump failed). One set too
+/// small fails naming the setting.
+#[test]
+fn a_row_larger_than_the_stock_packet_limit_backs_up_and_restores() {
+    let srv = mysql_server_or_skip!();
+    let env = Env::with_repo();
+    let db = srv.database("bigrow");
+    srv.sql(
+        Some(&db),
+        "CREATE TABLE b (id INT PRIMARY KEY, data LONGBLOB NOT NULL);
+         INSERT INTO b VALUES (1, REPEAT(RANDOM_BYTES(1024), 20 * 1024)), (2, 'small');",
+    );
+    assert_eq!(
+        srv.sql(Some(&db), "SELECT MAX(LENGTH(data)) FROM b").trim(),
+        (20 << 20).to_string()
+    );
+    let sum = srv.checksum(&db, "b");
+    let cnf = env.path("debian.cnf");
+    common::write(
+        &cnf,
+        format!(
+            "[client]\nuser=root\nsocket={}\nmax_allowed_packet=16M\n\
+             [mysqldump]\nmax_allowed_packet=16M\n[mariadb-dump]\nmax_allowed_packet=16M\n",
+            srv.socket.display()
+        )
+        .as_bytes(),
+    );
+    let backup = |extra: &[&str]| {
+        env.cmd()
+            .args([
+                "mysql",
+                "backup",
+                "--json",
+                "--databases",
+                &db,
+                "--defaults-file",
+            ])
+            .arg(&cnf)
+            .args(extra)
+            .env_remove("MYSQL_PWD")
+            .run()
+    };
+    let id = backup(&[]).ok().json()["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let copy = format!("{db}_copy");
+    env.cmd()
+        .args(["mysql", "restore", &id, "--database", &db, "--into", &copy])
+        .arg("--defaults-file")
+        .arg(&cnf)
+        .run()
+        .ok();
+    assert_eq!(srv.checksum(&copy, "b"), sum);
+
+    // Too small a setting: the error names it.
+    let out = backup(&["--max-allowed-packet", "1M"]).code(1);
+    assert!(out.stderr.contains("--max-allowed-packet"), "{out}");
+    assert_eq!(env.snapshots().len(), 1);
+    // A statement larger than the server's max_allowed_packet (lowered for a moment: no other
+    // test sends one above 32 MiB): the load fails naming the setting.
+    srv.sql(None, "SET GLOBAL max_allowed_packet = 32 * 1024 * 1024");
+    let out = env
+        .cmd()
+        .args([
+            "mysql",
+            "restore",
+            &id,
+            "--database",
+            &db,
+            "--into",
+            &copy,
+            "--force",
+        ])
+        .arg("--defaults-file")
+        .arg(&cnf)
+        .run();
+    srv.sql(None, "SET GLOBAL max_allowed_packet = 64 * 1024 * 1024");
+    let out = out.code(1);
+    assert!(
+        out.stderr.contains("--max-allowed-packet")
+            && out.stderr.contains("server's max_allowed_packet"),
+        "{out}"
+    );
+    // Without the 40 MB statement the client echoes before its error.
+    assert!(out.stderr.len() < 2000, "{} bytes", out.stderr.len());
+}

@@ -58,6 +58,11 @@ pub struct ConnArgs {
     /// The client (default: mariadb or mysql).
     #[arg(long)]
     pub client_binary: Option<PathBuf>,
+    /// The largest row or statement the dump tool and the client accept, e.g. 256M (default
+    /// 1G, their maximum; it overrides the option files, whose max_allowed_packet, 16M on
+    /// Debian, would stop at the first larger row). The server has its own max_allowed_packet.
+    #[arg(long, value_name = "SIZE", value_parser = super::args::parse_size)]
+    pub max_allowed_packet: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -186,6 +191,7 @@ async fn backup(g: &GlobalArgs, a: MysqlBackupArgs) -> Result<i32> {
         chunk_avg: a.chunk_avg,
         insert_bytes: a.insert_bytes,
         grants: a.grants,
+        max_allowed_packet: a.conn.max_allowed_packet,
     };
     let repo = open_repo(g).await?;
     let bar = ProgressBar::start(
@@ -230,6 +236,7 @@ async fn restore(g: &GlobalArgs, a: MysqlRestoreArgs) -> Result<i32> {
         into: a.into.clone(),
         force: a.force,
         grants: a.grants,
+        max_allowed_packet: a.conn.max_allowed_packet,
     };
     let started = Instant::now();
     if a.to_stdout {

@@ -55,6 +55,8 @@ pub struct MysqlBackupOptions {
     pub insert_bytes: Option<u32>,
     /// Also store users and grants as `mysql/_grants.sql`.
     pub grants: bool,
+    /// `--max-allowed-packet` for the dump tool; `None`: [`src::DEFAULT_MAX_ALLOWED_PACKET`].
+    pub max_allowed_packet: Option<u64>,
 }
 
 /// The chunker for SQL streams: the repository's dump parameters (line-aligned), or the same
@@ -138,6 +140,7 @@ pub async fn backup(repo: &Arc<Repository>, opts: &MysqlBackupOptions) -> Result
         binlog: info.log_bin,
         mariadb: tool_version.contains("MariaDB"),
         insert_bytes: opts.insert_bytes,
+        max_allowed_packet: opts.max_allowed_packet,
     };
     let paths: Vec<String> = databases
         .iter()
@@ -357,6 +360,8 @@ pub struct MysqlRestoreOptions {
     pub force: bool,
     /// Load the users, roles and grants (`mysql/_grants.sql`) first.
     pub grants: bool,
+    /// `--max-allowed-packet` for the client; `None`: [`src::DEFAULT_MAX_ALLOWED_PACKET`].
+    pub max_allowed_packet: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -618,9 +623,16 @@ pub async fn restore_to_server(
     let mut o = MysqlRestoreOutcome::default();
     // Accounts first: the definers of views, routines and triggers then exist.
     if let Some(g) = &grants {
-        o.bytes += load(repo, &client, &opts.conn, None, Feed::Node(g))
-            .await
-            .map_err(|e| Error::Other(format!("loading the users and grants: {e}")))?;
+        o.bytes += load(
+            repo,
+            &client,
+            &opts.conn,
+            None,
+            opts.max_allowed_packet,
+            Feed::Node(g),
+        )
+        .await
+        .map_err(|e| Error::Other(format!("loading the users and grants: {e}")))?;
         o.grants = true;
     }
     let Some(mut plan) = plan else {
@@ -643,27 +655,41 @@ pub async fn restore_to_server(
     for (table, node) in &plan.files {
         match table {
             Some(t) => {
-                o.bytes += load(repo, &client, &opts.conn, Some(&target), Feed::Node(node))
-                    .await
-                    .map_err(|e| {
-                        Error::Other(format!(
-                            "restoring table {}.{}: {e}",
-                            sql_ident(&target),
-                            sql_ident(t)
-                        ))
-                    })?;
+                o.bytes += load(
+                    repo,
+                    &client,
+                    &opts.conn,
+                    Some(&target),
+                    opts.max_allowed_packet,
+                    Feed::Node(node),
+                )
+                .await
+                .map_err(|e| {
+                    Error::Other(format!(
+                        "restoring table {}.{}: {e}",
+                        sql_ident(&target),
+                        sql_ident(t)
+                    ))
+                })?;
                 o.tables.push(t.clone());
             }
             None => {
                 let rest = plan.schema_rest.take().unwrap_or_default();
-                o.bytes += load(repo, &client, &opts.conn, Some(&target), Feed::Bytes(rest))
-                    .await
-                    .map_err(|e| {
-                        Error::Other(format!(
-                            "restoring the views, routines and events of {}: {e}",
-                            sql_ident(&target)
-                        ))
-                    })?;
+                o.bytes += load(
+                    repo,
+                    &client,
+                    &opts.conn,
+                    Some(&target),
+                    opts.max_allowed_packet,
+                    Feed::Bytes(rest),
+                )
+                .await
+                .map_err(|e| {
+                    Error::Other(format!(
+                        "restoring the views, routines and events of {}: {e}",
+                        sql_ident(&target)
+                    ))
+                })?;
                 o.schema = true;
             }
         }
@@ -684,10 +710,12 @@ async fn load(
     client: &std::path::Path,
     conn: &Connection,
     db: Option<&str>,
+    max_allowed_packet: Option<u64>,
     feed: Feed<'_>,
 ) -> Result<u64> {
     let mut cmd = src::client_command(client, conn);
-    cmd.arg("--binary-mode");
+    cmd.arg("--binary-mode")
+        .arg(src::max_allowed_packet_arg(max_allowed_packet));
     if let Some(db) = db {
         cmd.arg(format!("--database={db}"));
     }
@@ -705,11 +733,7 @@ async fn load(
         .stderr
         .take()
         .ok_or_else(|| Error::Other("no stderr pipe".into()))?;
-    let err_thread = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
+    let err_thread = std::thread::spawn(move || src::read_stderr_tail(&mut stderr));
     let mut w = std::io::BufWriter::with_capacity(1 << 20, stdin);
     let fed = match feed {
         Feed::Node(n) => read::dump(repo, n, &mut w).await,
@@ -728,9 +752,11 @@ async fn load(
     let msg = err_thread.join().unwrap_or_default();
     if !status.success() {
         // The client's message explains a broken pipe on our side.
+        let msg = src::tool_message(&msg);
+        let msg = msg.as_str();
+        let hint = src::packet_hint(msg, "the client", max_allowed_packet).unwrap_or_default();
         return Err(Error::Other(format!(
-            "the client failed ({status}): {}",
-            msg.trim()
+            "the client failed ({status}): {msg}{hint}"
         )));
     }
     fed

@@ -529,6 +529,22 @@ pub struct DumpOptions {
     pub mariadb: bool,
     /// Upper bound of one INSERT statement (`--net-buffer-length`); `None`: the tool's default.
     pub insert_bytes: Option<u32>,
+    /// The largest row or statement the tool accepts (`--max-allowed-packet`); `None`:
+    /// [`DEFAULT_MAX_ALLOWED_PACKET`].
+    pub max_allowed_packet: Option<u64>,
+}
+
+/// The `--max-allowed-packet` given to the dump tool and the client unless told otherwise:
+/// the most they accept (1 GiB). Their own default, or a distribution's option file (Debian's
+/// says 16M), fails a dump with "Lost connection" at the first row larger than that.
+pub const DEFAULT_MAX_ALLOWED_PACKET: u64 = 1 << 30;
+
+/// The `--max-allowed-packet` argument for a setting (`None`: the default).
+pub fn max_allowed_packet_arg(n: Option<u64>) -> String {
+    format!(
+        "--max-allowed-packet={}",
+        n.unwrap_or(DEFAULT_MAX_ALLOWED_PACKET)
+    )
 }
 
 /// The arguments of a consistent, deterministic dump: one transaction for every table
@@ -554,6 +570,7 @@ pub fn dump_args(opts: &DumpOptions) -> Vec<String> {
     if let Some(n) = opts.insert_bytes {
         a.push(format!("--net-buffer-length={n}"));
     }
+    a.push(max_allowed_packet_arg(opts.max_allowed_packet));
     if opts.binlog {
         a.push("--master-data=2".into());
         if opts.mariadb {
@@ -568,16 +585,124 @@ pub fn dump_args(opts: &DumpOptions) -> Vec<String> {
     a
 }
 
+/// What the tools say when a row or statement is larger than a `max_allowed_packet` (theirs or
+/// the server's): the connection is dropped (2013 "Lost connection", 2006 "server has gone
+/// away") or the packet refused (2020, 1153, 1301).
+fn packet_trouble(stderr: &str) -> bool {
+    ["2006", "2013", "2020", "1153", "1301"]
+        .iter()
+        .any(|c| error_codes(stderr).contains(&c.parse::<u32>().unwrap_or(0)))
+        || stderr.contains("max_allowed_packet")
+}
+
+/// A hint naming the setting when a tool failed as it does on a row or statement larger than
+/// its `max_allowed_packet`.
+pub fn packet_hint(stderr: &str, tool: &str, setting: Option<u64>) -> Option<String> {
+    packet_trouble(stderr).then(|| {
+        format!(
+            " (if a row or statement is larger than max_allowed_packet: cairn ran {tool} with \
+             {}; raise it with --max-allowed-packet SIZE, up to 1G, and the server's \
+             max_allowed_packet too)",
+            max_allowed_packet_arg(setting)
+        )
+    })
+}
+
+/// The MySQL error numbers in a tool's message (`ERROR 2002 (HY000)`, `Got error: 1045:`,
+/// `Error 2013:`, `... (1146)`).
+pub fn error_codes(stderr: &str) -> Vec<u32> {
+    let b = stderr.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if !b[i].is_ascii_digit() || (i > 0 && b[i - 1].is_ascii_alphanumeric()) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i - start != 4 || b.get(i).is_some_and(|c| c.is_ascii_alphanumeric()) {
+            continue;
+        }
+        let before = stderr[..start].trim_end();
+        let framed = before.ends_with("ERROR")
+            || before.ends_with("Error")
+            || before.ends_with("error:")
+            || (before.ends_with('(') && b.get(i) == Some(&b')'));
+        if framed && let Ok(n) = stderr[start..i].parse() {
+            out.push(n);
+        }
+    }
+    out
+}
+
 /// A running dump tool, its standard error collected.
 pub struct DumpProcess {
     child: Child,
     stderr: Arc<Mutex<Vec<u8>>>,
     stderr_thread: Option<std::thread::JoinHandle<()>>,
     name: String,
+    max_allowed_packet: Option<u64>,
 }
 
 /// Keep the last this many bytes of a tool's standard error.
 const STDERR_KEEP: usize = 16 * 1024;
+
+/// Read a tool's standard error to its end, keeping the last [`STDERR_KEEP`] bytes (the client
+/// echoes a failing statement, which may be a whole table's INSERT).
+pub fn read_stderr_tail(mut r: impl Read) -> Vec<u8> {
+    let mut keep = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = r.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        keep.extend_from_slice(&buf[..n]);
+        if keep.len() > 2 * STDERR_KEEP {
+            keep.drain(..keep.len() - STDERR_KEEP);
+        }
+    }
+    if keep.len() > STDERR_KEEP {
+        keep.drain(..keep.len() - STDERR_KEEP);
+    }
+    keep
+}
+
+/// A tool's standard error as a message: without the statements the MariaDB client echoes
+/// between `--------------` lines before an error (`--print-query-on-error`), each line cut
+/// to a readable length.
+pub fn tool_message(stderr: &[u8]) -> String {
+    const RULE: &str = "--------------";
+    const LINE: usize = 300;
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = text.lines().collect();
+    // A rule with no opening one before it (the tail kept began inside an echo) closes one.
+    let rules = lines.iter().filter(|l| l.trim_end() == RULE).count();
+    let mut inside = rules % 2 == 1;
+    let mut out: Vec<String> = Vec::new();
+    for l in lines {
+        if l.trim_end() == RULE {
+            inside = !inside;
+            continue;
+        }
+        if inside || l.trim().is_empty() {
+            continue;
+        }
+        let mut l = l.trim_end().to_string();
+        if l.len() > LINE {
+            let mut cut = LINE;
+            while !l.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            l.truncate(cut);
+            l.push_str("...");
+        }
+        out.push(l);
+    }
+    out.join("; ")
+}
 
 impl DumpProcess {
     /// Start the dump; returns the process and its standard output.
@@ -626,6 +751,7 @@ impl DumpProcess {
                 stderr,
                 stderr_thread: Some(stderr_thread),
                 name: tool_name(&tools.dump),
+                max_allowed_packet: opts.max_allowed_packet,
             },
             stdout,
         ))
@@ -668,11 +794,14 @@ impl DumpProcess {
             }
             return Ok(());
         }
-        let msg = if err.is_empty() {
+        let mut msg = if err.is_empty() {
             "no message".to_string()
         } else {
             err
         };
+        if let Some(h) = packet_hint(&msg, &self.name, self.max_allowed_packet) {
+            msg.push_str(&h);
+        }
         Err(Error::Other(format!(
             "{} failed ({status}): {msg}",
             self.name
@@ -832,6 +961,69 @@ mod tests {
     }
 
     #[test]
+    fn error_numbers_are_read_from_the_tools_messages() {
+        for (msg, codes) in [
+            (
+                "mariadb-dump: Error 2013: Lost connection to server during query when dumping \
+                 table `b2024` at row: 1234",
+                vec![2013],
+            ),
+            (
+                "ERROR 2002 (HY000): Can't connect to local server through socket '/x' (2)",
+                vec![2002],
+            ),
+            (
+                "mariadb-dump: Got error: 1045: \"Access denied for user 'u'@'localhost' \
+                 (using password: YES)\" when trying to connect",
+                vec![1045],
+            ),
+            (
+                "mariadb-dump: Couldn't execute 'SHOW FIELDS FROM `zz`': Table 'f.zz' doesn't \
+                 exist (1146)",
+                vec![1146],
+            ),
+            ("ERROR 1959 (OP000) at line 5: Invalid role", vec![1959]),
+            ("no number 12345 here, nor (2020 or x2020)", vec![]),
+        ] {
+            assert_eq!(error_codes(msg), codes, "{msg}");
+        }
+        assert!(
+            packet_hint(
+                "ERROR 2006 (HY000) at line 3: Server has gone away",
+                "c",
+                None
+            )
+            .is_some_and(|h| h.contains("--max-allowed-packet=1073741824"))
+        );
+        assert!(packet_hint("ERROR 1146 (42S02): Table 'a.b' doesn't exist", "c", None).is_none());
+    }
+
+    #[test]
+    fn echoed_statements_are_left_out_of_messages() {
+        let long = "x".repeat(5000);
+        let full = format!(
+            "--------------\nINSERT INTO t VALUES\n({long})\n--------------\n\nERROR 2006 (HY000) at line 34: Server has gone away\n"
+        );
+        assert_eq!(
+            tool_message(full.as_bytes()),
+            "ERROR 2006 (HY000) at line 34: Server has gone away"
+        );
+        // The tail kept starts inside the echo.
+        let tail = &full[full.len() - 300..];
+        assert_eq!(
+            tool_message(tail.as_bytes()),
+            "ERROR 2006 (HY000) at line 34: Server has gone away"
+        );
+        let m = tool_message(format!("a\n{long}\n").as_bytes());
+        assert!(
+            m.starts_with("a; xxx") && m.ends_with("...") && m.len() < 400,
+            "{m}"
+        );
+        let kept = read_stderr_tail(full.repeat(10).as_bytes());
+        assert_eq!(kept.len(), STDERR_KEEP);
+    }
+
+    #[test]
     fn sql_quoting() {
         assert_eq!(sql_string("it's \\"), "'it''s \\\\'");
         assert_eq!(sql_ident("a`b"), "`a``b`");
@@ -845,6 +1037,7 @@ mod tests {
             binlog: true,
             mariadb: true,
             insert_bytes: Some(65536),
+            max_allowed_packet: None,
         });
         for must in [
             "--single-transaction",
@@ -854,6 +1047,7 @@ mod tests {
             "--gtid",
             "--ignore-table=app.log",
             "--net-buffer-length=65536",
+            "--max-allowed-packet=1073741824",
         ] {
             assert!(a.iter().any(|x| x == must), "{must}");
         }
