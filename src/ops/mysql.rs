@@ -13,6 +13,10 @@
 //!
 //! **Restore** feeds one or more table files (or a whole database) to the standard client,
 //! into the same or another database; it refuses to replace existing tables unless forced.
+//!
+//! Failures of the server or its tools are [`Error::Database`], whose [`DbErrorKind`] (read
+//! from the tools' error numbers) tells a scheduler to retry later (`Unavailable`, a
+//! `Transient` error) or to fix the configuration (`Config`, `InvalidInput`).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -23,7 +27,7 @@ use super::backup::{BackupOptions, BackupOutcome};
 use super::read::{self, Resolved};
 use super::streams::{self, Produced, StreamFile, StreamWriter};
 use crate::chunker::{Chunker, ChunkerParams};
-use crate::error::{Error, Result};
+use crate::error::{DbErrorKind, Error, Result};
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::{Extent, Node, NodeKind};
 use crate::repo::Repository;
@@ -106,29 +110,29 @@ pub async fn backup(repo: &Arc<Repository>, opts: &MysqlBackupOptions) -> Result
         let given = opts.databases.clone();
         let grants = opts.grants;
         tokio::task::spawn_blocking(move || -> Result<_> {
-            let info = src::server_info(&tools.client, &conn)?;
+            let info = src::server_info(&tools.client, &conn)
+                .map_err(|e| src::context(e, "connecting to the database server"))?;
             let dbs = if all {
-                src::list_databases(&tools.client, &conn)?
+                src::list_databases(&tools.client, &conn)
+                    .map_err(|e| src::context(e, "listing the databases"))?
             } else {
                 given
             };
             let version = tools.dump_version()?;
             // Accounts are not transactional data: read them just before the dump starts.
             let grants = match grants {
-                true => Some(src::dump_grants(
-                    &tools.client,
-                    &conn,
-                    info.version.contains("MariaDB"),
-                )?),
+                true => Some(
+                    src::dump_grants(&tools.client, &conn, info.version.contains("MariaDB"))
+                        .map_err(|e| src::context(e, "reading the users and grants"))?,
+                ),
                 false => None,
             };
             Ok((info, dbs, version, grants))
         })
         .await
-        .map_err(|e| Error::Other(format!("connecting: {e}")))?
+        .map_err(|e| task_failed("connecting to the database server", e))?
     };
-    let (info, databases, tool_version, grants) =
-        pre.map_err(|e| Error::Other(format!("cannot reach the database server: {e}")))?;
+    let (info, databases, tool_version, grants) = pre?;
     if databases.is_empty() {
         return Err(Error::invalid(
             "the server has no user databases to back up",
@@ -200,7 +204,22 @@ struct SplitDump {
 }
 
 fn io_err(e: std::io::Error) -> Error {
-    Error::Other(format!("reading the dump: {e}"))
+    Error::Database {
+        what: "reading the dump".into(),
+        kind: DbErrorKind::Failed,
+        detail: String::new(),
+        source: Some(Box::new(e)),
+    }
+}
+
+/// A blocking task that did not finish (it panicked or the runtime is shutting down).
+fn task_failed(what: &str, e: tokio::task::JoinError) -> Error {
+    Error::Database {
+        what: what.into(),
+        kind: DbErrorKind::Failed,
+        detail: String::new(),
+        source: Some(Box::new(e)),
+    }
 }
 
 /// Read the dump, storing each table's section as it streams.
@@ -214,7 +233,7 @@ fn split_dump<R: Read>(w: &StreamWriter, stdout: R) -> Result<SplitDump> {
         info: Default::default(),
     };
     let mut db: Option<String> = None;
-    let outside = |what: &str| Error::Other(format!("the dump has {what} outside any database"));
+    let outside = |what: &str| src::failed(format!("the dump has {what} outside any database"), "");
     while let Some(section) = sp.next_section().map_err(io_err)? {
         match section {
             Section::Header => {
@@ -284,16 +303,17 @@ fn assemble(
     mut meta: Vec<(String, String)>,
 ) -> Result<Produced> {
     if !split.info.completed {
-        return Err(Error::Other(
-            "the dump ended without its closing \"-- Dump completed\" line (cut short?)".into(),
+        return Err(src::failed(
+            "the dump ended without its closing \"-- Dump completed\" line (cut short?)",
+            "",
         ));
     }
     for d in &opts.databases {
         if !split.schemas.contains_key(d) {
-            return Err(Error::Other(format!(
-                "database {} is missing from the dump",
-                sql_ident(d)
-            )));
+            return Err(src::failed(
+                format!("database {} is missing from the dump", sql_ident(d)),
+                "",
+            ));
         }
     }
     let mut pre_text = statements(&split.header);
@@ -550,8 +570,8 @@ async fn prepare_database(
         }
     })
     .await
-    .map_err(|e| Error::Other(format!("connecting: {e}")))?
-    .map_err(|e| Error::Other(format!("cannot reach the database server: {e}")))?;
+    .map_err(|e| task_failed("connecting to the database server", e))?
+    .map_err(|e| src::context(e, "connecting to the database server"))?;
     let mut replaced = Vec::new();
     if let Some(existing) = &existing {
         replaced = files
@@ -632,7 +652,7 @@ pub async fn restore_to_server(
             Feed::Node(g),
         )
         .await
-        .map_err(|e| Error::Other(format!("loading the users and grants: {e}")))?;
+        .map_err(|e| src::context(e, "loading the users and grants"))?;
         o.grants = true;
     }
     let Some(mut plan) = plan else {
@@ -649,8 +669,8 @@ pub async fn restore_to_server(
         let (client2, conn) = (client.clone(), opts.conn.clone());
         tokio::task::spawn_blocking(move || src::query(&client2, &conn, &sql))
             .await
-            .map_err(|e| Error::Other(format!("creating the database: {e}")))?
-            .map_err(|e| Error::Other(format!("creating database {}: {e}", sql_ident(&target))))?;
+            .map_err(|e| task_failed("creating the database", e))?
+            .map_err(|e| src::context(e, format!("creating database {}", sql_ident(&target))))?;
     }
     for (table, node) in &plan.files {
         match table {
@@ -665,11 +685,10 @@ pub async fn restore_to_server(
                 )
                 .await
                 .map_err(|e| {
-                    Error::Other(format!(
-                        "restoring table {}.{}: {e}",
-                        sql_ident(&target),
-                        sql_ident(t)
-                    ))
+                    src::context(
+                        e,
+                        format!("restoring table {}.{}", sql_ident(&target), sql_ident(t)),
+                    )
                 })?;
                 o.tables.push(t.clone());
             }
@@ -685,10 +704,13 @@ pub async fn restore_to_server(
                 )
                 .await
                 .map_err(|e| {
-                    Error::Other(format!(
-                        "restoring the views, routines and events of {}: {e}",
-                        sql_ident(&target)
-                    ))
+                    src::context(
+                        e,
+                        format!(
+                            "restoring the views, routines and events of {}",
+                            sql_ident(&target)
+                        ),
+                    )
                 })?;
                 o.schema = true;
             }
@@ -724,15 +746,15 @@ async fn load(
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .map_err(|e| Error::Other(format!("could not run {}: {e}", client.display())))?;
+        .map_err(|e| src::spawn_error(client, e))?;
     let stdin = child
         .stdin
         .take()
-        .ok_or_else(|| Error::Other("no stdin pipe".into()))?;
+        .ok_or_else(|| src::failed("running the client", "no stdin pipe"))?;
     let mut stderr = child
         .stderr
         .take()
-        .ok_or_else(|| Error::Other("no stderr pipe".into()))?;
+        .ok_or_else(|| src::failed("running the client", "no stderr pipe"))?;
     let err_thread = std::thread::spawn(move || src::read_stderr_tail(&mut stderr));
     let mut w = std::io::BufWriter::with_capacity(1 << 20, stdin);
     let fed = match feed {
@@ -747,17 +769,23 @@ async fn load(
     drop(w);
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
-        .map_err(|e| Error::Other(e.to_string()))?
-        .map_err(|e| Error::Other(format!("waiting for the client: {e}")))?;
+        .map_err(|e| task_failed("waiting for the client", e))?
+        .map_err(|e| Error::Database {
+            what: "waiting for the client".into(),
+            kind: DbErrorKind::Failed,
+            detail: String::new(),
+            source: Some(Box::new(e)),
+        })?;
     let msg = err_thread.join().unwrap_or_default();
     if !status.success() {
         // The client's message explains a broken pipe on our side.
-        let msg = src::tool_message(&msg);
-        let msg = msg.as_str();
-        let hint = src::packet_hint(msg, "the client", max_allowed_packet).unwrap_or_default();
-        return Err(Error::Other(format!(
-            "the client failed ({status}): {msg}{hint}"
-        )));
+        let mut e = src::tool_failed(&src::tool_name(client), status, &msg, false);
+        if let Error::Database { detail, .. } = &mut e
+            && let Some(h) = src::packet_hint(detail, "the client", max_allowed_packet)
+        {
+            detail.push_str(&h);
+        }
+        return Err(e);
     }
     fed
 }

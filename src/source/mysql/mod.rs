@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use zeroize::Zeroizing;
 
-use crate::error::{Error, Result};
+use crate::error::{DbErrorKind, Error, Result};
 
 /// Databases that are never dumped by `--all-databases` (they are the server's own; users
 /// and grants are what matter of `mysql`, and the server recreates the rest).
@@ -94,6 +94,141 @@ impl Connection {
     }
 }
 
+/// A failure the configuration must fix.
+pub fn config_error(what: impl Into<String>) -> Error {
+    Error::Database {
+        what: what.into(),
+        kind: DbErrorKind::Config,
+        detail: String::new(),
+        source: None,
+    }
+}
+
+/// A dump or load that failed otherwise.
+pub fn failed(what: impl Into<String>, detail: impl Into<String>) -> Error {
+    Error::Database {
+        what: what.into(),
+        kind: DbErrorKind::Failed,
+        detail: detail.into(),
+        source: None,
+    }
+}
+
+/// A tool that could not be started: missing or not executable is the configuration's to fix.
+pub fn spawn_error(tool: &Path, e: std::io::Error) -> Error {
+    let kind = match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => DbErrorKind::Config,
+        _ => DbErrorKind::Failed,
+    };
+    Error::Database {
+        what: format!("could not run {}", tool.display()),
+        kind,
+        detail: String::new(),
+        source: Some(Box::new(e)),
+    }
+}
+
+/// A tool that exited with an error: its message, and the kind of failure it tells of.
+/// `usage_exit`: the exit status is the tool's "bad options" one.
+pub fn tool_failed(
+    tool: &str,
+    status: std::process::ExitStatus,
+    stderr: &[u8],
+    usage_exit: bool,
+) -> Error {
+    let detail = tool_message(stderr);
+    Error::Database {
+        what: format!("{tool} failed ({status})"),
+        kind: classify(&detail, usage_exit),
+        detail: if detail.is_empty() {
+            "no message".into()
+        } else {
+            detail
+        },
+        source: None,
+    }
+}
+
+/// Add what was being done to a database error's description (other errors are typed
+/// already and say what they concern).
+pub fn context(e: Error, doing: impl std::fmt::Display) -> Error {
+    match e {
+        Error::Database {
+            what,
+            kind,
+            detail,
+            source,
+        } => Error::Database {
+            what: format!("{doing}: {what}"),
+            kind,
+            detail,
+            source,
+        },
+        e => e,
+    }
+}
+
+/// Server errors that pass: the server is not there, went away or is busy.
+const UNAVAILABLE: &[u32] = &[
+    1040, // too many connections
+    1053, // server shutdown in progress
+    1205, // lock wait timeout
+    1213, // deadlock
+    1927, // connection killed
+    2002, // can't connect through the socket
+    2003, // can't connect over TCP
+    2006, // server has gone away
+    2013, // lost connection during query
+    2055, // lost connection (system error)
+];
+
+/// Server errors that the configuration must fix.
+const CONFIG: &[u32] = &[
+    1044, // access denied to a database
+    1045, // access denied (user or password)
+    1049, // unknown database
+    1142, // a command denied (a missing privilege)
+    1143, // column access denied
+    1153, // packet bigger than the server's max_allowed_packet
+    1227, // a privilege (RELOAD, PROCESS...) needed
+    1251, // authentication protocol refused
+    1301, // result bigger than max_allowed_packet
+    1524, // authentication plugin not loaded
+    1698, // access denied (unix socket authentication)
+    2005, // unknown server host
+    2020, // packet bigger than the client's max_allowed_packet
+    2026, // TLS error
+    2059, // authentication plugin cannot be loaded
+];
+
+/// The kind of failure a tool's message tells of: its MySQL error numbers first, then the
+/// option parser's words; anything else is a failed dump or load.
+pub fn classify(stderr: &str, usage_exit: bool) -> DbErrorKind {
+    for code in error_codes(stderr) {
+        if UNAVAILABLE.contains(&code) {
+            return DbErrorKind::Unavailable;
+        }
+        if CONFIG.contains(&code) {
+            return DbErrorKind::Config;
+        }
+    }
+    let lower = stderr.to_lowercase();
+    let config_words = [
+        "unknown variable",
+        "unknown option",
+        "could not open required defaults file",
+        "found option without preceding group",
+        "access denied",
+    ];
+    if usage_exit || config_words.iter().any(|w| lower.contains(w)) {
+        return DbErrorKind::Config;
+    }
+    if lower.contains("can't connect") || lower.contains("lost connection") {
+        return DbErrorKind::Unavailable;
+    }
+    DbErrorKind::Failed
+}
+
 /// The client tools.
 #[derive(Debug, Clone)]
 pub struct Tools {
@@ -120,15 +255,15 @@ impl Tools {
         let dump = match dump {
             Some(p) if is_executable(p) => p.to_path_buf(),
             Some(p) => {
-                return Err(Error::not_found(format!(
-                    "the dump tool {} (missing or not executable)",
+                return Err(config_error(format!(
+                    "the dump tool {} is missing or not executable",
                     p.display()
                 )));
             }
             None => on_path("mariadb-dump")
                 .or_else(|| on_path("mysqldump"))
                 .ok_or_else(|| {
-                    Error::not_found(
+                    config_error(
                         "the dump tool: neither mariadb-dump nor mysqldump is on PATH \
                          (install the MariaDB/MySQL client, or give --dump-binary)",
                     )
@@ -137,8 +272,8 @@ impl Tools {
         let client = match client {
             Some(p) if is_executable(p) => p.to_path_buf(),
             Some(p) => {
-                return Err(Error::not_found(format!(
-                    "the client {} (missing or not executable)",
+                return Err(config_error(format!(
+                    "the client {} is missing or not executable",
                     p.display()
                 )));
             }
@@ -151,7 +286,7 @@ impl Tools {
                     .or_else(|| on_path("mariadb"))
                     .or_else(|| on_path("mysql"))
                     .ok_or_else(|| {
-                        Error::not_found(
+                        config_error(
                             "the client: neither mariadb nor mysql is on PATH \
                              (install the MariaDB/MySQL client, or give --client-binary)",
                         )
@@ -165,14 +300,14 @@ impl Tools {
     pub fn find_client(client: Option<&Path>) -> Result<PathBuf> {
         match client {
             Some(p) if is_executable(p) => Ok(p.to_path_buf()),
-            Some(p) => Err(Error::not_found(format!(
-                "the client {} (missing or not executable)",
+            Some(p) => Err(config_error(format!(
+                "the client {} is missing or not executable",
                 p.display()
             ))),
             None => on_path("mariadb")
                 .or_else(|| on_path("mysql"))
                 .ok_or_else(|| {
-                    Error::not_found(
+                    config_error(
                         "the client: neither mariadb nor mysql is on PATH \
                      (install the MariaDB/MySQL client, or give --client-binary)",
                     )
@@ -186,7 +321,7 @@ impl Tools {
             .arg("--version")
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| Error::Other(format!("running {}: {e}", self.dump.display())))?;
+            .map_err(|e| spawn_error(&self.dump, e))?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 }
@@ -205,14 +340,14 @@ pub fn query(client: &Path, conn: &Connection, sql: &str) -> Result<Vec<Vec<Stri
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()
-        .map_err(|e| Error::Other(format!("running {}: {e}", client.display())))?;
+        .map_err(|e| spawn_error(client, e))?;
     if !out.status.success() {
-        return Err(Error::Other(format!(
-            "{} failed ({}): {}",
-            tool_name(client),
+        return Err(tool_failed(
+            &tool_name(client),
             out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+            &out.stderr,
+            false,
+        ));
     }
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -220,7 +355,8 @@ pub fn query(client: &Path, conn: &Connection, sql: &str) -> Result<Vec<Vec<Stri
         .collect())
 }
 
-fn tool_name(p: &Path) -> String {
+/// A tool's file name, for messages.
+pub fn tool_name(p: &Path) -> String {
     p.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| p.display().to_string())
@@ -253,7 +389,12 @@ fn unhex_rows(rows: Vec<Vec<String>>) -> Result<Vec<String>> {
         .map(|h| {
             hex::decode(h.trim())
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .map_err(|e| Error::Other(format!("unexpected client output: {e}")))
+                .map_err(|e| Error::Database {
+                    what: "unexpected client output".into(),
+                    kind: DbErrorKind::Failed,
+                    detail: String::new(),
+                    source: Some(Box::new(e)),
+                })
         })
         .collect()
 }
@@ -271,7 +412,7 @@ pub fn server_info(client: &Path, conn: &Connection) -> Result<ServerInfo> {
     let rows = query(client, conn, "SELECT @@version, @@log_bin")?;
     let row = rows
         .first()
-        .ok_or_else(|| Error::Other("the server returned no version".into()))?;
+        .ok_or_else(|| failed("the server returned no version", ""))?;
     Ok(ServerInfo {
         version: row.first().cloned().unwrap_or_default(),
         log_bin: row.get(1).is_some_and(|v| v.trim() == "1"),
@@ -717,15 +858,15 @@ impl DumpProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| Error::Other(format!("could not run {}: {e}", tools.dump.display())))?;
+            .map_err(|e| spawn_error(&tools.dump, e))?;
         let stdout = child
             .stdout
             .take()
-            .ok_or_else(|| Error::Other("no stdout pipe".into()))?;
+            .ok_or_else(|| failed("running the dump tool", "no stdout pipe"))?;
         let mut err = child
             .stderr
             .take()
-            .ok_or_else(|| Error::Other("no stderr pipe".into()))?;
+            .ok_or_else(|| failed("running the dump tool", "no stderr pipe"))?;
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let keep = stderr.clone();
         let stderr_thread = std::thread::Builder::new()
@@ -744,7 +885,7 @@ impl DumpProcess {
                     }
                 }
             })
-            .map_err(|e| Error::Other(format!("starting a thread: {e}")))?;
+            .map_err(|e| Error::io("<a thread reading the dump tool's errors>", e))?;
         Ok((
             DumpProcess {
                 child,
@@ -760,10 +901,12 @@ impl DumpProcess {
     /// Wait for the tool to exit; an error naming the cause if it failed. Its warnings are
     /// logged.
     pub fn finish(mut self) -> Result<()> {
-        let status = self
-            .child
-            .wait()
-            .map_err(|e| Error::Other(format!("waiting for {}: {e}", self.name)))?;
+        let status = self.child.wait().map_err(|e| Error::Database {
+            what: format!("waiting for {}", self.name),
+            kind: DbErrorKind::Failed,
+            detail: String::new(),
+            source: Some(Box::new(e)),
+        })?;
         self.outcome(status)
     }
 
@@ -785,27 +928,25 @@ impl DumpProcess {
         if let Some(t) = self.stderr_thread.take() {
             let _ = t.join();
         }
-        let err = String::from_utf8_lossy(&self.stderr.lock().unwrap_or_else(|p| p.into_inner()))
-            .trim()
-            .to_string();
+        let err = self
+            .stderr
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         if status.success() {
-            for line in err.lines() {
+            for line in String::from_utf8_lossy(&err).lines() {
                 tracing::warn!("{}: {line}", self.name);
             }
             return Ok(());
         }
-        let mut msg = if err.is_empty() {
-            "no message".to_string()
-        } else {
-            err
-        };
-        if let Some(h) = packet_hint(&msg, &self.name, self.max_allowed_packet) {
-            msg.push_str(&h);
+        // mysqldump and mariadb-dump exit with 1 (EX_USAGE) for bad options.
+        let mut e = tool_failed(&self.name, status, &err, status.code() == Some(1));
+        if let Error::Database { detail, .. } = &mut e
+            && let Some(h) = packet_hint(detail, &self.name, self.max_allowed_packet)
+        {
+            detail.push_str(&h);
         }
-        Err(Error::Other(format!(
-            "{} failed ({status}): {msg}",
-            self.name
-        )))
+        Err(e)
     }
 }
 
@@ -1021,6 +1162,136 @@ mod tests {
         );
         let kept = read_stderr_tail(full.repeat(10).as_bytes());
         assert_eq!(kept.len(), STDERR_KEEP);
+    }
+
+    #[test]
+    fn failures_have_the_kind_a_scheduler_acts_on() {
+        use crate::error::ErrorKind;
+        // The tools missing: fix the configuration.
+        let e = Tools::find(Some(Path::new("/nonexistent/mariadb-dump")), None).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+        assert!(e.to_string().contains("/nonexistent/mariadb-dump"), "{e}");
+        let Some(client) = on_path("mariadb").or_else(|| on_path("mysql")) else {
+            eprintln!("SKIPPED the rest: no mariadb or mysql client on PATH");
+            return;
+        };
+        // No server on the socket: retry later.
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection {
+            socket: Some(dir.path().join("none.sock")),
+            user: Some("root".into()),
+            ..Default::default()
+        };
+        let e = server_info(&client, &conn).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Transient, "{e}");
+        assert!(e.to_string().contains("Can't connect"), "{e}");
+        // A bad option file: fix the configuration.
+        let cnf = dir.path().join("bad.cnf");
+        std::fs::write(&cnf, "[client]\nno_such_option_here=1\n").unwrap();
+        let conn = Connection {
+            defaults_file: Some(cnf),
+            ..conn
+        };
+        let e = server_info(&client, &conn).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    }
+
+    #[test]
+    fn tool_messages_map_to_the_kind_of_failure() {
+        use crate::error::{DbErrorKind as K, ErrorKind};
+        for (msg, usage, kind) in [
+            (
+                "ERROR 2002 (HY000): Can't connect to local server through socket '/s' (2)",
+                false,
+                K::Unavailable,
+            ),
+            (
+                "mariadb-dump: Got error: 2003: \"Can't connect to server on 'db' (111)\" \
+                 when trying to connect",
+                false,
+                K::Unavailable,
+            ),
+            (
+                "mariadb-dump: Error 2013: Lost connection to server during query when \
+                 dumping table `b` at row: 0",
+                false,
+                K::Unavailable,
+            ),
+            (
+                "ERROR 1040 (HY000): Too many connections",
+                false,
+                K::Unavailable,
+            ),
+            (
+                "ERROR 1045 (28000): Access denied for user 'u'@'localhost' (using password: \
+                 YES)",
+                false,
+                K::Config,
+            ),
+            (
+                "mariadb-dump: Got error: 1049: \"Unknown database 'nope'\" when selecting the \
+                 database",
+                false,
+                K::Config,
+            ),
+            (
+                "mariadb-dump: Couldn't execute 'FLUSH TABLES WITH READ LOCK': Access denied; \
+                 you need (at least one of) the RELOAD privilege(s) for this operation (1227)",
+                false,
+                K::Config,
+            ),
+            (
+                "mariadb: unknown variable 'no_such_option_here=1'",
+                false,
+                K::Config,
+            ),
+            (
+                "mariadb-dump: option '--x' requires an argument",
+                true,
+                K::Config,
+            ),
+            (
+                "mariadb-dump: Couldn't execute 'SHOW FIELDS FROM `zz`': Table 'f.zz' doesn't \
+                 exist (1146)",
+                false,
+                K::Failed,
+            ),
+            (
+                "ERROR 1959 (OP000) at line 5: Invalid role specification `r`",
+                false,
+                K::Failed,
+            ),
+            ("", false, K::Failed),
+        ] {
+            assert_eq!(classify(msg, usage), kind, "{msg}");
+        }
+        assert_eq!(K::Unavailable.error_kind(), ErrorKind::Transient);
+        assert_eq!(K::Config.error_kind(), ErrorKind::InvalidInput);
+        assert_eq!(K::Failed.error_kind(), ErrorKind::Other);
+        // The kind and the cause survive added context; the message reads as one sentence.
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let e = context(
+            spawn_error(Path::new("/x/mariadb"), io),
+            "restoring table `t`",
+        );
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert_eq!(
+            e.to_string(),
+            "restoring table `t`: could not run /x/mariadb"
+        );
+        assert!(std::error::Error::source(&e).is_some());
+        use std::os::unix::process::ExitStatusExt;
+        let e = tool_failed(
+            "mariadb",
+            std::process::ExitStatus::from_raw(1 << 8),
+            b"ERROR 2006 (HY000) at line 3: Server has gone away\n",
+            false,
+        );
+        assert_eq!(e.kind(), ErrorKind::Transient);
+        assert_eq!(
+            e.to_string(),
+            "mariadb failed (exit status: 1): ERROR 2006 (HY000) at line 3: Server has gone away"
+        );
     }
 
     #[test]
