@@ -328,6 +328,7 @@ fn unchanged_tables_cost_nothing_and_changed_rows_little() {
          INSERT INTO log SELECT seq, MD5(seq) FROM seq_1_to_50000;",
     );
     let first = mysql_backup(&env, srv, &db, &[]).ok().json();
+    assert_eq!(first["warnings"], serde_json::json!([]), "{first}");
     let full = first["summary"]["bytes_added"].as_u64().unwrap();
     // Nothing changed: no data blob is new (the trees are identical too).
     let again = mysql_backup(&env, srv, &db, &[]).ok().json();
@@ -1051,4 +1052,88 @@ fn a_row_larger_than_the_stock_packet_limit_backs_up_and_restores() {
     );
     // Without the 40 MB statement the client echoes before its error.
     assert!(out.stderr.len() < 2000, "{} bytes", out.stderr.len());
+}
+
+/// Tables the dump's transaction does not cover (MyISAM, Aria, MEMORY: anything but InnoDB)
+/// and FLOAT columns (dumped with 6 significant digits) are warned about, named, on stderr and
+/// in --json; views, excluded tables and DOUBLE columns are not (issue 18 item 8).
+#[test]
+fn non_transactional_tables_and_float_columns_are_warned_about() {
+    let srv = mysql_server_or_skip!();
+    let env = Env::with_repo();
+    let db = srv.database("warn");
+    srv.sql(
+        Some(&db),
+        "CREATE TABLE inno (id INT PRIMARY KEY, f FLOAT, d DOUBLE, g FLOAT(10,2));
+         INSERT INTO inno VALUES (1, 16777217, 16777217, 1.5);
+         CREATE TABLE myi (x INT) ENGINE=MyISAM;
+         CREATE TABLE ari (x INT) ENGINE=Aria;
+         CREATE TABLE mem (x INT) ENGINE=MEMORY;
+         CREATE TABLE skipped (x FLOAT) ENGINE=MyISAM;
+         CREATE VIEW v AS SELECT f FROM inno;",
+    );
+    let out = mysql_backup(
+        &env,
+        srv,
+        &db,
+        &["--exclude-table", &format!("{db}.skipped")],
+    )
+    .ok();
+    let warnings = out.json()["warnings"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut seen: Vec<String> = warnings
+        .iter()
+        .map(|w| {
+            format!(
+                "{} {}.{}.{}{}",
+                w["kind"].as_str().unwrap_or("?"),
+                w["database"].as_str().unwrap_or("?"),
+                w["table"].as_str().unwrap_or("?"),
+                w["column"].as_str().unwrap_or(""),
+                w["engine"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            format!("float_column {db}.inno.f"),
+            format!("float_column {db}.inno.g"),
+            format!("non_transactional {db}.ari.Aria"),
+            format!("non_transactional {db}.mem.MEMORY"),
+            format!("non_transactional {db}.myi.MyISAM"),
+        ],
+        "{out}"
+    );
+    for w in &warnings {
+        assert!(
+            w["path"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("/mysql/{db}/")),
+            "{w}"
+        );
+        assert!(!w["message"].as_str().unwrap().is_empty(), "{w}");
+    }
+    // On stderr too, in words.
+    for needle in [
+        format!("`{db}`.`myi` uses the MyISAM engine"),
+        format!("`{db}`.`inno`.`f` is FLOAT"),
+        "DOUBLE".to_string(),
+    ] {
+        assert!(out.stderr.contains(&needle), "{needle:?} missing: {out}");
+    }
+    assert!(!out.stderr.contains("skipped"), "{out}");
+    assert!(!out.stderr.contains("`d`"), "{out}");
+    // The text output warns as well.
+    let out = env
+        .cmd()
+        .args(["mysql", "backup", "--databases", &db])
+        .args(srv.cairn_args())
+        .run()
+        .ok();
+    assert!(out.stderr.contains("uses the Aria engine"), "{out}");
 }

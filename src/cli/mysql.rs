@@ -2,7 +2,7 @@
 //! The database password comes from `CAIRN_MYSQL_PASSWORD` or `MYSQL_PWD` (or the user's
 //! option file), never from the command line.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,7 +19,9 @@ use cairn::source::mysql::Connection;
 
 use super::EXIT_OK;
 use super::args::GlobalArgs;
-use super::commands::{open_repo, parse_duration, parse_time, print_json, report_backup};
+use super::commands::{
+    backup_json, open_repo, parse_duration, parse_time, print_json, report_backup,
+};
 use super::output::ProgressBar;
 
 #[derive(Debug, Args)]
@@ -203,7 +205,29 @@ async fn backup(g: &GlobalArgs, a: MysqlBackupArgs) -> Result<i32> {
     let result = mysql::backup(&repo, &opts).await;
     bar.finish().await;
     let outcome = result.context("mysql backup failed; no snapshot written")?;
-    report_backup(g, &outcome, started.elapsed())?;
+    let took = started.elapsed();
+    // Warnings go to stderr whatever the output (a closed stderr is no reason to fail).
+    let mut err = std::io::stderr().lock();
+    for w in &outcome.warnings {
+        let _ = writeln!(err, "cairn: warning: {w}");
+    }
+    drop(err);
+    if g.json {
+        let mut doc = backup_json(&outcome.backup, took);
+        let warnings: Vec<serde_json::Value> = outcome
+            .warnings
+            .iter()
+            .map(|w| {
+                let mut v = serde_json::to_value(w).unwrap_or_default();
+                v["message"] = w.to_string().into();
+                v
+            })
+            .collect();
+        doc["warnings"] = warnings.into();
+        print_json(&doc)?;
+    } else {
+        report_backup(g, &outcome.backup, took)?;
+    }
     Ok(EXIT_OK)
 }
 

@@ -40,6 +40,100 @@ use crate::source::mysql::{
 /// The snapshot source kind of MySQL/MariaDB snapshots.
 pub const SOURCE: &str = "mysql";
 
+/// Something about the data that a restore may not give back as it was: each names the table
+/// (and column) and its file in the snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MysqlWarning {
+    /// The table's engine (MyISAM, Aria, MEMORY, ...) is not transactional: the dump's single
+    /// transaction does not cover it, so its rows may be from another moment than the others'.
+    NonTransactional {
+        path: String,
+        database: String,
+        table: String,
+        engine: String,
+    },
+    /// A FLOAT column: the dump writes it with 6 significant digits, so a restore may not give
+    /// back the exact value.
+    FloatColumn {
+        path: String,
+        database: String,
+        table: String,
+        column: String,
+    },
+}
+
+impl std::fmt::Display for MysqlWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MysqlWarning::NonTransactional {
+                database,
+                table,
+                engine,
+                ..
+            } => write!(
+                f,
+                "table {}.{} uses the {engine} engine, which is not transactional: the dump's \
+                 single transaction does not cover it, so its rows may be from another moment \
+                 than the other tables' (InnoDB tables are consistent)",
+                sql_ident(database),
+                sql_ident(table)
+            ),
+            MysqlWarning::FloatColumn {
+                database,
+                table,
+                column,
+                ..
+            } => write!(
+                f,
+                "column {}.{}.{} is FLOAT: the dump writes it with 6 significant digits, so a \
+                 restore may not give back the exact value (DOUBLE is dumped exactly)",
+                sql_ident(database),
+                sql_ident(table),
+                sql_ident(column)
+            ),
+        }
+    }
+}
+
+/// What `cairn mysql backup` did.
+#[derive(Debug)]
+pub struct MysqlBackupOutcome {
+    pub backup: BackupOutcome,
+    /// What a restore may not give back as it was, table by table.
+    pub warnings: Vec<MysqlWarning>,
+}
+
+/// The warnings for what the server says of the databases dumped, leaving out `excluded`
+/// (`db.table`) tables.
+fn warnings(
+    non_transactional: Vec<(String, String, String)>,
+    floats: Vec<(String, String, String)>,
+    excluded: &[String],
+) -> Vec<MysqlWarning> {
+    let kept = |db: &str, t: &str| !excluded.iter().any(|x| *x == format!("{db}.{t}"));
+    let path = |db: &str, t: &str| format!("/{}", table_path(db, t).join("/"));
+    let mut out: Vec<MysqlWarning> = non_transactional
+        .into_iter()
+        .filter(|(db, t, _)| kept(db, t))
+        .map(|(database, table, engine)| MysqlWarning::NonTransactional {
+            path: path(&database, &table),
+            database,
+            table,
+            engine,
+        })
+        .collect();
+    out.extend(floats.into_iter().filter(|(db, t, _)| kept(db, t)).map(
+        |(database, table, column)| MysqlWarning::FloatColumn {
+            path: path(&database, &table),
+            database,
+            table,
+            column,
+        },
+    ));
+    out
+}
+
 /// What `cairn mysql backup` does.
 #[derive(Debug, Clone, Default)]
 pub struct MysqlBackupOptions {
@@ -81,7 +175,10 @@ pub fn sql_chunker(repo: &Repository, avg: Option<u32>) -> Result<Chunker> {
 }
 
 /// Back up databases as one snapshot.
-pub async fn backup(repo: &Arc<Repository>, opts: &MysqlBackupOptions) -> Result<BackupOutcome> {
+pub async fn backup(
+    repo: &Arc<Repository>,
+    opts: &MysqlBackupOptions,
+) -> Result<MysqlBackupOutcome> {
     for t in &opts.exclude_tables {
         if !t.contains('.') {
             return Err(Error::invalid(format!(
@@ -127,12 +224,17 @@ pub async fn backup(repo: &Arc<Repository>, opts: &MysqlBackupOptions) -> Result
                 ),
                 false => None,
             };
-            Ok((info, dbs, version, grants))
+            let non_transactional = src::non_transactional_tables(&tools.client, &conn, &dbs)
+                .map_err(|e| src::context(e, "listing the tables' engines"))?;
+            let floats = src::float_columns(&tools.client, &conn, &dbs)
+                .map_err(|e| src::context(e, "listing the FLOAT columns"))?;
+            Ok((info, dbs, version, grants, (non_transactional, floats)))
         })
         .await
         .map_err(|e| task_failed("connecting to the database server", e))?
     };
-    let (info, databases, tool_version, grants) = pre?;
+    let (info, databases, tool_version, grants, (non_transactional, floats)) = pre?;
+    let warnings = warnings(non_transactional, floats, &opts.exclude_tables);
     if databases.is_empty() {
         return Err(Error::invalid(
             "the server has no user databases to back up",
@@ -183,6 +285,7 @@ pub async fn backup(repo: &Arc<Repository>, opts: &MysqlBackupOptions) -> Result
         Ok(produced)
     })
     .await
+    .map(|backup| MysqlBackupOutcome { backup, warnings })
 }
 
 /// A table as stored: its section's extents, length and rows.

@@ -386,17 +386,83 @@ pub fn sql_ident(s: &str) -> String {
 fn unhex_rows(rows: Vec<Vec<String>>) -> Result<Vec<String>> {
     rows.into_iter()
         .filter_map(|r| r.into_iter().next())
-        .map(|h| {
-            hex::decode(h.trim())
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .map_err(|e| Error::Database {
-                    what: "unexpected client output".into(),
-                    kind: DbErrorKind::Failed,
-                    detail: String::new(),
-                    source: Some(Box::new(e)),
-                })
+        .map(|h| unhex(&h))
+        .collect()
+}
+
+fn unhex(h: &str) -> Result<String> {
+    hex::decode(h.trim())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .map_err(|e| Error::Database {
+            what: "unexpected client output".into(),
+            kind: DbErrorKind::Failed,
+            detail: String::new(),
+            source: Some(Box::new(e)),
+        })
+}
+
+/// Rows of three hex-encoded names.
+fn unhex_triples(rows: Vec<Vec<String>>) -> Result<Vec<(String, String, String)>> {
+    rows.into_iter()
+        .map(|r| {
+            let get = |i: usize| unhex(r.get(i).map(String::as_str).unwrap_or(""));
+            Ok((get(0)?, get(1)?, get(2)?))
         })
         .collect()
+}
+
+/// `IN (...)` of SQL strings.
+fn sql_in(names: &[String]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| sql_string(n)).collect();
+    format!("IN ({})", quoted.join(", "))
+}
+
+/// The base tables of `databases` whose engine is not InnoDB (MyISAM, Aria, MEMORY, ...), so
+/// not in the dump's transaction: (database, table, engine), sorted.
+pub fn non_transactional_tables(
+    client: &Path,
+    conn: &Connection,
+    databases: &[String],
+) -> Result<Vec<(String, String, String)>> {
+    if databases.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = query(
+        client,
+        conn,
+        &format!(
+            "SELECT HEX(table_schema), HEX(table_name), HEX(engine) FROM information_schema.tables \
+             WHERE table_schema {} AND table_type = 'BASE TABLE' AND engine IS NOT NULL \
+             AND engine <> 'InnoDB' ORDER BY table_schema, table_name",
+            sql_in(databases)
+        ),
+    )?;
+    unhex_triples(rows)
+}
+
+/// The FLOAT columns of the base tables of `databases`: (database, table, column), in table
+/// and column order.
+pub fn float_columns(
+    client: &Path,
+    conn: &Connection,
+    databases: &[String],
+) -> Result<Vec<(String, String, String)>> {
+    if databases.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = query(
+        client,
+        conn,
+        &format!(
+            "SELECT HEX(c.table_schema), HEX(c.table_name), HEX(c.column_name) \
+             FROM information_schema.columns c JOIN information_schema.tables t \
+             ON t.table_schema = c.table_schema AND t.table_name = c.table_name \
+             WHERE c.table_schema {} AND t.table_type = 'BASE TABLE' AND c.data_type = 'float' \
+             ORDER BY c.table_schema, c.table_name, c.ordinal_position",
+            sql_in(databases)
+        ),
+    )?;
+    unhex_triples(rows)
 }
 
 /// What the server says about itself.
