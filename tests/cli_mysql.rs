@@ -1137,3 +1137,55 @@ fn non_transactional_tables_and_float_columns_are_warned_about() {
         .ok();
     assert!(out.stderr.contains("uses the Aria engine"), "{out}");
 }
+
+/// `--to-stdout --into NEWDB` writes SQL that targets NEWDB, as a restore into the server
+/// would: loaded with a client that has no database selected, it creates NEWDB and fills it,
+/// and leaves the original alone (issue 18 item 8; before, --into was ignored and the SQL
+/// named no database).
+#[test]
+fn to_stdout_honours_into() {
+    let srv = mysql_server_or_skip!();
+    let env = Env::with_repo();
+    let db = srv.database("stdout");
+    fill_app(srv, &db);
+    let sums: Vec<_> = APP_TABLES.iter().map(|t| srv.checksum(&db, t)).collect();
+    let id = mysql_backup(&env, srv, &db, &[]).ok().json()["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let to_stdout = |extra: &[&str]| {
+        env.cmd()
+            .args(["mysql", "restore", &id, "--database", &db, "--to-stdout"])
+            .args(extra)
+            .run()
+            .ok()
+            .stdout_str()
+    };
+    // The whole database.
+    let copy = format!("{db}_piped");
+    let sql = to_stdout(&["--into", &copy]);
+    let named: Vec<&str> = sql
+        .lines()
+        .filter(|l| l.contains(&format!("`{db}`")))
+        .collect();
+    assert!(named.is_empty(), "the original is named: {named:?}");
+    load_sql(srv, &sql).unwrap_or_else(|e| panic!("{e}"));
+    for (t, s) in APP_TABLES.iter().zip(&sums) {
+        assert_eq!(&srv.checksum(&copy, t), s, "{t}");
+    }
+    assert_eq!(
+        srv.sql(Some(&copy), "SELECT name FROM user_names WHERE id = 1")
+            .trim(),
+        "ann"
+    );
+    assert_eq!(srv.sql(Some(&copy), "CALL count_users()").trim(), "4");
+    // One table, into a database that does not exist yet.
+    let one = format!("{db}_one");
+    load_sql(srv, &to_stdout(&["--table", "files", "--into", &one])).unwrap();
+    assert_eq!(srv.tables(&one), ["files"]);
+    assert_eq!(srv.checksum(&one, "files"), sums[1]);
+    // The original is untouched.
+    for (t, s) in APP_TABLES.iter().zip(&sums) {
+        assert_eq!(&srv.checksum(&db, t), s, "{t}");
+    }
+}

@@ -589,7 +589,10 @@ async fn plan(
 }
 
 /// Write the SQL of the grants (first, with `grants`) and of the chosen tables (or the whole
-/// database) to `out`.
+/// database) to `out`. With `into`, the SQL targets that database as a restore into the server
+/// would: it starts with the schema's `CREATE DATABASE IF NOT EXISTS` renamed and a `USE`, and
+/// the views, routines and events follow the tables. Without, it names no database (load it
+/// with `mariadb DB < file`).
 pub async fn restore_to_writer(
     repo: &Repository,
     snap: &Snapshot,
@@ -613,29 +616,82 @@ pub async fn restore_to_writer(
         o.bytes += read::dump(repo, &g, out).await?;
         o.grants = true;
     }
+    let (Some(original), Some(target)) = (&opts.database, &opts.into) else {
+        for (table, node) in files {
+            o.bytes += read::dump(repo, &node, out).await?;
+            match table {
+                Some(t) => o.tables.push(t),
+                None => o.schema = true,
+            }
+        }
+        return Ok(o);
+    };
+    o.database = Some(target.clone());
+    let path = format!("mysql/{}/_schema.sql", encode_name(original));
+    let (create, mut rest) = match read::resolve(repo, snap, &path).await {
+        Ok(Resolved::Node(n)) if n.kind == NodeKind::File => {
+            let mut buf = Vec::new();
+            read::dump(repo, &n, &mut buf).await?;
+            let (create, rest) = split_create_database(&buf, original, target);
+            (create, Some(rest))
+        }
+        _ => (None, None),
+    };
+    let create =
+        if_not_exists(create.unwrap_or_else(|| format!("CREATE DATABASE {};", sql_ident(target))));
+    let head = format!("{create}\nUSE {};\n", sql_ident(target));
+    let write = |out: &mut (dyn Write + Send), b: &[u8]| {
+        out.write_all(b)
+            .map_err(|e| Error::io("<standard output>", e))
+    };
+    write(out, head.as_bytes())?;
+    o.bytes += head.len() as u64;
     for (table, node) in files {
-        o.bytes += read::dump(repo, &node, out).await?;
         match table {
-            Some(t) => o.tables.push(t),
-            None => o.schema = true,
+            Some(t) => {
+                o.bytes += read::dump(repo, &node, out).await?;
+                o.tables.push(t);
+            }
+            None => {
+                let rest = rest.take().unwrap_or_default();
+                write(out, &rest)?;
+                o.bytes += rest.len() as u64;
+                o.schema = true;
+            }
         }
     }
     Ok(o)
 }
 
+/// A `CREATE DATABASE` statement that does nothing if the database exists.
+fn if_not_exists(create: String) -> String {
+    if create.contains("IF NOT EXISTS") {
+        return create;
+    }
+    match create.strip_prefix("CREATE DATABASE ") {
+        Some(rest) => format!("CREATE DATABASE IF NOT EXISTS {rest}"),
+        None => create,
+    }
+}
+
 /// The CREATE DATABASE statement of a schema file, for database `target`, and the schema
-/// without it.
+/// without it (its `-- Current Database:` comments naming `target` too).
 fn split_create_database(schema: &[u8], original: &str, target: &str) -> (Option<String>, Vec<u8>) {
     let mut create = None;
-    let rest = keep_lines(schema, |l| {
+    let mut rest = Vec::with_capacity(schema.len());
+    let comment = format!("-- Current Database: {}", sql_ident(original));
+    for l in schema.split_inclusive(|&b| b == b'\n') {
         if create.is_none() && l.starts_with(b"CREATE DATABASE ") {
             let line = String::from_utf8_lossy(l).trim_end().to_string();
             create = Some(line.replacen(&sql_ident(original), &sql_ident(target), 1));
-            false
+        } else if l.strip_suffix(b"\n").unwrap_or(l) == comment.as_bytes() {
+            rest.extend_from_slice(
+                format!("-- Current Database: {}\n", sql_ident(target)).as_bytes(),
+            );
         } else {
-            true
+            rest.extend_from_slice(l);
         }
-    });
+    }
     (create, rest)
 }
 
