@@ -130,7 +130,8 @@ pub struct MysqlRestoreArgs {
     /// the original databases, whatever --into says.
     #[arg(long)]
     pub grants: bool,
-    /// Write the SQL to standard output instead of loading it (the grants first).
+    /// Write the SQL to standard output instead of loading it (the grants first; with --into,
+    /// it creates and uses that database).
     #[arg(long)]
     pub to_stdout: bool,
     /// Replace tables that already exist in the target database.
