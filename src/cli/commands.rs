@@ -346,10 +346,10 @@ pub(super) fn report_backup(g: &GlobalArgs, o: &BackupOutcome, took: Duration) -
     );
     println!("Dirs:      {}", s.dirs);
     println!(
-        "Added:     {} ({} stored, {} packs)",
-        output::bytes(s.bytes_added),
-        output::bytes(s.bytes_added_stored),
-        s.packs_added
+        "Stored:    {} in {} packs (new data: {} before compression and deltas)",
+        output::bytes(s.stored_bytes_added),
+        s.packs_added,
+        output::bytes(s.new_data_bytes),
     );
     println!(
         "Processed: {} files, {} in {}",
