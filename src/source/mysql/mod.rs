@@ -174,6 +174,7 @@ const UNAVAILABLE: &[u32] = &[
     1053, // server shutdown in progress
     1205, // lock wait timeout
     1213, // deadlock
+    1412, // table definition changed during the dump's transaction ("please retry")
     1927, // connection killed
     2002, // can't connect through the socket
     2003, // can't connect over TCP
@@ -1280,6 +1281,12 @@ mod tests {
             (
                 "mariadb-dump: Error 2013: Lost connection to server during query when \
                  dumping table `b` at row: 0",
+                false,
+                K::Unavailable,
+            ),
+            (
+                "mariadb-dump: Error 1412: Table definition has changed, please retry \
+                 transaction when dumping table `events` at row: 0",
                 false,
                 K::Unavailable,
             ),
