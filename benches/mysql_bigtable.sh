@@ -118,7 +118,7 @@ rss = int(t["Maximum resident set size (kbytes)"])
 out = json.load(open(js))
 s = out.get("summary", out)
 print("\t".join(str(x) for x in (phase, f"{wall:.1f}", rss, dump_kib, repo,
-      s.get("bytes_read", s.get("bytes", "")), s.get("bytes_added_stored", ""))))
+      s.get("bytes_read", s.get("bytes", "")), s.get("stored_bytes_added", ""))))
 PY
     echo "$phase backup: $(tail -1 "$RESULTS")" >&2
 }

@@ -29,8 +29,8 @@ for night in web uniform; do
     rows=${night}_rows
     zst=$(mariadb-dump --no-defaults --socket=$SOCK --user=root --skip-comments --no-create-info --where="${!rows}" $DB big | zstd -3 -c | wc -c)
     printf "%-8s %-8s %14s %14s %12s\n" $night $avg \
-      "$(echo "$b1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["summary"]["bytes_added_stored"])')" \
-      "$(echo "$b2" | python3 -c 'import json,sys; print(json.load(sys.stdin)["summary"]["bytes_added_stored"])')" "$zst"
+      "$(echo "$b1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["summary"]["stored_bytes_added"])')" \
+      "$(echo "$b2" | python3 -c 'import json,sys; print(json.load(sys.stdin)["summary"]["stored_bytes_added"])')" "$zst"
     rm -rf "$dir"
   done
 done

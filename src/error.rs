@@ -38,6 +38,40 @@ pub enum ErrorKind {
     Other,
 }
 
+/// What a database (MySQL/MariaDB) failure calls for, for a scheduler deciding whether to retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DbErrorKind {
+    /// The server cannot be reached or went away (not running, connection refused or lost,
+    /// too many connections, shutting down, a lock wait or deadlock): retry later.
+    Unavailable,
+    /// The configuration must be fixed: access denied, a missing privilege, an unknown
+    /// database, a bad option or option file, the client tools not found, a packet limit.
+    Config,
+    /// The dump or the load failed otherwise (a table dropped during the dump, a dump cut
+    /// short, SQL the server refused).
+    Failed,
+}
+
+impl DbErrorKind {
+    /// The library-wide kind: `Transient`, `InvalidInput` or `Other`.
+    pub fn error_kind(self) -> ErrorKind {
+        match self {
+            DbErrorKind::Unavailable => ErrorKind::Transient,
+            DbErrorKind::Config => ErrorKind::InvalidInput,
+            DbErrorKind::Failed => ErrorKind::Other,
+        }
+    }
+}
+
+/// `": detail"`, or nothing for an empty detail.
+fn detail_suffix(detail: &str) -> String {
+    match detail.is_empty() {
+        true => String::new(),
+        false => format!(": {detail}"),
+    }
+}
+
 /// The error type of the cairn library.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -97,6 +131,17 @@ pub enum Error {
     #[error("catalog {path}: {message}")]
     Catalog { path: PathBuf, message: String },
 
+    /// A database server or its client tools failed: `what` failed, the tool's own message
+    /// (if any) in `detail`, the underlying error (if any) as the source.
+    #[error("{what}{}", detail_suffix(detail))]
+    Database {
+        what: String,
+        kind: DbErrorKind,
+        detail: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+
     #[error("{0}")]
     Other(String),
 }
@@ -130,6 +175,7 @@ impl Error {
             Error::RepositoryChanged { .. } => ErrorKind::RepositoryChanged,
             Error::Io { .. } => ErrorKind::Io,
             Error::Catalog { .. } => ErrorKind::Other,
+            Error::Database { kind, .. } => kind.error_kind(),
             Error::Other(_) => ErrorKind::Other,
         }
     }

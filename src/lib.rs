@@ -29,5 +29,5 @@ pub mod ops;
 pub mod repo;
 pub mod source;
 
-pub use error::{Error, ErrorKind, Result};
+pub use error::{DbErrorKind, Error, ErrorKind, Result};
 pub use id::Id;

@@ -177,7 +177,7 @@ fn identical_files_are_stored_once() {
     let b = env.backup(&[&src], &[]);
     let s = &b["summary"];
     assert_eq!(s["total_bytes"], 3 * BIG_LEN as u64, "{b}");
-    let added = s["bytes_added"].as_u64().unwrap();
+    let added = s["new_data_bytes"].as_u64().unwrap();
     assert!(
         added >= BIG_LEN as u64 && added < BIG_LEN as u64 + (64 << 10),
         "three identical files of {BIG_LEN} bytes added {added} bytes: {b}"
@@ -219,7 +219,7 @@ fn repeated_chunks_within_a_file() {
     let b = env.backup(&[&src], &[]);
     // 20 MiB of zeros cost next to nothing (a few identical, compressible chunks); the twice-
     // written block at most its two copies (cut points need not line up again after the seam).
-    let stored = b["summary"]["bytes_added_stored"].as_u64().unwrap();
+    let stored = b["summary"]["stored_bytes_added"].as_u64().unwrap();
     assert!(
         stored < (6 << 20) + (256 << 10),
         "{stored} bytes stored for 20 MiB of zeros and 6 MiB of data: {b}"

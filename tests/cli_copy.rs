@@ -107,7 +107,7 @@ fn copied_snapshots_restore_identical_and_a_second_copy_adds_nothing() {
     let copies = ids(&r, "copied", "target");
     assert!(r["packs_added"].as_u64().unwrap() > 0, "{r}");
     // The big file is stored once (its twin deduplicated), like in the source.
-    let added = r["bytes_added"].as_u64().unwrap();
+    let added = r["new_data_bytes"].as_u64().unwrap();
     assert!(added < BIG_LEN as u64 + (3 << 20), "{r}");
 
     // Metadata: time, host, paths, tags and the summary kept; the parent mapped; the origin
@@ -200,7 +200,7 @@ fn copy_to_an_unencrypted_target_with_filters_and_dry_run() {
     assert_eq!(ids(&r, "copied", "source"), [tagged.as_str()], "{r}");
     assert_eq!(r["copied"][0]["target"], Value::Null, "{r}");
     assert_eq!(r["dry_run"], true, "{r}");
-    assert!(r["bytes_added"].as_u64().unwrap() >= 5 << 20, "{r}");
+    assert!(r["new_data_bytes"].as_u64().unwrap() >= 5 << 20, "{r}");
     assert_eq!(data_files(&t), Vec::<PathBuf>::new());
     assert!(target_snapshots(&t).is_empty());
 
@@ -232,7 +232,7 @@ fn copying_a_related_snapshot_adds_only_the_changes() {
     let r1 = copy(&env, &t, &[b1["snapshot_id"].as_str().unwrap()])
         .ok()
         .json();
-    let first_added = r1["bytes_added"].as_u64().unwrap();
+    let first_added = r1["new_data_bytes"].as_u64().unwrap();
     assert!(first_added >= 24 << 20, "{r1}");
 
     // 4 KiB changed in the middle, a small file added.
@@ -249,19 +249,19 @@ fn copying_a_related_snapshot_adds_only_the_changes() {
     eprintln!(
         "second copy: {} bytes added ({} stored, {} packs), {} blobs / {} bytes read; the \
          source's backup added {} bytes",
-        r2["bytes_added"],
-        r2["bytes_added_stored"],
+        r2["new_data_bytes"],
+        r2["stored_bytes_added"],
         r2["packs_added"],
         r2["blobs_read"],
         r2["bytes_read"],
-        s["bytes_added"]
+        s["new_data_bytes"]
     );
     assert_eq!(ids(&r2, "copied", "source"), [id2.as_str()], "{r2}");
     // The same blobs are new in both repositories: the same counts and bytes.
     assert_eq!(r2["data_blobs_added"], s["data_blobs_added"], "{r2} {b2}");
     assert_eq!(r2["tree_blobs_added"], s["tree_blobs_added"], "{r2} {b2}");
-    assert_eq!(r2["bytes_added"], s["bytes_added"], "{r2} {b2}");
-    let added = r2["bytes_added"].as_u64().unwrap();
+    assert_eq!(r2["new_data_bytes"], s["new_data_bytes"], "{r2} {b2}");
+    let added = r2["new_data_bytes"].as_u64().unwrap();
     assert!(
         added < 10 << 20,
         "{added} bytes added for a 4 KiB change: {r2}"

@@ -343,8 +343,8 @@ fn expected_snapshot(k: &Keys) -> Snapshot {
             bytes_read: 12_345_678,
             data_blobs_added: 17,
             tree_blobs_added: 4,
-            bytes_added: 987_654_321,
-            bytes_added_stored: 123_456_789_012,
+            new_data_bytes: 987_654_321,
+            stored_bytes_added: 123_456_789_012,
             packs_added: 2,
         },
         meta: vec![
@@ -941,8 +941,8 @@ fn snapshot() {
             m.bytes_read,
             m.data_blobs_added,
             m.tree_blobs_added,
-            m.bytes_added,
-            m.bytes_added_stored,
+            m.new_data_bytes,
+            m.stored_bytes_added,
             m.packs_added,
         ],
         [

@@ -327,17 +327,22 @@ async fn backup_cmd(g: &GlobalArgs, a: BackupArgs) -> Result<i32> {
     })
 }
 
+/// A backup's outcome as its `--json` document.
+pub(super) fn backup_json(o: &BackupOutcome, took: Duration) -> serde_json::Value {
+    serde_json::json!({
+        "snapshot_id": o.snapshot_id,
+        "dry_run": o.snapshot_id.is_none(),
+        "parent": o.snapshot.parent,
+        "summary": o.snapshot.summary,
+        "errors": o.errors,
+        "seconds": took.as_secs_f64(),
+    })
+}
+
 pub(super) fn report_backup(g: &GlobalArgs, o: &BackupOutcome, took: Duration) -> Result<()> {
     let s = &o.snapshot.summary;
     if g.json {
-        return print_json(&serde_json::json!({
-            "snapshot_id": o.snapshot_id,
-            "dry_run": o.snapshot_id.is_none(),
-            "parent": o.snapshot.parent,
-            "summary": s,
-            "errors": o.errors,
-            "seconds": took.as_secs_f64(),
-        }));
+        return print_json(&backup_json(o, took));
     }
     for e in &o.errors {
         ewriteln!("cairn: could not read {e}");
@@ -351,10 +356,10 @@ pub(super) fn report_backup(g: &GlobalArgs, o: &BackupOutcome, took: Duration) -
     );
     println!("Dirs:      {}", s.dirs);
     println!(
-        "Added:     {} ({} stored, {} packs)",
-        output::bytes(s.bytes_added),
-        output::bytes(s.bytes_added_stored),
-        s.packs_added
+        "Stored:    {} in {} packs (new data: {} before compression and deltas)",
+        output::bytes(s.stored_bytes_added),
+        s.packs_added,
+        output::bytes(s.new_data_bytes),
     );
     println!(
         "Processed: {} files, {} in {}",

@@ -139,10 +139,10 @@ fn print_report(r: &CopyReport, quiet: bool, took: std::time::Duration) {
         );
     }
     println!(
-        "Added:     {} ({} stored, {} packs)",
-        output::bytes(r.bytes_added),
-        output::bytes(r.bytes_added_stored),
-        r.packs_added
+        "Stored:    {} in {} packs (new data: {} before compression and deltas)",
+        output::bytes(r.stored_bytes_added),
+        r.packs_added,
+        output::bytes(r.new_data_bytes),
     );
     println!(
         "Read:      {} blobs, {} from the source in {}",

@@ -2,7 +2,7 @@
 //! The database password comes from `CAIRN_MYSQL_PASSWORD` or `MYSQL_PWD` (or the user's
 //! option file), never from the command line.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,7 +19,9 @@ use cairn::source::mysql::Connection;
 
 use super::EXIT_OK;
 use super::args::GlobalArgs;
-use super::commands::{open_repo, parse_duration, parse_time, print_json, report_backup};
+use super::commands::{
+    backup_json, open_repo, parse_duration, parse_time, print_json, report_backup,
+};
 use super::output::ProgressBar;
 
 #[derive(Debug, Args)]
@@ -58,6 +60,11 @@ pub struct ConnArgs {
     /// The client (default: mariadb or mysql).
     #[arg(long)]
     pub client_binary: Option<PathBuf>,
+    /// The largest row or statement the dump tool and the client accept, e.g. 256M (default
+    /// 1G, their maximum; it overrides the option files, whose max_allowed_packet, 16M on
+    /// Debian, would stop at the first larger row). The server has its own max_allowed_packet.
+    #[arg(long, value_name = "SIZE", value_parser = super::args::parse_size)]
+    pub max_allowed_packet: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -110,15 +117,21 @@ pub struct MysqlRestoreArgs {
     /// Snapshot: id prefix or "latest" (the latest MySQL snapshot).
     pub snapshot: String,
     /// The database in the snapshot.
-    #[arg(long)]
-    pub database: String,
+    #[arg(long, required_unless_present = "grants")]
+    pub database: Option<String>,
     /// Only this table (repeatable); default: the whole database.
-    #[arg(long = "table", value_name = "TABLE")]
+    #[arg(long = "table", value_name = "TABLE", requires = "database")]
     pub tables: Vec<String>,
     /// Load into this database instead (created if missing).
-    #[arg(long)]
+    #[arg(long, requires = "database")]
     pub into: Option<String>,
-    /// Write the SQL to standard output instead of loading it.
+    /// Load the users, roles and grants (mysql/_grants.sql, stored by `mysql backup
+    /// --grants`), before the database if one is given. They are loaded as stored: they name
+    /// the original databases, whatever --into says.
+    #[arg(long)]
+    pub grants: bool,
+    /// Write the SQL to standard output instead of loading it (the grants first; with --into,
+    /// it creates and uses that database).
     #[arg(long)]
     pub to_stdout: bool,
     /// Replace tables that already exist in the target database.
@@ -181,6 +194,7 @@ async fn backup(g: &GlobalArgs, a: MysqlBackupArgs) -> Result<i32> {
         chunk_avg: a.chunk_avg,
         insert_bytes: a.insert_bytes,
         grants: a.grants,
+        max_allowed_packet: a.conn.max_allowed_packet,
     };
     let repo = open_repo(g).await?;
     let bar = ProgressBar::start(
@@ -192,7 +206,29 @@ async fn backup(g: &GlobalArgs, a: MysqlBackupArgs) -> Result<i32> {
     let result = mysql::backup(&repo, &opts).await;
     bar.finish().await;
     let outcome = result.context("mysql backup failed; no snapshot written")?;
-    report_backup(g, &outcome, started.elapsed())?;
+    let took = started.elapsed();
+    // Warnings go to stderr whatever the output (a closed stderr is no reason to fail).
+    let mut err = std::io::stderr().lock();
+    for w in &outcome.warnings {
+        let _ = writeln!(err, "cairn: warning: {w}");
+    }
+    drop(err);
+    if g.json {
+        let mut doc = backup_json(&outcome.backup, took);
+        let warnings: Vec<serde_json::Value> = outcome
+            .warnings
+            .iter()
+            .map(|w| {
+                let mut v = serde_json::to_value(w).unwrap_or_default();
+                v["message"] = w.to_string().into();
+                v
+            })
+            .collect();
+        doc["warnings"] = warnings.into();
+        print_json(&doc)?;
+    } else {
+        report_backup(g, &outcome.backup, took)?;
+    }
     Ok(EXIT_OK)
 }
 
@@ -224,6 +260,8 @@ async fn restore(g: &GlobalArgs, a: MysqlRestoreArgs) -> Result<i32> {
         tables: a.tables.clone(),
         into: a.into.clone(),
         force: a.force,
+        grants: a.grants,
+        max_allowed_packet: a.conn.max_allowed_packet,
     };
     let started = Instant::now();
     if a.to_stdout {
@@ -240,6 +278,7 @@ async fn restore(g: &GlobalArgs, a: MysqlRestoreArgs) -> Result<i32> {
             "database": o.database,
             "tables": o.tables,
             "schema": o.schema,
+            "grants": o.grants,
             "replaced": o.replaced,
             "bytes": o.bytes,
             "seconds": started.elapsed().as_secs_f64(),
@@ -248,22 +287,26 @@ async fn restore(g: &GlobalArgs, a: MysqlRestoreArgs) -> Result<i32> {
         if !o.replaced.is_empty() {
             ewriteln!("replaced existing tables: {}", o.replaced.join(", "));
         }
-        println!(
-            "restored {} {} into database {}{} in {}",
-            o.tables.len(),
-            if o.tables.len() == 1 {
-                "table"
-            } else {
-                "tables"
-            },
-            o.database,
-            if o.schema {
-                " (with views, routines and events)"
-            } else {
-                ""
-            },
-            super::output::duration(started.elapsed())
-        );
+        let took = super::output::duration(started.elapsed());
+        if o.grants {
+            println!("restored the users, roles and grants");
+        }
+        if let Some(db) = &o.database {
+            println!(
+                "restored {} {} into database {db}{} in {took}",
+                o.tables.len(),
+                if o.tables.len() == 1 {
+                    "table"
+                } else {
+                    "tables"
+                },
+                if o.schema {
+                    " (with views, routines and events)"
+                } else {
+                    ""
+                },
+            );
+        }
     }
     Ok(EXIT_OK)
 }

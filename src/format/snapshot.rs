@@ -26,9 +26,14 @@ pub struct Summary {
     pub bytes_read: u64,
     pub data_blobs_added: u64,
     pub tree_blobs_added: u64,
-    /// Plaintext bytes of blobs this backup added, and what they take stored.
-    pub bytes_added: u64,
-    pub bytes_added_stored: u64,
+    /// Logical (plaintext) size of the blobs this backup added, data and tree, before
+    /// compression, and counting a chunk stored as a delta at its full size: how much *new
+    /// content* the source had, not what it cost. (Formerly `bytes_added`; the stored bytes
+    /// are positional, so only the name changed.)
+    pub new_data_bytes: u64,
+    /// Bytes of the packs this backup uploaded (compressed, delta-encoded, sealed, with pack
+    /// headers): what the repository's data grew by. (Formerly `bytes_added_stored`.)
+    pub stored_bytes_added: u64,
     pub packs_added: u64,
 }
 

@@ -1119,8 +1119,8 @@ impl Session {
         snap.summary.backup_end = repo.now();
         snap.summary.data_blobs_added = st.data_blobs.load(Ordering::Relaxed);
         snap.summary.tree_blobs_added = st.tree_blobs.load(Ordering::Relaxed);
-        snap.summary.bytes_added = st.raw_bytes.load(Ordering::Relaxed);
-        snap.summary.bytes_added_stored = up.bytes;
+        snap.summary.new_data_bytes = st.raw_bytes.load(Ordering::Relaxed);
+        snap.summary.stored_bytes_added = up.bytes;
         snap.summary.packs_added = up.packs;
         snap.summary.errors = errors.len() as u64;
         let snapshot_id = if dry_run {

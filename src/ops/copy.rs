@@ -92,11 +92,12 @@ pub struct CopyReport {
     /// Blobs read from the source, and their plaintext bytes.
     pub blobs_read: u64,
     pub bytes_read: u64,
-    /// What the target gained (plaintext bytes, and stored bytes in new packs).
+    /// What the target gained: new blobs, their logical size (`new_data_bytes`, as in a
+    /// snapshot's summary) and the bytes of the packs uploaded (`stored_bytes_added`).
     pub data_blobs_added: u64,
     pub tree_blobs_added: u64,
-    pub bytes_added: u64,
-    pub bytes_added_stored: u64,
+    pub new_data_bytes: u64,
+    pub stored_bytes_added: u64,
     pub packs_added: u64,
 }
 
@@ -297,8 +298,8 @@ async fn run(
         let st = &sink.stats;
         report.data_blobs_added += st.data_blobs.load(Ordering::Relaxed);
         report.tree_blobs_added += st.tree_blobs.load(Ordering::Relaxed);
-        report.bytes_added += st.raw_bytes.load(Ordering::Relaxed);
-        report.bytes_added_stored += up.bytes;
+        report.new_data_bytes += st.raw_bytes.load(Ordering::Relaxed);
+        report.stored_bytes_added += up.bytes;
         report.packs_added += up.packs;
 
         let mut new = snap.clone();

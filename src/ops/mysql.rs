@@ -13,6 +13,10 @@
 //!
 //! **Restore** feeds one or more table files (or a whole database) to the standard client,
 //! into the same or another database; it refuses to replace existing tables unless forced.
+//!
+//! Failures of the server or its tools are [`Error::Database`], whose [`DbErrorKind`] (read
+//! from the tools' error numbers) tells a scheduler to retry later (`Unavailable`, a
+//! `Transient` error) or to fix the configuration (`Config`, `InvalidInput`).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -23,7 +27,7 @@ use super::backup::{BackupOptions, BackupOutcome};
 use super::read::{self, Resolved};
 use super::streams::{self, Produced, StreamFile, StreamWriter};
 use crate::chunker::{Chunker, ChunkerParams};
-use crate::error::{Error, Result};
+use crate::error::{DbErrorKind, Error, Result};
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::{Extent, Node, NodeKind};
 use crate::repo::Repository;
@@ -35,6 +39,100 @@ use crate::source::mysql::{
 
 /// The snapshot source kind of MySQL/MariaDB snapshots.
 pub const SOURCE: &str = "mysql";
+
+/// Something about the data that a restore may not give back as it was: each names the table
+/// (and column) and its file in the snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MysqlWarning {
+    /// The table's engine (MyISAM, Aria, MEMORY, ...) is not transactional: the dump's single
+    /// transaction does not cover it, so its rows may be from another moment than the others'.
+    NonTransactional {
+        path: String,
+        database: String,
+        table: String,
+        engine: String,
+    },
+    /// A FLOAT column: the dump writes it with 6 significant digits, so a restore may not give
+    /// back the exact value.
+    FloatColumn {
+        path: String,
+        database: String,
+        table: String,
+        column: String,
+    },
+}
+
+impl std::fmt::Display for MysqlWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MysqlWarning::NonTransactional {
+                database,
+                table,
+                engine,
+                ..
+            } => write!(
+                f,
+                "table {}.{} uses the {engine} engine, which is not transactional: the dump's \
+                 single transaction does not cover it, so its rows may be from another moment \
+                 than the other tables' (InnoDB tables are consistent)",
+                sql_ident(database),
+                sql_ident(table)
+            ),
+            MysqlWarning::FloatColumn {
+                database,
+                table,
+                column,
+                ..
+            } => write!(
+                f,
+                "column {}.{}.{} is FLOAT: the dump writes it with 6 significant digits, so a \
+                 restore may not give back the exact value (DOUBLE is dumped exactly)",
+                sql_ident(database),
+                sql_ident(table),
+                sql_ident(column)
+            ),
+        }
+    }
+}
+
+/// What `cairn mysql backup` did.
+#[derive(Debug)]
+pub struct MysqlBackupOutcome {
+    pub backup: BackupOutcome,
+    /// What a restore may not give back as it was, table by table.
+    pub warnings: Vec<MysqlWarning>,
+}
+
+/// The warnings for what the server says of the databases dumped, leaving out `excluded`
+/// (`db.table`) tables.
+fn warnings(
+    non_transactional: Vec<(String, String, String)>,
+    floats: Vec<(String, String, String)>,
+    excluded: &[String],
+) -> Vec<MysqlWarning> {
+    let kept = |db: &str, t: &str| !excluded.iter().any(|x| *x == format!("{db}.{t}"));
+    let path = |db: &str, t: &str| format!("/{}", table_path(db, t).join("/"));
+    let mut out: Vec<MysqlWarning> = non_transactional
+        .into_iter()
+        .filter(|(db, t, _)| kept(db, t))
+        .map(|(database, table, engine)| MysqlWarning::NonTransactional {
+            path: path(&database, &table),
+            database,
+            table,
+            engine,
+        })
+        .collect();
+    out.extend(floats.into_iter().filter(|(db, t, _)| kept(db, t)).map(
+        |(database, table, column)| MysqlWarning::FloatColumn {
+            path: path(&database, &table),
+            database,
+            table,
+            column,
+        },
+    ));
+    out
+}
 
 /// What `cairn mysql backup` does.
 #[derive(Debug, Clone, Default)]
@@ -55,6 +153,8 @@ pub struct MysqlBackupOptions {
     pub insert_bytes: Option<u32>,
     /// Also store users and grants as `mysql/_grants.sql`.
     pub grants: bool,
+    /// `--max-allowed-packet` for the dump tool; `None`: [`src::DEFAULT_MAX_ALLOWED_PACKET`].
+    pub max_allowed_packet: Option<u64>,
 }
 
 /// The chunker for SQL streams: the repository's dump parameters (line-aligned), or the same
@@ -75,7 +175,10 @@ pub fn sql_chunker(repo: &Repository, avg: Option<u32>) -> Result<Chunker> {
 }
 
 /// Back up databases as one snapshot.
-pub async fn backup(repo: &Arc<Repository>, opts: &MysqlBackupOptions) -> Result<BackupOutcome> {
+pub async fn backup(
+    repo: &Arc<Repository>,
+    opts: &MysqlBackupOptions,
+) -> Result<MysqlBackupOutcome> {
     for t in &opts.exclude_tables {
         if !t.contains('.') {
             return Err(Error::invalid(format!(
@@ -104,25 +207,34 @@ pub async fn backup(repo: &Arc<Repository>, opts: &MysqlBackupOptions) -> Result
         let given = opts.databases.clone();
         let grants = opts.grants;
         tokio::task::spawn_blocking(move || -> Result<_> {
-            let info = src::server_info(&tools.client, &conn)?;
+            let info = src::server_info(&tools.client, &conn)
+                .map_err(|e| src::context(e, "connecting to the database server"))?;
             let dbs = if all {
-                src::list_databases(&tools.client, &conn)?
+                src::list_databases(&tools.client, &conn)
+                    .map_err(|e| src::context(e, "listing the databases"))?
             } else {
                 given
             };
             let version = tools.dump_version()?;
             // Accounts are not transactional data: read them just before the dump starts.
             let grants = match grants {
-                true => Some(src::dump_grants(&tools.client, &conn)?),
+                true => Some(
+                    src::dump_grants(&tools.client, &conn, info.version.contains("MariaDB"))
+                        .map_err(|e| src::context(e, "reading the users and grants"))?,
+                ),
                 false => None,
             };
-            Ok((info, dbs, version, grants))
+            let non_transactional = src::non_transactional_tables(&tools.client, &conn, &dbs)
+                .map_err(|e| src::context(e, "listing the tables' engines"))?;
+            let floats = src::float_columns(&tools.client, &conn, &dbs)
+                .map_err(|e| src::context(e, "listing the FLOAT columns"))?;
+            Ok((info, dbs, version, grants, (non_transactional, floats)))
         })
         .await
-        .map_err(|e| Error::Other(format!("connecting: {e}")))?
+        .map_err(|e| task_failed("connecting to the database server", e))?
     };
-    let (info, databases, tool_version, grants) =
-        pre.map_err(|e| Error::Other(format!("cannot reach the database server: {e}")))?;
+    let (info, databases, tool_version, grants, (non_transactional, floats)) = pre?;
+    let warnings = warnings(non_transactional, floats, &opts.exclude_tables);
     if databases.is_empty() {
         return Err(Error::invalid(
             "the server has no user databases to back up",
@@ -134,6 +246,7 @@ pub async fn backup(repo: &Arc<Repository>, opts: &MysqlBackupOptions) -> Result
         binlog: info.log_bin,
         mariadb: tool_version.contains("MariaDB"),
         insert_bytes: opts.insert_bytes,
+        max_allowed_packet: opts.max_allowed_packet,
     };
     let paths: Vec<String> = databases
         .iter()
@@ -172,6 +285,7 @@ pub async fn backup(repo: &Arc<Repository>, opts: &MysqlBackupOptions) -> Result
         Ok(produced)
     })
     .await
+    .map(|backup| MysqlBackupOutcome { backup, warnings })
 }
 
 /// A table as stored: its section's extents, length and rows.
@@ -193,7 +307,22 @@ struct SplitDump {
 }
 
 fn io_err(e: std::io::Error) -> Error {
-    Error::Other(format!("reading the dump: {e}"))
+    Error::Database {
+        what: "reading the dump".into(),
+        kind: DbErrorKind::Failed,
+        detail: String::new(),
+        source: Some(Box::new(e)),
+    }
+}
+
+/// A blocking task that did not finish (it panicked or the runtime is shutting down).
+fn task_failed(what: &str, e: tokio::task::JoinError) -> Error {
+    Error::Database {
+        what: what.into(),
+        kind: DbErrorKind::Failed,
+        detail: String::new(),
+        source: Some(Box::new(e)),
+    }
 }
 
 /// Read the dump, storing each table's section as it streams.
@@ -207,7 +336,7 @@ fn split_dump<R: Read>(w: &StreamWriter, stdout: R) -> Result<SplitDump> {
         info: Default::default(),
     };
     let mut db: Option<String> = None;
-    let outside = |what: &str| Error::Other(format!("the dump has {what} outside any database"));
+    let outside = |what: &str| src::failed(format!("the dump has {what} outside any database"), "");
     while let Some(section) = sp.next_section().map_err(io_err)? {
         match section {
             Section::Header => {
@@ -277,16 +406,17 @@ fn assemble(
     mut meta: Vec<(String, String)>,
 ) -> Result<Produced> {
     if !split.info.completed {
-        return Err(Error::Other(
-            "the dump ended without its closing \"-- Dump completed\" line (cut short?)".into(),
+        return Err(src::failed(
+            "the dump ended without its closing \"-- Dump completed\" line (cut short?)",
+            "",
         ));
     }
     for d in &opts.databases {
         if !split.schemas.contains_key(d) {
-            return Err(Error::Other(format!(
-                "database {} is missing from the dump",
-                sql_ident(d)
-            )));
+            return Err(src::failed(
+                format!("database {} is missing from the dump", sql_ident(d)),
+                "",
+            ));
         }
     }
     let mut pre_text = statements(&split.header);
@@ -343,33 +473,75 @@ fn assemble(
 pub struct MysqlRestoreOptions {
     pub conn: Connection,
     pub client_binary: Option<PathBuf>,
-    /// The database in the snapshot.
-    pub database: String,
+    /// The database in the snapshot; `None` with `grants` to restore only those.
+    pub database: Option<String>,
     /// Tables to restore; empty: the whole database (tables, then views, routines, events).
     pub tables: Vec<String>,
     /// Restore into this database instead (created if missing).
     pub into: Option<String>,
     /// Replace tables that already exist.
     pub force: bool,
+    /// Load the users, roles and grants (`mysql/_grants.sql`) first.
+    pub grants: bool,
+    /// `--max-allowed-packet` for the client; `None`: [`src::DEFAULT_MAX_ALLOWED_PACKET`].
+    pub max_allowed_packet: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct MysqlRestoreOutcome {
-    pub database: String,
+    /// The database restored into (`None`: only grants).
+    pub database: Option<String>,
     pub tables: Vec<String>,
     pub schema: bool,
+    /// The users, roles and grants were loaded.
+    pub grants: bool,
     pub bytes: u64,
     /// Tables that existed and were replaced (with `force`).
     pub replaced: Vec<String>,
+}
+
+impl MysqlRestoreOptions {
+    fn check(&self) -> Result<()> {
+        if self.database.is_none() {
+            if !self.grants {
+                return Err(Error::invalid(
+                    "nothing to restore: give --database DB (and --table T), --grants, or both",
+                ));
+            }
+            if !self.tables.is_empty() || self.into.is_some() {
+                return Err(Error::invalid("--table and --into need --database"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The users-and-grants file of a snapshot.
+async fn grants_node(repo: &Repository, snap: &Snapshot) -> Result<Node> {
+    let path = src::grants_path().join("/");
+    match read::resolve(repo, snap, &path).await {
+        Ok(Resolved::Node(n)) if n.kind == NodeKind::File => Ok(*n),
+        Ok(_) => Err(missing_grants()),
+        Err(e) if e.kind() == crate::error::ErrorKind::NotFound => Err(missing_grants()),
+        Err(e) => Err(e),
+    }
+}
+
+fn missing_grants() -> Error {
+    Error::not_found(
+        "users and grants in this snapshot (mysql/_grants.sql: `cairn mysql backup --grants` \
+         stores them)",
+    )
 }
 
 /// The files to restore: (table name or `None` for the schema, node).
 async fn plan(
     repo: &Repository,
     snap: &Snapshot,
-    opts: &MysqlRestoreOptions,
+    database: &str,
+    tables: &[String],
 ) -> Result<Vec<(Option<String>, Node)>> {
-    let dir = format!("mysql/{}", encode_name(&opts.database));
+    let dir = format!("mysql/{}", encode_name(database));
     let tree_id = match read::resolve(repo, snap, &dir).await {
         Ok(Resolved::Node(n)) if n.kind == NodeKind::Dir => n.subtree,
         Ok(_) => None,
@@ -377,14 +549,11 @@ async fn plan(
         Err(e) => return Err(e),
     };
     let tree_id = tree_id.ok_or_else(|| {
-        Error::not_found(format!(
-            "database {} in the snapshot",
-            sql_ident(&opts.database)
-        ))
+        Error::not_found(format!("database {} in the snapshot", sql_ident(database)))
     })?;
     let tree = repo.load_tree(&tree_id).await?;
     let mut out = Vec::new();
-    if opts.tables.is_empty() {
+    if tables.is_empty() {
         let mut schema = None;
         for n in &tree.nodes {
             let name = n.name_lossy();
@@ -401,7 +570,7 @@ async fn plan(
             out.push((None, s));
         }
     } else {
-        for t in &opts.tables {
+        for t in tables {
             let file = format!("{}.sql", encode_name(t));
             let node = tree
                 .find(file.as_bytes())
@@ -409,7 +578,7 @@ async fn plan(
                 .ok_or_else(|| {
                     Error::not_found(format!(
                         "table {}.{} in the snapshot",
-                        sql_ident(&opts.database),
+                        sql_ident(database),
                         sql_ident(t)
                     ))
                 })?;
@@ -419,54 +588,139 @@ async fn plan(
     Ok(out)
 }
 
-/// Write the SQL of the chosen tables (or the whole database) to `out`.
+/// Write the SQL of the grants (first, with `grants`) and of the chosen tables (or the whole
+/// database) to `out`. With `into`, the SQL targets that database as a restore into the server
+/// would: it starts with the schema's `CREATE DATABASE IF NOT EXISTS` renamed and a `USE`, and
+/// the views, routines and events follow the tables. Without, it names no database (load it
+/// with `mariadb DB < file`).
 pub async fn restore_to_writer(
     repo: &Repository,
     snap: &Snapshot,
     opts: &MysqlRestoreOptions,
     out: &mut (dyn Write + Send),
 ) -> Result<MysqlRestoreOutcome> {
-    let files = plan(repo, snap, opts).await?;
+    opts.check()?;
+    let grants = match opts.grants {
+        true => Some(grants_node(repo, snap).await?),
+        false => None,
+    };
+    let files = match &opts.database {
+        Some(db) => plan(repo, snap, db, &opts.tables).await?,
+        None => Vec::new(),
+    };
     let mut o = MysqlRestoreOutcome {
         database: opts.database.clone(),
         ..Default::default()
     };
+    if let Some(g) = grants {
+        o.bytes += read::dump(repo, &g, out).await?;
+        o.grants = true;
+    }
+    let (Some(original), Some(target)) = (&opts.database, &opts.into) else {
+        for (table, node) in files {
+            o.bytes += read::dump(repo, &node, out).await?;
+            match table {
+                Some(t) => o.tables.push(t),
+                None => o.schema = true,
+            }
+        }
+        return Ok(o);
+    };
+    o.database = Some(target.clone());
+    let path = format!("mysql/{}/_schema.sql", encode_name(original));
+    let (create, mut rest) = match read::resolve(repo, snap, &path).await {
+        Ok(Resolved::Node(n)) if n.kind == NodeKind::File => {
+            let mut buf = Vec::new();
+            read::dump(repo, &n, &mut buf).await?;
+            let (create, rest) = split_create_database(&buf, original, target);
+            (create, Some(rest))
+        }
+        _ => (None, None),
+    };
+    let create =
+        if_not_exists(create.unwrap_or_else(|| format!("CREATE DATABASE {};", sql_ident(target))));
+    let head = format!("{create}\nUSE {};\n", sql_ident(target));
+    let write = |out: &mut (dyn Write + Send), b: &[u8]| {
+        out.write_all(b)
+            .map_err(|e| Error::io("<standard output>", e))
+    };
+    write(out, head.as_bytes())?;
+    o.bytes += head.len() as u64;
     for (table, node) in files {
-        o.bytes += read::dump(repo, &node, out).await?;
         match table {
-            Some(t) => o.tables.push(t),
-            None => o.schema = true,
+            Some(t) => {
+                o.bytes += read::dump(repo, &node, out).await?;
+                o.tables.push(t);
+            }
+            None => {
+                let rest = rest.take().unwrap_or_default();
+                write(out, &rest)?;
+                o.bytes += rest.len() as u64;
+                o.schema = true;
+            }
         }
     }
     Ok(o)
 }
 
+/// A `CREATE DATABASE` statement that does nothing if the database exists.
+fn if_not_exists(create: String) -> String {
+    if create.contains("IF NOT EXISTS") {
+        return create;
+    }
+    match create.strip_prefix("CREATE DATABASE ") {
+        Some(rest) => format!("CREATE DATABASE IF NOT EXISTS {rest}"),
+        None => create,
+    }
+}
+
 /// The CREATE DATABASE statement of a schema file, for database `target`, and the schema
-/// without it.
+/// without it (its `-- Current Database:` comments naming `target` too).
 fn split_create_database(schema: &[u8], original: &str, target: &str) -> (Option<String>, Vec<u8>) {
     let mut create = None;
-    let rest = keep_lines(schema, |l| {
+    let mut rest = Vec::with_capacity(schema.len());
+    let comment = format!("-- Current Database: {}", sql_ident(original));
+    for l in schema.split_inclusive(|&b| b == b'\n') {
         if create.is_none() && l.starts_with(b"CREATE DATABASE ") {
             let line = String::from_utf8_lossy(l).trim_end().to_string();
             create = Some(line.replacen(&sql_ident(original), &sql_ident(target), 1));
-            false
+        } else if l.strip_suffix(b"\n").unwrap_or(l) == comment.as_bytes() {
+            rest.extend_from_slice(
+                format!("-- Current Database: {}\n", sql_ident(target)).as_bytes(),
+            );
         } else {
-            true
+            rest.extend_from_slice(l);
         }
-    });
+    }
     (create, rest)
 }
 
-/// Load the chosen tables (or the whole database) into the server through the client.
-pub async fn restore_to_server(
+/// A database restore, checked against the server and ready to load.
+struct DatabasePlan {
+    /// The database restored into.
+    target: String,
+    files: Vec<(Option<String>, Node)>,
+    /// The target database exists already.
+    exists: bool,
+    /// Its CREATE DATABASE statement (renamed), from the schema file.
+    create: Option<String>,
+    /// The schema file without it, when the whole database is restored.
+    schema_rest: Option<Vec<u8>>,
+    replaced: Vec<String>,
+}
+
+/// Plan a database restore: what the snapshot has, what the server has, and a refusal to
+/// replace existing tables unless forced. Loads nothing.
+async fn prepare_database(
     repo: &Repository,
     snap: &Snapshot,
     opts: &MysqlRestoreOptions,
-) -> Result<MysqlRestoreOutcome> {
-    let client = Tools::find_client(opts.client_binary.as_deref())?;
-    let target = opts.into.clone().unwrap_or_else(|| opts.database.clone());
-    let files = plan(repo, snap, opts).await?;
-    let (client2, conn, t2) = (client.clone(), opts.conn.clone(), target.clone());
+    client: &std::path::Path,
+    original: &str,
+) -> Result<DatabasePlan> {
+    let target = opts.into.clone().unwrap_or_else(|| original.to_string());
+    let files = plan(repo, snap, original, &opts.tables).await?;
+    let (client2, conn, t2) = (client.to_path_buf(), opts.conn.clone(), target.clone());
     let existing = tokio::task::spawn_blocking(move || -> Result<Option<Vec<String>>> {
         if src::database_exists(&client2, &conn, &t2)? {
             Ok(Some(src::list_tables(&client2, &conn, &t2)?))
@@ -475,20 +729,17 @@ pub async fn restore_to_server(
         }
     })
     .await
-    .map_err(|e| Error::Other(format!("connecting: {e}")))?
-    .map_err(|e| Error::Other(format!("cannot reach the database server: {e}")))?;
-    let mut o = MysqlRestoreOutcome {
-        database: target.clone(),
-        ..Default::default()
-    };
+    .map_err(|e| task_failed("connecting to the database server", e))?
+    .map_err(|e| src::context(e, "connecting to the database server"))?;
+    let mut replaced = Vec::new();
     if let Some(existing) = &existing {
-        o.replaced = files
+        replaced = files
             .iter()
             .filter_map(|(t, _)| t.clone())
             .filter(|t| existing.contains(t))
             .collect();
-        if !o.replaced.is_empty() && !opts.force {
-            let names: Vec<String> = o.replaced.iter().map(|t| sql_ident(t)).collect();
+        if !replaced.is_empty() && !opts.force {
+            let names: Vec<String> = replaced.iter().map(|t| sql_ident(t)).collect();
             return Err(Error::invalid(format!(
                 "database {} already has {} {}: restoring would replace {}; use --force to \
                  replace {}",
@@ -502,57 +753,124 @@ pub async fn restore_to_server(
     }
     // The schema file: its CREATE DATABASE (renamed) creates a missing database; the rest is
     // loaded after the tables, as the dump had it.
-    let mut schema_rest = None;
-    let mut create = None;
     let schema_node = match files.iter().find(|(t, _)| t.is_none()) {
         Some((_, n)) => Some(n.clone()),
         None => {
-            let path = format!("mysql/{}/_schema.sql", encode_name(&opts.database));
+            let path = format!("mysql/{}/_schema.sql", encode_name(original));
             match read::resolve(repo, snap, &path).await {
                 Ok(Resolved::Node(n)) if n.kind == NodeKind::File => Some(*n),
                 _ => None,
             }
         }
     };
+    let (mut create, mut schema_rest) = (None, None);
     if let Some(n) = &schema_node {
         let mut buf = Vec::new();
         read::dump(repo, n, &mut buf).await?;
-        let (c, rest) = split_create_database(&buf, &opts.database, &target);
+        let (c, rest) = split_create_database(&buf, original, &target);
         create = c;
         schema_rest = Some(rest);
     }
-    if existing.is_none() {
-        let sql = create.unwrap_or_else(|| format!("CREATE DATABASE {}", sql_ident(&target)));
+    Ok(DatabasePlan {
+        target,
+        files,
+        exists: existing.is_some(),
+        create,
+        schema_rest,
+        replaced,
+    })
+}
+
+/// Load the grants (first, with `grants`) and the chosen tables (or the whole database) into
+/// the server through the client. Every check (the files in the snapshot, tables that would be
+/// replaced) is made before anything is loaded.
+pub async fn restore_to_server(
+    repo: &Repository,
+    snap: &Snapshot,
+    opts: &MysqlRestoreOptions,
+) -> Result<MysqlRestoreOutcome> {
+    opts.check()?;
+    let client = Tools::find_client(opts.client_binary.as_deref())?;
+    let grants = match opts.grants {
+        true => Some(grants_node(repo, snap).await?),
+        false => None,
+    };
+    let plan = match &opts.database {
+        Some(db) => Some(prepare_database(repo, snap, opts, &client, db).await?),
+        None => None,
+    };
+    let mut o = MysqlRestoreOutcome::default();
+    // Accounts first: the definers of views, routines and triggers then exist.
+    if let Some(g) = &grants {
+        o.bytes += load(
+            repo,
+            &client,
+            &opts.conn,
+            None,
+            opts.max_allowed_packet,
+            Feed::Node(g),
+        )
+        .await
+        .map_err(|e| src::context(e, "loading the users and grants"))?;
+        o.grants = true;
+    }
+    let Some(mut plan) = plan else {
+        return Ok(o);
+    };
+    let target = plan.target.clone();
+    o.database = Some(target.clone());
+    o.replaced = std::mem::take(&mut plan.replaced);
+    if !plan.exists {
+        let sql = plan
+            .create
+            .take()
+            .unwrap_or_else(|| format!("CREATE DATABASE {}", sql_ident(&target)));
         let (client2, conn) = (client.clone(), opts.conn.clone());
         tokio::task::spawn_blocking(move || src::query(&client2, &conn, &sql))
             .await
-            .map_err(|e| Error::Other(format!("creating the database: {e}")))?
-            .map_err(|e| Error::Other(format!("creating database {}: {e}", sql_ident(&target))))?;
+            .map_err(|e| task_failed("creating the database", e))?
+            .map_err(|e| src::context(e, format!("creating database {}", sql_ident(&target))))?;
     }
-    for (table, node) in &files {
+    for (table, node) in &plan.files {
         match table {
             Some(t) => {
-                o.bytes += load(repo, &client, &opts.conn, &target, Feed::Node(node))
-                    .await
-                    .map_err(|e| {
-                        Error::Other(format!(
-                            "restoring table {}.{}: {e}",
-                            sql_ident(&target),
-                            sql_ident(t)
-                        ))
-                    })?;
+                o.bytes += load(
+                    repo,
+                    &client,
+                    &opts.conn,
+                    Some(&target),
+                    opts.max_allowed_packet,
+                    Feed::Node(node),
+                )
+                .await
+                .map_err(|e| {
+                    src::context(
+                        e,
+                        format!("restoring table {}.{}", sql_ident(&target), sql_ident(t)),
+                    )
+                })?;
                 o.tables.push(t.clone());
             }
             None => {
-                let rest = schema_rest.take().unwrap_or_default();
-                o.bytes += load(repo, &client, &opts.conn, &target, Feed::Bytes(rest))
-                    .await
-                    .map_err(|e| {
-                        Error::Other(format!(
-                            "restoring the views, routines and events of {}: {e}",
+                let rest = plan.schema_rest.take().unwrap_or_default();
+                o.bytes += load(
+                    repo,
+                    &client,
+                    &opts.conn,
+                    Some(&target),
+                    opts.max_allowed_packet,
+                    Feed::Bytes(rest),
+                )
+                .await
+                .map_err(|e| {
+                    src::context(
+                        e,
+                        format!(
+                            "restoring the views, routines and events of {}",
                             sql_ident(&target)
-                        ))
-                    })?;
+                        ),
+                    )
+                })?;
                 o.schema = true;
             }
         }
@@ -566,36 +884,37 @@ enum Feed<'a> {
     Bytes(Vec<u8>),
 }
 
-/// Run the client on database `db` and feed it SQL; an error with the client's message if it
-/// fails.
+/// Run the client (on database `db`, if given) and feed it SQL; an error with the client's
+/// message if it fails.
 async fn load(
     repo: &Repository,
     client: &std::path::Path,
     conn: &Connection,
-    db: &str,
+    db: Option<&str>,
+    max_allowed_packet: Option<u64>,
     feed: Feed<'_>,
 ) -> Result<u64> {
-    let mut child = src::client_command(client, conn)
-        .arg("--binary-mode")
-        .arg(format!("--database={db}"))
+    let mut cmd = src::client_command(client, conn);
+    cmd.arg("--binary-mode")
+        .arg(src::max_allowed_packet_arg(max_allowed_packet));
+    if let Some(db) = db {
+        cmd.arg(format!("--database={db}"));
+    }
+    let mut child = cmd
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .map_err(|e| Error::Other(format!("could not run {}: {e}", client.display())))?;
+        .map_err(|e| src::spawn_error(client, e))?;
     let stdin = child
         .stdin
         .take()
-        .ok_or_else(|| Error::Other("no stdin pipe".into()))?;
+        .ok_or_else(|| src::failed("running the client", "no stdin pipe"))?;
     let mut stderr = child
         .stderr
         .take()
-        .ok_or_else(|| Error::Other("no stderr pipe".into()))?;
-    let err_thread = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
+        .ok_or_else(|| src::failed("running the client", "no stderr pipe"))?;
+    let err_thread = std::thread::spawn(move || src::read_stderr_tail(&mut stderr));
     let mut w = std::io::BufWriter::with_capacity(1 << 20, stdin);
     let fed = match feed {
         Feed::Node(n) => read::dump(repo, n, &mut w).await,
@@ -609,15 +928,23 @@ async fn load(
     drop(w);
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
-        .map_err(|e| Error::Other(e.to_string()))?
-        .map_err(|e| Error::Other(format!("waiting for the client: {e}")))?;
+        .map_err(|e| task_failed("waiting for the client", e))?
+        .map_err(|e| Error::Database {
+            what: "waiting for the client".into(),
+            kind: DbErrorKind::Failed,
+            detail: String::new(),
+            source: Some(Box::new(e)),
+        })?;
     let msg = err_thread.join().unwrap_or_default();
     if !status.success() {
         // The client's message explains a broken pipe on our side.
-        return Err(Error::Other(format!(
-            "the client failed ({status}): {}",
-            msg.trim()
-        )));
+        let mut e = src::tool_failed(&src::tool_name(client), status, &msg, false);
+        if let Error::Database { detail, .. } = &mut e
+            && let Some(h) = src::packet_hint(detail, "the client", max_allowed_packet)
+        {
+            detail.push_str(&h);
+        }
+        return Err(e);
     }
     fed
 }

@@ -174,6 +174,26 @@ impl Server {
         c
     }
 
+    /// Run SQL as `user`@`localhost` with its password (given to the client through
+    /// `MYSQL_PWD` in its environment, never its arguments); the batch output, or the
+    /// client's error.
+    pub fn sql_as(&self, user: &str, password: &str, sql: &str) -> Result<String, String> {
+        let out = Command::new("mariadb")
+            .arg("--no-defaults")
+            .arg(format!("--socket={}", self.socket.display()))
+            .arg(format!("--user={user}"))
+            .args(["--batch", "--skip-column-names", "-e", sql])
+            .env("MYSQL_PWD", password)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
     /// Run SQL (in database `db` if given); the batch output, or the client's error.
     pub fn try_sql(&self, db: Option<&str>, sql: &str) -> Result<String, String> {
         let mut c = self.client();

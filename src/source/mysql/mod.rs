@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use zeroize::Zeroizing;
 
-use crate::error::{Error, Result};
+use crate::error::{DbErrorKind, Error, Result};
 
 /// Databases that are never dumped by `--all-databases` (they are the server's own; users
 /// and grants are what matter of `mysql`, and the server recreates the rest).
@@ -94,6 +94,142 @@ impl Connection {
     }
 }
 
+/// A failure the configuration must fix.
+pub fn config_error(what: impl Into<String>) -> Error {
+    Error::Database {
+        what: what.into(),
+        kind: DbErrorKind::Config,
+        detail: String::new(),
+        source: None,
+    }
+}
+
+/// A dump or load that failed otherwise.
+pub fn failed(what: impl Into<String>, detail: impl Into<String>) -> Error {
+    Error::Database {
+        what: what.into(),
+        kind: DbErrorKind::Failed,
+        detail: detail.into(),
+        source: None,
+    }
+}
+
+/// A tool that could not be started: missing or not executable is the configuration's to fix.
+pub fn spawn_error(tool: &Path, e: std::io::Error) -> Error {
+    let kind = match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => DbErrorKind::Config,
+        _ => DbErrorKind::Failed,
+    };
+    Error::Database {
+        what: format!("could not run {}", tool.display()),
+        kind,
+        detail: String::new(),
+        source: Some(Box::new(e)),
+    }
+}
+
+/// A tool that exited with an error: its message, and the kind of failure it tells of.
+/// `usage_exit`: the exit status is the tool's "bad options" one.
+pub fn tool_failed(
+    tool: &str,
+    status: std::process::ExitStatus,
+    stderr: &[u8],
+    usage_exit: bool,
+) -> Error {
+    let detail = tool_message(stderr);
+    Error::Database {
+        what: format!("{tool} failed ({status})"),
+        kind: classify(&detail, usage_exit),
+        detail: if detail.is_empty() {
+            "no message".into()
+        } else {
+            detail
+        },
+        source: None,
+    }
+}
+
+/// Add what was being done to a database error's description (other errors are typed
+/// already and say what they concern).
+pub fn context(e: Error, doing: impl std::fmt::Display) -> Error {
+    match e {
+        Error::Database {
+            what,
+            kind,
+            detail,
+            source,
+        } => Error::Database {
+            what: format!("{doing}: {what}"),
+            kind,
+            detail,
+            source,
+        },
+        e => e,
+    }
+}
+
+/// Server errors that pass: the server is not there, went away or is busy.
+const UNAVAILABLE: &[u32] = &[
+    1040, // too many connections
+    1053, // server shutdown in progress
+    1205, // lock wait timeout
+    1213, // deadlock
+    1412, // table definition changed during the dump's transaction ("please retry")
+    1927, // connection killed
+    2002, // can't connect through the socket
+    2003, // can't connect over TCP
+    2006, // server has gone away
+    2013, // lost connection during query
+    2055, // lost connection (system error)
+];
+
+/// Server errors that the configuration must fix.
+const CONFIG: &[u32] = &[
+    1044, // access denied to a database
+    1045, // access denied (user or password)
+    1049, // unknown database
+    1142, // a command denied (a missing privilege)
+    1143, // column access denied
+    1153, // packet bigger than the server's max_allowed_packet
+    1227, // a privilege (RELOAD, PROCESS...) needed
+    1251, // authentication protocol refused
+    1301, // result bigger than max_allowed_packet
+    1524, // authentication plugin not loaded
+    1698, // access denied (unix socket authentication)
+    2005, // unknown server host
+    2020, // packet bigger than the client's max_allowed_packet
+    2026, // TLS error
+    2059, // authentication plugin cannot be loaded
+];
+
+/// The kind of failure a tool's message tells of: its MySQL error numbers first, then the
+/// option parser's words; anything else is a failed dump or load.
+pub fn classify(stderr: &str, usage_exit: bool) -> DbErrorKind {
+    for code in error_codes(stderr) {
+        if UNAVAILABLE.contains(&code) {
+            return DbErrorKind::Unavailable;
+        }
+        if CONFIG.contains(&code) {
+            return DbErrorKind::Config;
+        }
+    }
+    let lower = stderr.to_lowercase();
+    let config_words = [
+        "unknown variable",
+        "unknown option",
+        "could not open required defaults file",
+        "found option without preceding group",
+        "access denied",
+    ];
+    if usage_exit || config_words.iter().any(|w| lower.contains(w)) {
+        return DbErrorKind::Config;
+    }
+    if lower.contains("can't connect") || lower.contains("lost connection") {
+        return DbErrorKind::Unavailable;
+    }
+    DbErrorKind::Failed
+}
+
 /// The client tools.
 #[derive(Debug, Clone)]
 pub struct Tools {
@@ -120,15 +256,15 @@ impl Tools {
         let dump = match dump {
             Some(p) if is_executable(p) => p.to_path_buf(),
             Some(p) => {
-                return Err(Error::not_found(format!(
-                    "the dump tool {} (missing or not executable)",
+                return Err(config_error(format!(
+                    "the dump tool {} is missing or not executable",
                     p.display()
                 )));
             }
             None => on_path("mariadb-dump")
                 .or_else(|| on_path("mysqldump"))
                 .ok_or_else(|| {
-                    Error::not_found(
+                    config_error(
                         "the dump tool: neither mariadb-dump nor mysqldump is on PATH \
                          (install the MariaDB/MySQL client, or give --dump-binary)",
                     )
@@ -137,8 +273,8 @@ impl Tools {
         let client = match client {
             Some(p) if is_executable(p) => p.to_path_buf(),
             Some(p) => {
-                return Err(Error::not_found(format!(
-                    "the client {} (missing or not executable)",
+                return Err(config_error(format!(
+                    "the client {} is missing or not executable",
                     p.display()
                 )));
             }
@@ -151,7 +287,7 @@ impl Tools {
                     .or_else(|| on_path("mariadb"))
                     .or_else(|| on_path("mysql"))
                     .ok_or_else(|| {
-                        Error::not_found(
+                        config_error(
                             "the client: neither mariadb nor mysql is on PATH \
                              (install the MariaDB/MySQL client, or give --client-binary)",
                         )
@@ -165,14 +301,14 @@ impl Tools {
     pub fn find_client(client: Option<&Path>) -> Result<PathBuf> {
         match client {
             Some(p) if is_executable(p) => Ok(p.to_path_buf()),
-            Some(p) => Err(Error::not_found(format!(
-                "the client {} (missing or not executable)",
+            Some(p) => Err(config_error(format!(
+                "the client {} is missing or not executable",
                 p.display()
             ))),
             None => on_path("mariadb")
                 .or_else(|| on_path("mysql"))
                 .ok_or_else(|| {
-                    Error::not_found(
+                    config_error(
                         "the client: neither mariadb nor mysql is on PATH \
                      (install the MariaDB/MySQL client, or give --client-binary)",
                     )
@@ -186,7 +322,7 @@ impl Tools {
             .arg("--version")
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| Error::Other(format!("running {}: {e}", self.dump.display())))?;
+            .map_err(|e| spawn_error(&self.dump, e))?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 }
@@ -205,14 +341,14 @@ pub fn query(client: &Path, conn: &Connection, sql: &str) -> Result<Vec<Vec<Stri
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()
-        .map_err(|e| Error::Other(format!("running {}: {e}", client.display())))?;
+        .map_err(|e| spawn_error(client, e))?;
     if !out.status.success() {
-        return Err(Error::Other(format!(
-            "{} failed ({}): {}",
-            tool_name(client),
+        return Err(tool_failed(
+            &tool_name(client),
             out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+            &out.stderr,
+            false,
+        ));
     }
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -220,7 +356,8 @@ pub fn query(client: &Path, conn: &Connection, sql: &str) -> Result<Vec<Vec<Stri
         .collect())
 }
 
-fn tool_name(p: &Path) -> String {
+/// A tool's file name, for messages.
+pub fn tool_name(p: &Path) -> String {
     p.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| p.display().to_string())
@@ -250,12 +387,83 @@ pub fn sql_ident(s: &str) -> String {
 fn unhex_rows(rows: Vec<Vec<String>>) -> Result<Vec<String>> {
     rows.into_iter()
         .filter_map(|r| r.into_iter().next())
-        .map(|h| {
-            hex::decode(h.trim())
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .map_err(|e| Error::Other(format!("unexpected client output: {e}")))
+        .map(|h| unhex(&h))
+        .collect()
+}
+
+fn unhex(h: &str) -> Result<String> {
+    hex::decode(h.trim())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .map_err(|e| Error::Database {
+            what: "unexpected client output".into(),
+            kind: DbErrorKind::Failed,
+            detail: String::new(),
+            source: Some(Box::new(e)),
+        })
+}
+
+/// Rows of three hex-encoded names.
+fn unhex_triples(rows: Vec<Vec<String>>) -> Result<Vec<(String, String, String)>> {
+    rows.into_iter()
+        .map(|r| {
+            let get = |i: usize| unhex(r.get(i).map(String::as_str).unwrap_or(""));
+            Ok((get(0)?, get(1)?, get(2)?))
         })
         .collect()
+}
+
+/// `IN (...)` of SQL strings.
+fn sql_in(names: &[String]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| sql_string(n)).collect();
+    format!("IN ({})", quoted.join(", "))
+}
+
+/// The base tables of `databases` whose engine is not InnoDB (MyISAM, Aria, MEMORY, ...), so
+/// not in the dump's transaction: (database, table, engine), sorted.
+pub fn non_transactional_tables(
+    client: &Path,
+    conn: &Connection,
+    databases: &[String],
+) -> Result<Vec<(String, String, String)>> {
+    if databases.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = query(
+        client,
+        conn,
+        &format!(
+            "SELECT HEX(table_schema), HEX(table_name), HEX(engine) FROM information_schema.tables \
+             WHERE table_schema {} AND table_type = 'BASE TABLE' AND engine IS NOT NULL \
+             AND engine <> 'InnoDB' ORDER BY table_schema, table_name",
+            sql_in(databases)
+        ),
+    )?;
+    unhex_triples(rows)
+}
+
+/// The FLOAT columns of the base tables of `databases`: (database, table, column), in table
+/// and column order.
+pub fn float_columns(
+    client: &Path,
+    conn: &Connection,
+    databases: &[String],
+) -> Result<Vec<(String, String, String)>> {
+    if databases.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = query(
+        client,
+        conn,
+        &format!(
+            "SELECT HEX(c.table_schema), HEX(c.table_name), HEX(c.column_name) \
+             FROM information_schema.columns c JOIN information_schema.tables t \
+             ON t.table_schema = c.table_schema AND t.table_name = c.table_name \
+             WHERE c.table_schema {} AND t.table_type = 'BASE TABLE' AND c.data_type = 'float' \
+             ORDER BY c.table_schema, c.table_name, c.ordinal_position",
+            sql_in(databases)
+        ),
+    )?;
+    unhex_triples(rows)
 }
 
 /// What the server says about itself.
@@ -271,7 +479,7 @@ pub fn server_info(client: &Path, conn: &Connection) -> Result<ServerInfo> {
     let rows = query(client, conn, "SELECT @@version, @@log_bin")?;
     let row = rows
         .first()
-        .ok_or_else(|| Error::Other("the server returned no version".into()))?;
+        .ok_or_else(|| failed("the server returned no version", ""))?;
     Ok(ServerInfo {
         version: row.first().cloned().unwrap_or_default(),
         log_bin: row.get(1).is_some_and(|v| v.trim() == "1"),
@@ -321,19 +529,33 @@ fn unescape_batch(v: &str) -> String {
     out
 }
 
-/// Users and their grants as SQL that any client can load (`mysql/_grants.sql`): for every
-/// account but the server's own, sorted by user and host, `SHOW CREATE USER` made idempotent
-/// (`CREATE USER IF NOT EXISTS`) and its `SHOW GRANTS`. Works on MariaDB and MySQL alike. An
-/// account the server cannot show (a MariaDB role, say) is noted in a comment.
-pub fn dump_grants(client: &Path, conn: &Connection) -> Result<Vec<u8>> {
-    let rows = query(
-        client,
-        conn,
-        "SELECT HEX(user), HEX(host) FROM mysql.user ORDER BY user, host",
-    )?;
-    let mut out = String::from(
-        "-- cairn: users and grants (SHOW CREATE USER, SHOW GRANTS), sorted by user and host\n",
-    );
+/// One account as `mysql/_grants.sql` records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountGrants {
+    /// The account as SQL: `'user'@'host'`, or `'role'` for a role.
+    pub account: String,
+    /// A MariaDB role (`mysql.user.is_role`), created with `CREATE ROLE`.
+    pub role: bool,
+    /// `SHOW CREATE USER` made idempotent (users only; empty for roles).
+    pub create: Vec<String>,
+    /// `SHOW GRANTS`, one statement each (without `SET DEFAULT ROLE`).
+    pub grants: Vec<String>,
+    /// `SET DEFAULT ROLE` statements (MariaDB shows them with the grants).
+    pub default_role: Vec<String>,
+    /// Why the server could not show the account (it is left out).
+    pub skipped: Option<String>,
+}
+
+/// Users, roles and their grants as SQL that any client can load (`mysql/_grants.sql`), for
+/// every account but the server's own, sorted by user and host. Works on MariaDB and MySQL
+/// alike; on MariaDB (`mariadb`), rows of `mysql.user` with `is_role = 'Y'` are roles.
+pub fn dump_grants(client: &Path, conn: &Connection, mariadb: bool) -> Result<Vec<u8>> {
+    let sql = match mariadb {
+        true => "SELECT HEX(user), HEX(host), is_role = 'Y' FROM mysql.user ORDER BY user, host",
+        false => "SELECT HEX(user), HEX(host), 0 FROM mysql.user ORDER BY user, host",
+    };
+    let rows = query(client, conn, sql)?;
+    let mut accounts = Vec::new();
     for row in rows {
         let [user, host] = [0, 1].map(|i| {
             row.get(i)
@@ -341,38 +563,131 @@ pub fn dump_grants(client: &Path, conn: &Connection) -> Result<Vec<u8>> {
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
                 .unwrap_or_default()
         });
+        let role = row.get(2).is_some_and(|v| v.trim() == "1");
         if user.is_empty() || SYSTEM_ACCOUNTS.contains(&user.as_str()) {
             continue;
         }
-        let account = format!("{}@{}", sql_string(&user), sql_string(&host));
-        let create = match query(client, conn, &format!("SHOW CREATE USER {account}")) {
-            Ok(r) => r,
-            Err(e) => {
-                out.push_str(&format!(
-                    "-- skipped {account}: {}\n",
-                    e.to_string().replace('\n', " ")
-                ));
-                continue;
-            }
+        let mut a = AccountGrants {
+            account: match role {
+                true => sql_string(&user),
+                false => format!("{}@{}", sql_string(&user), sql_string(&host)),
+            },
+            role,
+            create: Vec::new(),
+            grants: Vec::new(),
+            default_role: Vec::new(),
+            skipped: None,
         };
-        out.push('\n');
-        for r in create {
-            let stmt = unescape_batch(&r.join("\t"));
-            let stmt = match stmt.strip_prefix("CREATE USER ") {
-                Some(rest) if !rest.starts_with("IF NOT EXISTS") => {
-                    format!("CREATE USER IF NOT EXISTS {rest}")
+        if !role {
+            match query(client, conn, &format!("SHOW CREATE USER {}", a.account)) {
+                Ok(r) => {
+                    a.create = r
+                        .into_iter()
+                        .map(|r| {
+                            let stmt = unescape_batch(&r.join("\t"));
+                            match stmt.strip_prefix("CREATE USER ") {
+                                Some(rest) if !rest.starts_with("IF NOT EXISTS") => {
+                                    format!("CREATE USER IF NOT EXISTS {rest}")
+                                }
+                                _ => stmt,
+                            }
+                        })
+                        .collect()
                 }
-                _ => stmt,
-            };
-            out.push_str(&stmt);
-            out.push_str(";\n");
+                Err(e) => {
+                    a.skipped = Some(e.to_string().replace('\n', " "));
+                    accounts.push(a);
+                    continue;
+                }
+            }
         }
-        for r in query(client, conn, &format!("SHOW GRANTS FOR {account}"))? {
-            out.push_str(&unescape_batch(&r.join("\t")));
+        for r in query(client, conn, &format!("SHOW GRANTS FOR {}", a.account))? {
+            let stmt = unescape_batch(&r.join("\t"));
+            match stmt.starts_with("SET DEFAULT ROLE ") {
+                true => a.default_role.push(stmt),
+                false => a.grants.push(stmt),
+            }
+        }
+        accounts.push(a);
+    }
+    Ok(grants_sql(&accounts).into_bytes())
+}
+
+/// The text of `mysql/_grants.sql` (format-spec/mysql.md): every user created, then every
+/// role, then every grant (a role's privileges and the roles granted to it, then each user's,
+/// with the roles granted to it), then the default roles. So nothing is granted before it
+/// exists, whatever the names' order.
+///
+/// Only an admin of a role may grant it, and `CREATE ROLE` makes its creator one, which the
+/// account loading the file should not stay. So the roles are created `WITH ADMIN` a helper
+/// role (`cairn_import_<connection id>`, as `mariadb-dump --system=users` does) that the loader
+/// holds while the file loads and that is dropped at the end; the admins the server had are
+/// in their own grants (`GRANT r TO a WITH ADMIN OPTION`).
+pub fn grants_sql(accounts: &[AccountGrants]) -> String {
+    let mut out = String::from(
+        "-- cairn: users, roles and grants (SHOW CREATE USER, SHOW GRANTS): users, then roles, \
+         then grants, then default roles\n",
+    );
+    for a in accounts {
+        if let Some(why) = &a.skipped {
+            out.push_str(&format!("-- skipped {}: {why}\n", a.account));
+        }
+    }
+    out.push_str("\n-- users\n");
+    for a in accounts.iter().filter(|a| !a.role) {
+        for s in &a.create {
+            out.push_str(s);
             out.push_str(";\n");
         }
     }
-    Ok(out.into_bytes())
+    let roles: Vec<&AccountGrants> = accounts.iter().filter(|a| a.role).collect();
+    if !roles.is_empty() {
+        out.push_str(
+            "\n-- roles, created with a helper role as their admin (dropped at the end)\n\
+             SET @cairn_previous_role = CURRENT_ROLE();\n\
+             SET @cairn_import = CONCAT('`cairn_import_', CONNECTION_ID(), '`');\n\
+             EXECUTE IMMEDIATE CONCAT('CREATE ROLE ', @cairn_import);\n\
+             EXECUTE IMMEDIATE CONCAT('GRANT ', @cairn_import, ' TO CURRENT_USER');\n\
+             EXECUTE IMMEDIATE CONCAT('SET ROLE ', @cairn_import);\n",
+        );
+        for r in &roles {
+            let stmt = format!("CREATE ROLE IF NOT EXISTS {} WITH ADMIN ", r.account);
+            out.push_str(&format!(
+                "EXECUTE IMMEDIATE CONCAT({}, @cairn_import);\n",
+                sql_string(&stmt)
+            ));
+        }
+    }
+    out.push_str("\n-- grants\n");
+    // A role's SHOW GRANTS repeats the grants of the roles granted to it: each once.
+    let mut seen = std::collections::HashSet::new();
+    for a in roles
+        .iter()
+        .copied()
+        .chain(accounts.iter().filter(|a| !a.role))
+    {
+        for s in a.grants.iter().filter(|s| seen.insert(s.as_str())) {
+            out.push_str(s);
+            out.push_str(";\n");
+        }
+    }
+    let defaults: Vec<&String> = accounts.iter().flat_map(|a| &a.default_role).collect();
+    if !defaults.is_empty() {
+        out.push_str("\n-- default roles\n");
+        for s in defaults {
+            out.push_str(s);
+            out.push_str(";\n");
+        }
+    }
+    if !roles.is_empty() {
+        out.push_str(
+            "\nSET ROLE NONE;\n\
+             EXECUTE IMMEDIATE CONCAT('DROP ROLE ', @cairn_import);\n\
+             EXECUTE IMMEDIATE CONCAT('SET ROLE ', \
+             IF(@cairn_previous_role IS NULL, 'NONE', QUOTE(@cairn_previous_role)));\n",
+        );
+    }
+    out
 }
 
 /// The path of the users-and-grants file: `mysql/_grants.sql`.
@@ -422,6 +737,22 @@ pub struct DumpOptions {
     pub mariadb: bool,
     /// Upper bound of one INSERT statement (`--net-buffer-length`); `None`: the tool's default.
     pub insert_bytes: Option<u32>,
+    /// The largest row or statement the tool accepts (`--max-allowed-packet`); `None`:
+    /// [`DEFAULT_MAX_ALLOWED_PACKET`].
+    pub max_allowed_packet: Option<u64>,
+}
+
+/// The `--max-allowed-packet` given to the dump tool and the client unless told otherwise:
+/// the most they accept (1 GiB). Their own default, or a distribution's option file (Debian's
+/// says 16M), fails a dump with "Lost connection" at the first row larger than that.
+pub const DEFAULT_MAX_ALLOWED_PACKET: u64 = 1 << 30;
+
+/// The `--max-allowed-packet` argument for a setting (`None`: the default).
+pub fn max_allowed_packet_arg(n: Option<u64>) -> String {
+    format!(
+        "--max-allowed-packet={}",
+        n.unwrap_or(DEFAULT_MAX_ALLOWED_PACKET)
+    )
 }
 
 /// The arguments of a consistent, deterministic dump: one transaction for every table
@@ -447,6 +778,7 @@ pub fn dump_args(opts: &DumpOptions) -> Vec<String> {
     if let Some(n) = opts.insert_bytes {
         a.push(format!("--net-buffer-length={n}"));
     }
+    a.push(max_allowed_packet_arg(opts.max_allowed_packet));
     if opts.binlog {
         a.push("--master-data=2".into());
         if opts.mariadb {
@@ -461,16 +793,124 @@ pub fn dump_args(opts: &DumpOptions) -> Vec<String> {
     a
 }
 
+/// What the tools say when a row or statement is larger than a `max_allowed_packet` (theirs or
+/// the server's): the connection is dropped (2013 "Lost connection", 2006 "server has gone
+/// away") or the packet refused (2020, 1153, 1301).
+fn packet_trouble(stderr: &str) -> bool {
+    ["2006", "2013", "2020", "1153", "1301"]
+        .iter()
+        .any(|c| error_codes(stderr).contains(&c.parse::<u32>().unwrap_or(0)))
+        || stderr.contains("max_allowed_packet")
+}
+
+/// A hint naming the setting when a tool failed as it does on a row or statement larger than
+/// its `max_allowed_packet`.
+pub fn packet_hint(stderr: &str, tool: &str, setting: Option<u64>) -> Option<String> {
+    packet_trouble(stderr).then(|| {
+        format!(
+            " (if a row or statement is larger than max_allowed_packet: cairn ran {tool} with \
+             {}; raise it with --max-allowed-packet SIZE, up to 1G, and the server's \
+             max_allowed_packet too)",
+            max_allowed_packet_arg(setting)
+        )
+    })
+}
+
+/// The MySQL error numbers in a tool's message (`ERROR 2002 (HY000)`, `Got error: 1045:`,
+/// `Error 2013:`, `... (1146)`).
+pub fn error_codes(stderr: &str) -> Vec<u32> {
+    let b = stderr.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if !b[i].is_ascii_digit() || (i > 0 && b[i - 1].is_ascii_alphanumeric()) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i - start != 4 || b.get(i).is_some_and(|c| c.is_ascii_alphanumeric()) {
+            continue;
+        }
+        let before = stderr[..start].trim_end();
+        let framed = before.ends_with("ERROR")
+            || before.ends_with("Error")
+            || before.ends_with("error:")
+            || (before.ends_with('(') && b.get(i) == Some(&b')'));
+        if framed && let Ok(n) = stderr[start..i].parse() {
+            out.push(n);
+        }
+    }
+    out
+}
+
 /// A running dump tool, its standard error collected.
 pub struct DumpProcess {
     child: Child,
     stderr: Arc<Mutex<Vec<u8>>>,
     stderr_thread: Option<std::thread::JoinHandle<()>>,
     name: String,
+    max_allowed_packet: Option<u64>,
 }
 
 /// Keep the last this many bytes of a tool's standard error.
 const STDERR_KEEP: usize = 16 * 1024;
+
+/// Read a tool's standard error to its end, keeping the last [`STDERR_KEEP`] bytes (the client
+/// echoes a failing statement, which may be a whole table's INSERT).
+pub fn read_stderr_tail(mut r: impl Read) -> Vec<u8> {
+    let mut keep = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = r.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        keep.extend_from_slice(&buf[..n]);
+        if keep.len() > 2 * STDERR_KEEP {
+            keep.drain(..keep.len() - STDERR_KEEP);
+        }
+    }
+    if keep.len() > STDERR_KEEP {
+        keep.drain(..keep.len() - STDERR_KEEP);
+    }
+    keep
+}
+
+/// A tool's standard error as a message: without the statements the MariaDB client echoes
+/// between `--------------` lines before an error (`--print-query-on-error`), each line cut
+/// to a readable length.
+pub fn tool_message(stderr: &[u8]) -> String {
+    const RULE: &str = "--------------";
+    const LINE: usize = 300;
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = text.lines().collect();
+    // A rule with no opening one before it (the tail kept began inside an echo) closes one.
+    let rules = lines.iter().filter(|l| l.trim_end() == RULE).count();
+    let mut inside = rules % 2 == 1;
+    let mut out: Vec<String> = Vec::new();
+    for l in lines {
+        if l.trim_end() == RULE {
+            inside = !inside;
+            continue;
+        }
+        if inside || l.trim().is_empty() {
+            continue;
+        }
+        let mut l = l.trim_end().to_string();
+        if l.len() > LINE {
+            let mut cut = LINE;
+            while !l.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            l.truncate(cut);
+            l.push_str("...");
+        }
+        out.push(l);
+    }
+    out.join("; ")
+}
 
 impl DumpProcess {
     /// Start the dump; returns the process and its standard output.
@@ -485,15 +925,15 @@ impl DumpProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| Error::Other(format!("could not run {}: {e}", tools.dump.display())))?;
+            .map_err(|e| spawn_error(&tools.dump, e))?;
         let stdout = child
             .stdout
             .take()
-            .ok_or_else(|| Error::Other("no stdout pipe".into()))?;
+            .ok_or_else(|| failed("running the dump tool", "no stdout pipe"))?;
         let mut err = child
             .stderr
             .take()
-            .ok_or_else(|| Error::Other("no stderr pipe".into()))?;
+            .ok_or_else(|| failed("running the dump tool", "no stderr pipe"))?;
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let keep = stderr.clone();
         let stderr_thread = std::thread::Builder::new()
@@ -512,13 +952,14 @@ impl DumpProcess {
                     }
                 }
             })
-            .map_err(|e| Error::Other(format!("starting a thread: {e}")))?;
+            .map_err(|e| Error::io("<a thread reading the dump tool's errors>", e))?;
         Ok((
             DumpProcess {
                 child,
                 stderr,
                 stderr_thread: Some(stderr_thread),
                 name: tool_name(&tools.dump),
+                max_allowed_packet: opts.max_allowed_packet,
             },
             stdout,
         ))
@@ -527,10 +968,12 @@ impl DumpProcess {
     /// Wait for the tool to exit; an error naming the cause if it failed. Its warnings are
     /// logged.
     pub fn finish(mut self) -> Result<()> {
-        let status = self
-            .child
-            .wait()
-            .map_err(|e| Error::Other(format!("waiting for {}: {e}", self.name)))?;
+        let status = self.child.wait().map_err(|e| Error::Database {
+            what: format!("waiting for {}", self.name),
+            kind: DbErrorKind::Failed,
+            detail: String::new(),
+            source: Some(Box::new(e)),
+        })?;
         self.outcome(status)
     }
 
@@ -552,24 +995,25 @@ impl DumpProcess {
         if let Some(t) = self.stderr_thread.take() {
             let _ = t.join();
         }
-        let err = String::from_utf8_lossy(&self.stderr.lock().unwrap_or_else(|p| p.into_inner()))
-            .trim()
-            .to_string();
+        let err = self
+            .stderr
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         if status.success() {
-            for line in err.lines() {
+            for line in String::from_utf8_lossy(&err).lines() {
                 tracing::warn!("{}: {line}", self.name);
             }
             return Ok(());
         }
-        let msg = if err.is_empty() {
-            "no message".to_string()
-        } else {
-            err
-        };
-        Err(Error::Other(format!(
-            "{} failed ({status}): {msg}",
-            self.name
-        )))
+        // mysqldump and mariadb-dump exit with 1 (EX_USAGE) for bad options.
+        let mut e = tool_failed(&self.name, status, &err, status.code() == Some(1));
+        if let Error::Database { detail, .. } = &mut e
+            && let Some(h) = packet_hint(detail, &self.name, self.max_allowed_packet)
+        {
+            detail.push_str(&h);
+        }
+        Err(e)
     }
 }
 
@@ -674,6 +1118,256 @@ mod tests {
     }
 
     #[test]
+    fn grants_file_creates_every_account_before_granting() {
+        let user = AccountGrants {
+            account: "'a'@'h'".into(),
+            role: false,
+            create: vec!["CREATE USER IF NOT EXISTS `a`@`h`".into()],
+            grants: vec![
+                "GRANT `zrole` TO `a`@`h`".into(),
+                "GRANT USAGE ON *.* TO `a`@`h`".into(),
+            ],
+            default_role: vec!["SET DEFAULT ROLE `zrole` FOR `a`@`h`".into()],
+            skipped: None,
+        };
+        let role = AccountGrants {
+            account: "'zrole'".into(),
+            role: true,
+            create: vec![],
+            grants: vec![
+                "GRANT SELECT ON `db`.* TO `zrole`".into(),
+                "GRANT `it's` TO `zrole`".into(),
+            ],
+            default_role: vec![],
+            skipped: None,
+        };
+        let inner = AccountGrants {
+            account: sql_string("it's"),
+            grants: vec!["GRANT SELECT ON `db`.* TO `zrole`".into()],
+            ..role.clone()
+        };
+        let sql = grants_sql(&[user.clone(), role, inner]);
+        let at = |needle: &str| {
+            sql.find(needle)
+                .unwrap_or_else(|| panic!("{needle:?} missing from\n{sql}"))
+        };
+        let create_helper = at("CONCAT('CREATE ROLE ', @cairn_import)");
+        assert!(at("CREATE USER IF NOT EXISTS `a`") < create_helper);
+        // The statement is a string literal: its quotes are doubled once more.
+        assert!(at("CREATE ROLE IF NOT EXISTS ''zrole''") < at("GRANT `zrole` TO `a`"));
+        assert!(at("CREATE ROLE IF NOT EXISTS ''it''''s''") < at("GRANT `it's` TO `zrole`"));
+        assert!(at("GRANT USAGE ON *.* TO `a`") < at("SET DEFAULT ROLE `zrole`"));
+        assert!(at("SET DEFAULT ROLE") < at("CONCAT('DROP ROLE ', @cairn_import)"));
+        assert_eq!(sql.matches("GRANT SELECT ON `db`.* TO `zrole`").count(), 1);
+        // Without roles: no helper role and nothing MariaDB-only.
+        let plain = grants_sql(&[user]);
+        assert!(
+            !plain.contains("cairn_import") && !plain.contains("EXECUTE"),
+            "{plain}"
+        );
+        assert!(plain.contains("GRANT `zrole` TO `a`@`h`;\n"));
+    }
+
+    #[test]
+    fn error_numbers_are_read_from_the_tools_messages() {
+        for (msg, codes) in [
+            (
+                "mariadb-dump: Error 2013: Lost connection to server during query when dumping \
+                 table `b2024` at row: 1234",
+                vec![2013],
+            ),
+            (
+                "ERROR 2002 (HY000): Can't connect to local server through socket '/x' (2)",
+                vec![2002],
+            ),
+            (
+                "mariadb-dump: Got error: 1045: \"Access denied for user 'u'@'localhost' \
+                 (using password: YES)\" when trying to connect",
+                vec![1045],
+            ),
+            (
+                "mariadb-dump: Couldn't execute 'SHOW FIELDS FROM `zz`': Table 'f.zz' doesn't \
+                 exist (1146)",
+                vec![1146],
+            ),
+            ("ERROR 1959 (OP000) at line 5: Invalid role", vec![1959]),
+            ("no number 12345 here, nor (2020 or x2020)", vec![]),
+        ] {
+            assert_eq!(error_codes(msg), codes, "{msg}");
+        }
+        assert!(
+            packet_hint(
+                "ERROR 2006 (HY000) at line 3: Server has gone away",
+                "c",
+                None
+            )
+            .is_some_and(|h| h.contains("--max-allowed-packet=1073741824"))
+        );
+        assert!(packet_hint("ERROR 1146 (42S02): Table 'a.b' doesn't exist", "c", None).is_none());
+    }
+
+    #[test]
+    fn echoed_statements_are_left_out_of_messages() {
+        let long = "x".repeat(5000);
+        let full = format!(
+            "--------------\nINSERT INTO t VALUES\n({long})\n--------------\n\nERROR 2006 (HY000) at line 34: Server has gone away\n"
+        );
+        assert_eq!(
+            tool_message(full.as_bytes()),
+            "ERROR 2006 (HY000) at line 34: Server has gone away"
+        );
+        // The tail kept starts inside the echo.
+        let tail = &full[full.len() - 300..];
+        assert_eq!(
+            tool_message(tail.as_bytes()),
+            "ERROR 2006 (HY000) at line 34: Server has gone away"
+        );
+        let m = tool_message(format!("a\n{long}\n").as_bytes());
+        assert!(
+            m.starts_with("a; xxx") && m.ends_with("...") && m.len() < 400,
+            "{m}"
+        );
+        let kept = read_stderr_tail(full.repeat(10).as_bytes());
+        assert_eq!(kept.len(), STDERR_KEEP);
+    }
+
+    #[test]
+    fn failures_have_the_kind_a_scheduler_acts_on() {
+        use crate::error::ErrorKind;
+        // The tools missing: fix the configuration.
+        let e = Tools::find(Some(Path::new("/nonexistent/mariadb-dump")), None).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+        assert!(e.to_string().contains("/nonexistent/mariadb-dump"), "{e}");
+        let Some(client) = on_path("mariadb").or_else(|| on_path("mysql")) else {
+            eprintln!("SKIPPED the rest: no mariadb or mysql client on PATH");
+            return;
+        };
+        // No server on the socket: retry later.
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection {
+            socket: Some(dir.path().join("none.sock")),
+            user: Some("root".into()),
+            ..Default::default()
+        };
+        let e = server_info(&client, &conn).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Transient, "{e}");
+        assert!(e.to_string().contains("Can't connect"), "{e}");
+        // A bad option file: fix the configuration.
+        let cnf = dir.path().join("bad.cnf");
+        std::fs::write(&cnf, "[client]\nno_such_option_here=1\n").unwrap();
+        let conn = Connection {
+            defaults_file: Some(cnf),
+            ..conn
+        };
+        let e = server_info(&client, &conn).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    }
+
+    #[test]
+    fn tool_messages_map_to_the_kind_of_failure() {
+        use crate::error::{DbErrorKind as K, ErrorKind};
+        for (msg, usage, kind) in [
+            (
+                "ERROR 2002 (HY000): Can't connect to local server through socket '/s' (2)",
+                false,
+                K::Unavailable,
+            ),
+            (
+                "mariadb-dump: Got error: 2003: \"Can't connect to server on 'db' (111)\" \
+                 when trying to connect",
+                false,
+                K::Unavailable,
+            ),
+            (
+                "mariadb-dump: Error 2013: Lost connection to server during query when \
+                 dumping table `b` at row: 0",
+                false,
+                K::Unavailable,
+            ),
+            (
+                "mariadb-dump: Error 1412: Table definition has changed, please retry \
+                 transaction when dumping table `events` at row: 0",
+                false,
+                K::Unavailable,
+            ),
+            (
+                "ERROR 1040 (HY000): Too many connections",
+                false,
+                K::Unavailable,
+            ),
+            (
+                "ERROR 1045 (28000): Access denied for user 'u'@'localhost' (using password: \
+                 YES)",
+                false,
+                K::Config,
+            ),
+            (
+                "mariadb-dump: Got error: 1049: \"Unknown database 'nope'\" when selecting the \
+                 database",
+                false,
+                K::Config,
+            ),
+            (
+                "mariadb-dump: Couldn't execute 'FLUSH TABLES WITH READ LOCK': Access denied; \
+                 you need (at least one of) the RELOAD privilege(s) for this operation (1227)",
+                false,
+                K::Config,
+            ),
+            (
+                "mariadb: unknown variable 'no_such_option_here=1'",
+                false,
+                K::Config,
+            ),
+            (
+                "mariadb-dump: option '--x' requires an argument",
+                true,
+                K::Config,
+            ),
+            (
+                "mariadb-dump: Couldn't execute 'SHOW FIELDS FROM `zz`': Table 'f.zz' doesn't \
+                 exist (1146)",
+                false,
+                K::Failed,
+            ),
+            (
+                "ERROR 1959 (OP000) at line 5: Invalid role specification `r`",
+                false,
+                K::Failed,
+            ),
+            ("", false, K::Failed),
+        ] {
+            assert_eq!(classify(msg, usage), kind, "{msg}");
+        }
+        assert_eq!(K::Unavailable.error_kind(), ErrorKind::Transient);
+        assert_eq!(K::Config.error_kind(), ErrorKind::InvalidInput);
+        assert_eq!(K::Failed.error_kind(), ErrorKind::Other);
+        // The kind and the cause survive added context; the message reads as one sentence.
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let e = context(
+            spawn_error(Path::new("/x/mariadb"), io),
+            "restoring table `t`",
+        );
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert_eq!(
+            e.to_string(),
+            "restoring table `t`: could not run /x/mariadb"
+        );
+        assert!(std::error::Error::source(&e).is_some());
+        use std::os::unix::process::ExitStatusExt;
+        let e = tool_failed(
+            "mariadb",
+            std::process::ExitStatus::from_raw(1 << 8),
+            b"ERROR 2006 (HY000) at line 3: Server has gone away\n",
+            false,
+        );
+        assert_eq!(e.kind(), ErrorKind::Transient);
+        assert_eq!(
+            e.to_string(),
+            "mariadb failed (exit status: 1): ERROR 2006 (HY000) at line 3: Server has gone away"
+        );
+    }
+
+    #[test]
     fn sql_quoting() {
         assert_eq!(sql_string("it's \\"), "'it''s \\\\'");
         assert_eq!(sql_ident("a`b"), "`a``b`");
@@ -687,6 +1381,7 @@ mod tests {
             binlog: true,
             mariadb: true,
             insert_bytes: Some(65536),
+            max_allowed_packet: None,
         });
         for must in [
             "--single-transaction",
@@ -696,6 +1391,7 @@ mod tests {
             "--gtid",
             "--ignore-table=app.log",
             "--net-buffer-length=65536",
+            "--max-allowed-packet=1073741824",
         ] {
             assert!(a.iter().any(|x| x == must), "{must}");
         }
