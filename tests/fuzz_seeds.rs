@@ -304,19 +304,20 @@ fn model_seeds() -> Vec<(&'static str, Scenario)> {
     ]
 }
 
-// Operation numbers within the second backup (13 operations since trees come from the local
-// tree cache: opening and refreshing, the lease, then packs, index, snapshot, lease release).
-// `generated_model_seeds_run_and_fire_their_faults` fails when a change of the sequence leaves
-// one of them past the end; print the counts with CAIRN_SHOW_MODEL_RUNS=1.
+// Operation numbers within the second backup (18 operations since trees come from the local
+// tree cache: opening and refreshing (0-5), the lease (6) and the refresh under it (7-10), two
+// packs (11, 12), the index (13), the lease's verification (14, 15), the snapshot (16), the
+// lease's release (17)). `generated_model_seeds_run_and_fire_their_faults` fails when a change of
+// the sequence leaves one of them past the end; print the counts with CAIRN_SHOW_MODEL_RUNS=1.
 /// A pack upload of the second backup.
-const CRASH_BACKUP: u8 = 8;
+const CRASH_BACKUP: u8 = 11;
 const CRASH_PRUNE: u8 = 20;
 /// The last operation of the second backup: the lease's release.
-const CRASH_AFTER_COMMIT: u8 = 12;
-/// A pack read of `check --read-data`.
-const FLIP_CHECK: u8 = 20;
+const CRASH_AFTER_COMMIT: u8 = 17;
+/// A pack read of `check --read-data` (its last reads, 27 and 28, before the release).
+const FLIP_CHECK: u8 = 27;
 /// A pack upload of the second backup.
-const DROP_BACKUP: u8 = 8;
+const DROP_BACKUP: u8 = 11;
 const TRANSIENT_FORGET: u8 = 8;
 
 type Seeds = BTreeMap<&'static str, Vec<(String, Vec<u8>)>>;

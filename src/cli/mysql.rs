@@ -15,6 +15,7 @@ use cairn::compress::Compression;
 use cairn::ops::backup::BackupOptions;
 use cairn::ops::mysql::{self, MysqlBackupOptions, MysqlRestoreOptions};
 use cairn::ops::progress::Progress;
+use cairn::repo::lease::LeaseMode;
 use cairn::source::mysql::Connection;
 
 use super::EXIT_OK;
@@ -264,12 +265,20 @@ async fn restore(g: &GlobalArgs, a: MysqlRestoreArgs) -> Result<i32> {
         max_allowed_packet: a.conn.max_allowed_packet,
     };
     let started = Instant::now();
+    // Read under a shared lease, so that no prune deletes what the restore is about to read.
+    let wait = parse_duration(&g.lease_wait)?;
     if a.to_stdout {
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
-        mysql::restore_to_writer(&repo, &snap, &opts, &mut out).await?;
+        repo.with_lease(LeaseMode::Read, "mysql restore", wait, |_| async {
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+            mysql::restore_to_writer(&repo, &snap, &opts, &mut out).await
+        })
+        .await?;
         return Ok(EXIT_OK);
     }
-    let o = mysql::restore_to_server(&repo, &snap, &opts)
+    let o = repo
+        .with_lease(LeaseMode::Read, "mysql restore", wait, |_| {
+            mysql::restore_to_server(&repo, &snap, &opts)
+        })
         .await
         .with_context(|| format!("restoring from snapshot {}", id.short()))?;
     if g.json {

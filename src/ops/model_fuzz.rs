@@ -711,7 +711,8 @@ impl Harness {
     async fn restore(&mut self, repo: &Arc<Repository>, snap: &Snapshot) -> Result<Files> {
         self.restores += 1;
         let target = self.dir.0.join(format!("restore-{}", self.restores));
-        let r = restore::restore(repo, snap, "", &target, &RestoreOptions::default()).await;
+        // An observer of the storage: no lease (a crashed run's may still be there).
+        let r = restore::restore_leased(repo, snap, "", &target, &RestoreOptions::default()).await;
         let files = read_dir(&target);
         let _ = std::fs::remove_dir_all(&target);
         let out = r?;
@@ -800,8 +801,9 @@ impl Harness {
         // A forget whose delete was dropped: the snapshot is still there.
         self.model.extend(extra);
 
-        // Check tells the truth; and without lying faults, it finds nothing wrong.
-        let report = check::check(
+        // Check tells the truth; and without lying faults, it finds nothing wrong. (The view
+        // observes the storage; it does not compete for a lease with the crashed run's.)
+        let report = check::check_leased(
             &view.repo,
             &CheckOptions {
                 read_data: ReadData::All,

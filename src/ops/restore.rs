@@ -173,7 +173,9 @@ pub async fn restore(
     .await
 }
 
-async fn restore_leased(
+/// [`restore`] for a caller that holds a lease, or observes the storage without one (the model
+/// fuzzer's healthy views).
+pub(crate) async fn restore_leased(
     repo: &Arc<Repository>,
     snap: &Snapshot,
     path: &str,
