@@ -142,6 +142,11 @@ pub enum Error {
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
 
+    /// A blob could not be handed to the uploader because it had stopped; the uploader's own
+    /// error is the cause (see `Session::abandon`, which returns that instead).
+    #[error("the upload stopped")]
+    UploadStopped,
+
     #[error("{0}")]
     Other(String),
 }
@@ -176,7 +181,7 @@ impl Error {
             Error::Io { .. } => ErrorKind::Io,
             Error::Catalog { .. } => ErrorKind::Other,
             Error::Database { kind, .. } => kind.error_kind(),
-            Error::Other(_) => ErrorKind::Other,
+            Error::UploadStopped | Error::Other(_) => ErrorKind::Other,
         }
     }
 

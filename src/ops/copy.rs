@@ -276,8 +276,14 @@ async fn run(
             Err(e) => {
                 // Store what was handed to the uploader already, so a retry reuses it.
                 sink.abort();
-                if let Err(up) = uploader.finish().await {
-                    tracing::error!("upload failed: {up}");
+                if let Err(upload) = uploader.finish().await {
+                    // The target stopped taking packs: that is the cause, and the end.
+                    match e {
+                        CopyError::Fatal(Error::UploadStopped) => {}
+                        CopyError::Fatal(e) => tracing::warn!("{e}"),
+                        CopyError::Source(msg) => tracing::warn!("{msg}"),
+                    }
+                    return Err(upload);
                 }
                 match e {
                     CopyError::Source(msg) => {
@@ -293,8 +299,7 @@ async fn run(
                 }
             }
         };
-        sink.flush().await?;
-        let up = uploader.finish().await?;
+        let up = uploader.finish_with(&sink).await?;
         let st = &sink.stats;
         report.data_blobs_added += st.data_blobs.load(Ordering::Relaxed);
         report.tree_blobs_added += st.tree_blobs.load(Ordering::Relaxed);

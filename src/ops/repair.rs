@@ -287,8 +287,7 @@ async fn rewrite_damaged(
         pending.push((out.snapshots.len(), new));
         out.snapshots.push(r);
     }
-    sink.flush().await?;
-    uploader.finish().await?;
+    uploader.finish_with(&sink).await?;
     if opts.dry_run {
         return Ok(out);
     }

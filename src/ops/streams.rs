@@ -329,10 +329,7 @@ where
     };
     let (root, produced, dirs, bytes) = match result {
         Ok(r) => r,
-        Err(e) => {
-            session.abandon().await;
-            return Err(e);
-        }
+        Err(e) => return Err(session.abandon(e).await),
     };
     snap.tree = root;
     snap.meta = produced.meta;

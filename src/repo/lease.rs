@@ -43,6 +43,8 @@ pub const TTL_SECS: u32 = 300;
 pub const REFRESH_SECS: u64 = 60;
 /// How long a lease that could not be deleted is tried again before it is left to go stale.
 pub const RELEASE_PATIENCE: Duration = Duration::from_secs(30);
+/// [`RELEASE_PATIENCE`] when the operation itself failed because the storage stopped answering.
+pub const RELEASE_PATIENCE_AFTER_OUTAGE: Duration = Duration::from_secs(10);
 /// A lease of an unknown (newer) format version is obeyed while its object was written less
 /// than this long ago: its own lifetime cannot be read, but no lease lives this long without a
 /// refresh (ours: [`TTL_SECS`]).
@@ -366,8 +368,15 @@ impl Repository {
             }
         }
         .await;
+        // An operation that failed because the storage stopped answering has already waited
+        // out the backend's retries: a shorter patience still rides out a restart of the
+        // server, without making a dead one cost another half minute.
+        let patience = match &result {
+            Err(e) if e.kind() == ErrorKind::Transient => RELEASE_PATIENCE_AFTER_OUTAGE,
+            _ => RELEASE_PATIENCE,
+        };
         let released = match guard {
-            Some(g) => g.release().await,
+            Some(g) => g.release(patience).await,
             None => Ok(()),
         };
         match (result, released) {
@@ -415,7 +424,7 @@ impl Repository {
             let live = match self.live_leases(&key).await {
                 Ok(l) => l,
                 Err(e) => {
-                    if let Err(d) = delete_patiently(self, &key).await {
+                    if let Err(d) = delete_patiently(self, &key, RELEASE_PATIENCE).await {
                         tracing::warn!("{d}");
                     }
                     return Err(e);
@@ -425,7 +434,7 @@ impl Repository {
                 return Ok(self.start_refresh(lease, key));
             };
             let what = holder.describe();
-            delete_patiently(self, &key).await?;
+            delete_patiently(self, &key, RELEASE_PATIENCE).await?;
             if started.elapsed() >= wait {
                 return Err(Error::Locked(format!(
                     "{} holds {what}; waited {}s (see --lease-wait)",
@@ -560,21 +569,21 @@ impl LeaseHandle {
 }
 
 impl LeaseGuard {
-    /// Stop refreshing and delete the lease, trying again for [`RELEASE_PATIENCE`] if the
-    /// storage does not answer.
-    async fn release(mut self) -> Result<()> {
+    /// Stop refreshing and delete the lease, trying again for up to `patience` if the storage
+    /// does not answer.
+    async fn release(mut self, patience: Duration) -> Result<()> {
         let _ = self.stop.send(true);
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
         let key = self.state.lock_key().clone();
-        delete_patiently(&self.state.repo, &key).await
+        delete_patiently(&self.state.repo, &key, patience).await
     }
 }
 
-/// Delete our lease object, trying again for [`RELEASE_PATIENCE`] while the storage fails in a
-/// way that may pass (a lease left behind blocks prunes elsewhere until it goes stale).
-async fn delete_patiently(repo: &Repository, key: &str) -> Result<()> {
+/// Delete our lease object, trying again for up to `patience` while the storage fails in a way
+/// that may pass (a lease left behind blocks prunes elsewhere until it goes stale).
+async fn delete_patiently(repo: &Repository, key: &str, patience: Duration) -> Result<()> {
     let backend = repo.backend();
     let started = Instant::now();
     let mut pause = Duration::from_millis(500);
@@ -585,7 +594,7 @@ async fn delete_patiently(repo: &Repository, key: &str) -> Result<()> {
             // Only a storage that may answer later is worth waiting for.
             Err(e)
                 if e.kind != crate::backend::BackendErrorKind::Transient
-                    || started.elapsed() + pause > RELEASE_PATIENCE =>
+                    || started.elapsed() + pause > patience =>
             {
                 return Err(Error::Locked(format!(
                     "could not delete the lease {key} on {} ({e}); it goes stale by itself \
@@ -597,7 +606,7 @@ async fn delete_patiently(repo: &Repository, key: &str) -> Result<()> {
                 if !warned {
                     tracing::warn!(
                         "could not delete the lease {key} ({e}); trying again for up to {}s",
-                        RELEASE_PATIENCE.as_secs()
+                        patience.as_secs()
                     );
                     warned = true;
                 }

@@ -288,8 +288,7 @@ impl BlobSink {
             let pack = self.layout(builder);
             let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let tx = tx.ok_or_else(|| Error::Other("blob sink already flushed".into()))?;
-            tx.blocking_send(pack)
-                .map_err(|_| Error::Other("upload stopped (see the error above)".into()))?;
+            tx.blocking_send(pack).map_err(|_| Error::UploadStopped)?;
         }
         Ok(())
     }
@@ -323,9 +322,7 @@ impl BlobSink {
                 continue;
             }
             let pack = self.layout(builder);
-            tx.send(pack)
-                .await
-                .map_err(|_| Error::Other("upload stopped (see the error above)".into()))?;
+            tx.send(pack).await.map_err(|_| Error::UploadStopped)?;
         }
         Ok(())
     }
@@ -342,6 +339,18 @@ impl Uploader {
         self.task
             .await
             .map_err(|e| Error::Other(format!("upload task failed: {e}")))?
+    }
+
+    /// Send `sink`'s partly filled packs and wait for every upload. If the uploader had
+    /// stopped, its own error is returned (the cause), not [`Error::UploadStopped`].
+    pub async fn finish_with(self, sink: &BlobSink) -> Result<UploadSummary> {
+        let flushed = sink.flush().await;
+        let finished = self.finish().await;
+        match (flushed, finished) {
+            (Ok(()), r) => r,
+            (Err(_), Err(upload)) => Err(upload),
+            (Err(e), Ok(_)) => Err(e),
+        }
     }
 }
 

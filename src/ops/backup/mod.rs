@@ -310,15 +310,10 @@ async fn backup_paths_leased(
     let counters = walk.await.map_err(|e| Error::Other(format!("walker: {e}")));
     let assembled = match (assembled, counters) {
         (Ok(Ok(a)), Ok(Ok(c))) => (a, c),
-        (Ok(Err(e)), _) | (Err(e), _) | (_, Err(e)) => {
-            session.abandon().await;
-            return Err(e);
-        }
+        (Ok(Err(e)), _) | (Err(e), _) | (_, Err(e)) => return Err(session.abandon(e).await),
         (Ok(Ok(_)), Ok(Err(Stop))) => {
-            session.abandon().await;
-            return Err(Error::Other(
-                "the directory walk stopped unexpectedly".into(),
-            ));
+            let e = Error::Other("the directory walk stopped unexpectedly".into());
+            return Err(session.abandon(e).await);
         }
     };
     let (a, c) = assembled;

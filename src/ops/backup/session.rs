@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::{BackupOptions, BackupOutcome, SourceProblem};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format::Timestamp;
 use crate::format::snapshot::{Snapshot, Summary};
 use crate::id::Id;
@@ -37,8 +37,7 @@ impl Session {
         errors: Vec<SourceProblem>,
         lease: &LeaseHandle,
     ) -> Result<BackupOutcome> {
-        self.sink.flush().await?;
-        let up = self.uploader.finish().await?;
+        let up = self.uploader.finish_with(&self.sink).await?;
         lease.verify().await?;
         let st = &self.sink.stats;
         snap.summary.backup_start = self.started;
@@ -61,13 +60,20 @@ impl Session {
         })
     }
 
-    /// After a failure: store what was already handed to the uploader, so a retry reuses it.
-    pub(crate) async fn abandon(self) {
+    /// After `error`: store what was already handed to the uploader, so a retry reuses it,
+    /// and return the error to report. When an upload failed, that failure is the cause (what
+    /// failed after it only found the uploader gone, [`Error::UploadStopped`]), so it is the
+    /// one returned, with its kind: a storage that stopped answering is a transient failure.
+    pub(crate) async fn abandon(self, error: Error) -> Error {
         self.sink.abort();
-        if let Err(e) = self.uploader.finish().await {
-            // When the upload itself failed, this is the cause the caller's "upload stopped
-            // (see the error above)" refers to: it must be shown.
-            tracing::error!("upload failed: {e}");
+        match self.uploader.finish().await {
+            Ok(_) => error,
+            Err(upload) => {
+                if !matches!(error, Error::UploadStopped) {
+                    tracing::warn!("{error}");
+                }
+                upload
+            }
         }
     }
 }

@@ -107,18 +107,9 @@ where
     });
     let (root, size) = match job.await {
         Ok(Ok(r)) => r,
-        Ok(Err(JobError::Source(p))) => {
-            session.abandon().await;
-            return Err(p.into_error(name));
-        }
-        Ok(Err(JobError::Fatal(e))) => {
-            session.abandon().await;
-            return Err(e);
-        }
-        Err(e) => {
-            session.abandon().await;
-            return Err(Error::Other(e.to_string()));
-        }
+        Ok(Err(JobError::Source(p))) => return Err(session.abandon(p.into_error(name)).await),
+        Ok(Err(JobError::Fatal(e))) => return Err(session.abandon(e).await),
+        Err(e) => return Err(session.abandon(Error::Other(e.to_string())).await),
     };
     let mut snap = snap;
     snap.tree = root;
