@@ -142,6 +142,15 @@ pub enum Error {
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
 
+    /// A configuration file is wrong at this place.
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    Config {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+
     /// A blob could not be handed to the uploader because it had stopped; the uploader's own
     /// error is the cause (see `Session::abandon`, which returns that instead).
     #[error("the upload stopped")]
@@ -181,6 +190,7 @@ impl Error {
             Error::Io { .. } => ErrorKind::Io,
             Error::Catalog { .. } => ErrorKind::Other,
             Error::Database { kind, .. } => kind.error_kind(),
+            Error::Config { .. } => ErrorKind::InvalidInput,
             Error::UploadStopped | Error::Other(_) => ErrorKind::Other,
         }
     }

@@ -21,6 +21,7 @@ pub mod backend;
 pub mod chunker;
 pub mod clock;
 pub mod compress;
+pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod format;

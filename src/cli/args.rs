@@ -21,6 +21,10 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
+    /// The configuration file (default: $XDG_CONFIG_HOME/cairn/cairn.toml, then
+    /// /etc/cairn/cairn.toml).
+    #[arg(long, env = "CAIRN_CONFIG", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Repository: a directory path (or s3://bucket/prefix).
     #[arg(short = 'r', long = "repo", env = "CAIRN_REPO", global = true)]
     pub repo: Option<String>,
@@ -106,6 +110,8 @@ pub enum Command {
     Mysql(super::mysql::MysqlArgs),
     /// Copy snapshots to another repository (deduplicated, re-encrypted for its key).
     Copy(super::copy::CopyArgs),
+    /// The configuration file (cairn.toml): write a starting one, check it, show it.
+    Config(super::config::ConfigArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

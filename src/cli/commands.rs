@@ -42,6 +42,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Forget(a) => super::forget::forget(g, a).await,
         Command::Mysql(a) => super::mysql::run(g, a).await,
         Command::Copy(a) => super::copy::copy(g, a).await,
+        Command::Config(a) => super::config::run(g, a).await,
     }
 }
 

@@ -20,6 +20,7 @@ macro_rules! ewriteln {
 
 mod args;
 mod commands;
+mod config;
 mod copy;
 mod forget;
 mod maint;

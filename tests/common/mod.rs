@@ -244,6 +244,9 @@ impl Cairn {
             .env_remove("CAIRN_REPO")
             .env_remove("CAIRN_PASSWORD_FILE")
             .env_remove("CAIRN_LOG")
+            // No configuration file of the machine's: a test that wants one says so.
+            .env_remove("CAIRN_CONFIG")
+            .env("XDG_CONFIG_HOME", env.dir.path().join("xdg-config"))
             .env("CAIRN_PASSWORD", PASSWORD)
             .env("CAIRN_INSECURE_TEST_KDF", "1")
             .env("CAIRN_CACHE_DIR", &env.cache);

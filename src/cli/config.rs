@@ -1,0 +1,128 @@
+//! `cairn config init | check | show`: write, validate and print the configuration file.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand, ValueEnum};
+
+use cairn::config::{self, ConfigFile};
+
+use super::EXIT_OK;
+use super::args::GlobalArgs;
+use super::commands::print_json;
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    pub command: ConfigCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Write a commented starting configuration for an application.
+    Init(InitArgs),
+    /// Validate the configuration file (syntax, keys, types, names, secrets).
+    Check,
+    /// Print the configuration as cairn reads it, every secret redacted.
+    Show,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Preset {
+    /// A Laravel application: uploads, config and logs, and its MySQL/MariaDB database.
+    Laravel,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// What kind of application.
+    #[arg(long, value_enum)]
+    pub preset: Preset,
+    /// The application's directory (its .env gives the database settings).
+    #[arg(long, value_name = "DIR")]
+    pub app: PathBuf,
+    /// Write the file here instead of to standard output (refused if it exists).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+pub async fn run(g: &GlobalArgs, a: ConfigArgs) -> Result<i32> {
+    match a.command {
+        ConfigCommand::Init(a) => init(a),
+        ConfigCommand::Check => {
+            let f = load(g)?;
+            if g.json {
+                print_json(&serde_json::json!({
+                    "file": f.path,
+                    "repositories": f.config.repositories.keys().collect::<Vec<_>>(),
+                    "sources": f.config.sources.keys().collect::<Vec<_>>(),
+                    "jobs": f.config.jobs.keys().collect::<Vec<_>>(),
+                }))?;
+            } else if !g.quiet {
+                let c = &f.config;
+                println!(
+                    "{}: ok ({} repositories, {} sources, {} jobs)",
+                    f.path.display(),
+                    c.repositories.len(),
+                    c.sources.len(),
+                    c.jobs.len()
+                );
+            }
+            Ok(EXIT_OK)
+        }
+        ConfigCommand::Show => {
+            let f = load(g)?;
+            println!("# {}", f.path.display());
+            print!("{}", f.show()?);
+            Ok(EXIT_OK)
+        }
+    }
+}
+
+/// The configuration file: `--config` / `CAIRN_CONFIG`, else the usual places.
+pub(super) fn load(g: &GlobalArgs) -> Result<ConfigFile> {
+    let path = config::locate(g.config.as_deref())?.with_context(|| {
+        "no configuration file: give --config FILE (or CAIRN_CONFIG), or create \
+         $XDG_CONFIG_HOME/cairn/cairn.toml or /etc/cairn/cairn.toml (see `cairn config init`)"
+    })?;
+    Ok(ConfigFile::load(&path)?)
+}
+
+fn init(a: InitArgs) -> Result<i32> {
+    let text = match a.preset {
+        Preset::Laravel => config::laravel::init(&a.app)?,
+    };
+    // What we write must be what we read.
+    ConfigFile::parse(
+        a.output.as_deref().unwrap_or("cairn.toml".as_ref()),
+        text.clone(),
+    )
+    .context("the generated configuration does not check (a bug in cairn)")?;
+    match &a.output {
+        None => {
+            std::io::stdout().write_all(text.as_bytes())?;
+        }
+        Some(out) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            if out.exists() {
+                bail!("{} exists; not overwriting it", out.display());
+            }
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(out)
+                .with_context(|| format!("creating {}", out.display()))?;
+            f.write_all(text.as_bytes())
+                .and_then(|_| f.sync_all())
+                .with_context(|| format!("writing {}", out.display()))?;
+            ewriteln!(
+                "wrote {}; review it, then `cairn --config {} config check`",
+                out.display(),
+                out.display()
+            );
+        }
+    }
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,208 @@
+//! `cairn config init | check | show` (issue 14): the Laravel preset reads the app's `.env`
+//! and never copies its password; errors name file, line and column; a file holding a secret
+//! must be readable by its owner only; `show` redacts every secret.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+const DB_PASSWORD: &str = "Db-Pa55-never-copied";
+
+/// A Laravel application tree with a `.env`.
+fn laravel_app(env: &Env) -> PathBuf {
+    let app = env.path("shop-app");
+    write(&app.join("artisan"), b"#!/usr/bin/env php\n");
+    write(&app.join("storage/app/public/avatar.png"), b"png");
+    write(&app.join("config/app.php"), b"<?php return [];\n");
+    write(
+        &app.join(".env"),
+        format!(
+            "APP_NAME=\"Web Shop\"\nDB_CONNECTION=mysql\nDB_HOST=db.internal\nDB_PORT=3307\n\
+             DB_DATABASE=shop\nDB_USERNAME=shopuser\nDB_PASSWORD=\"{DB_PASSWORD}\"\n"
+        )
+        .as_bytes(),
+    );
+    app
+}
+
+fn with_config(env: &Env, file: &Path) -> Cairn {
+    env.cmd().arg("--config").arg(file)
+}
+
+#[test]
+fn laravel_preset_reads_the_env_and_checks() {
+    let env = Env::new_local();
+    let app = laravel_app(&env);
+    let file = env.path("cairn.toml");
+    env.cmd()
+        .args(["config", "init", "--preset", "laravel", "--app"])
+        .arg(&app)
+        .arg("-o")
+        .arg(&file)
+        .run()
+        .ok();
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(!text.contains(DB_PASSWORD), "{text}");
+    for want in [
+        "host = \"db.internal\"",
+        "port = 3307",
+        "user = \"shopuser\"",
+        "databases = [\"shop\"]",
+        "password = \"${DB_PASSWORD}\"",
+        "keep-daily = 7",
+        "keep-daily = 30",
+        "exclude-presets = [\"laravel\"]",
+        "/var/backups/cairn/web-shop",
+    ] {
+        assert!(text.contains(want), "{want:?} missing:\n{text}");
+    }
+    assert!(text.contains(&format!("\"{}\"", app.join("storage/app").display())));
+    // Not overwritten.
+    env.cmd()
+        .args(["config", "init", "--preset", "laravel", "--app"])
+        .arg(&app)
+        .arg("-o")
+        .arg(&file)
+        .run()
+        .code(1)
+        .stderr_has("exists");
+    let out = with_config(&env, &file)
+        .args(["--json", "config", "check"])
+        .run()
+        .ok()
+        .json();
+    assert_eq!(out["jobs"], serde_json::json!(["nightly"]), "{out}");
+    assert_eq!(
+        out["sources"],
+        serde_json::json!(["app", "database", "uploads"])
+    );
+    // CAIRN_CONFIG finds it too, and so does $XDG_CONFIG_HOME/cairn/cairn.toml.
+    env.cmd()
+        .env("CAIRN_CONFIG", &file)
+        .args(["config", "check"])
+        .run()
+        .ok();
+    let xdg = env.dir.path().join("xdg-config/cairn");
+    std::fs::create_dir_all(&xdg).unwrap();
+    std::fs::copy(&file, xdg.join("cairn.toml")).unwrap();
+    let shown = env.cmd().args(["config", "show"]).run().ok().stdout_str();
+    assert!(shown.contains("[jobs.nightly]"), "{shown}");
+    // Not a Laravel app.
+    env.cmd()
+        .args(["config", "init", "--preset", "laravel", "--app"])
+        .arg(env.path("nowhere"))
+        .run()
+        .code(1)
+        .stderr_has("does not look like a Laravel application");
+}
+
+#[test]
+fn errors_name_file_line_and_column() {
+    let env = Env::new_local();
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "[settings]\nlease-wait = \"5m\"\nbogus = 1\n",
+            ":3:1: ",
+            "unknown field `bogus`",
+        ),
+        (
+            "[settings]\nconnections = \"four\"\n",
+            ":2:15: ",
+            "invalid type",
+        ),
+        (
+            "[repositories.local]\nurl = \"/r\"\n\n[sources.s]\nkind = \"files\"\npaths = [\"/srv\"]\n\n\
+             [jobs.j]\nsources = [\"s\"]\nrepository = \"locl\"\n",
+            ":10:14: ",
+            "no repository \"locl\"",
+        ),
+        (
+            "[sources.s]\nkind = \"files\"\npaths = [\"/srv\"]\n    one-filesystem = true\n",
+            ":4:5: ",
+            "unknown field `one-filesystem`",
+        ),
+        (
+            "[repositories.x]\nurl = \"/r\"\nkeep-within = \"3w\"\n",
+            ":3:15: ",
+            "unknown unit",
+        ),
+        ("[settings\n", ":1:", ""),
+    ];
+    for (i, (text, at, what)) in cases.iter().enumerate() {
+        let file = env.path(&format!("bad{i}.toml"));
+        write(&file, text.as_bytes());
+        let out = with_config(&env, &file)
+            .args(["config", "check"])
+            .run()
+            .code(1);
+        let want = format!("{}{at}", file.display());
+        assert!(out.stderr.contains(&want), "{want:?}: {out}");
+        assert!(out.stderr.contains(what), "{what:?}: {out}");
+        assert!(!out.stderr.contains("panicked"), "{out}");
+    }
+    // A missing file named explicitly.
+    with_config(&env, &env.path("absent.toml"))
+        .args(["config", "check"])
+        .run()
+        .code(1)
+        .stderr_has("absent.toml");
+    // None at all.
+    env.cmd()
+        .args(["config", "check"])
+        .run()
+        .code(1)
+        .stderr_has("no configuration file");
+}
+
+#[test]
+fn a_file_holding_a_secret_must_be_private_and_show_redacts_it() {
+    let env = Env::new_local();
+    let file = env.path("cairn.toml");
+    let text = format!(
+        "[repositories.offsite]\nurl = \"s3://b/p\"\npassword = \"repo-secret-1\"\n\
+         s3.secret-access-key = \"aws-secret-2\"\n\n[sources.db]\nkind = \"mysql\"\n\
+         databases = [\"shop\"]\npassword = \"{DB_PASSWORD}\"\n"
+    );
+    write(&file, text.as_bytes());
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = with_config(&env, &file)
+        .args(["config", "check"])
+        .run()
+        .code(1)
+        .stderr_has("readable by others")
+        .stderr_has(&file.display().to_string());
+    for secret in ["repo-secret-1", "aws-secret-2", DB_PASSWORD] {
+        assert!(!out.stderr.contains(secret), "{out}");
+    }
+    assert!(
+        out.stderr.contains("repositories.offsite.password"),
+        "{out}"
+    );
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    with_config(&env, &file)
+        .args(["config", "check"])
+        .run()
+        .ok();
+    let shown = with_config(&env, &file).args(["config", "show"]).run().ok();
+    let s = shown.stdout_str();
+    for secret in ["repo-secret-1", "aws-secret-2", DB_PASSWORD] {
+        assert!(!s.contains(secret) && !shown.stderr.contains(secret), "{s}");
+    }
+    assert_eq!(s.matches("<redacted>").count(), 3, "{s}");
+    // References are not secrets: a world-readable file of references is fine.
+    let refs = env.path("refs.toml");
+    write(
+        &refs,
+        b"[repositories.offsite]\nurl = \"s3://b/p\"\npassword = \"${REPO_PASSWORD}\"\n",
+    );
+    std::fs::set_permissions(&refs, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let s = with_config(&env, &refs)
+        .args(["config", "show"])
+        .run()
+        .ok()
+        .stdout_str();
+    assert!(s.contains("${REPO_PASSWORD}"), "{s}");
+}
