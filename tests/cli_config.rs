@@ -206,3 +206,88 @@ fn a_file_holding_a_secret_must_be_private_and_show_redacts_it() {
         .stdout_str();
     assert!(s.contains("${REPO_PASSWORD}"), "{s}");
 }
+
+/// Repositories by name: `[settings] repository` when there is no `-r`, `-r NAME`, and
+/// `copy --to NAME`, each with its password from the file's password-file or
+/// password-command; a flag still beats the file.
+#[test]
+fn repositories_by_name_take_their_settings_from_the_file() {
+    let env = Env::new_local();
+    let local = env.path("tier-local");
+    let offsite = env.path("tier-offsite");
+    let pw_local = env.path("local.password");
+    let pw_offsite = env.path("offsite.password");
+    write(&pw_local, b"local-password-1\n");
+    write(&pw_offsite, b"offsite-password-2\n");
+    let file = env.path("cairn.toml");
+    write(
+        &file,
+        format!(
+            "[settings]\nrepository = \"local\"\njson = true\nlease-wait = \"2s\"\n\n\
+             [repositories.local]\nurl = \"{}\"\npassword-file = \"{}\"\n\n\
+             [repositories.offsite]\nurl = \"{}\"\npassword-command = \"cat {}\"\n",
+            local.display(),
+            pw_local.display(),
+            offsite.display(),
+            pw_offsite.display()
+        )
+        .as_bytes(),
+    );
+    let cmd = || {
+        Cairn::bare(&env)
+            .env_remove("CAIRN_PASSWORD")
+            .arg("--config")
+            .arg(&file)
+    };
+    cmd().arg("init").run().ok();
+    assert!(local.join("config").exists(), "init went elsewhere");
+    cmd().args(["-r", "offsite", "init"]).run().ok();
+    assert!(offsite.join("config").exists());
+    let src = env.path("src");
+    write(&src.join("a.txt"), b"alpha\n");
+    // `json = true` from the file.
+    let out = cmd().arg("backup").arg(&src).run().ok().json();
+    let id = out["snapshot_id"].as_str().unwrap().to_string();
+    let copied = cmd().args(["copy", "--to", "offsite"]).run().ok().json();
+    assert_eq!(
+        copied["copied"].as_array().map(Vec::len),
+        Some(1),
+        "{copied}"
+    );
+    let listed = cmd().args(["-r", "offsite", "snapshots"]).run().ok().json();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    // The password file is the local one's: opening offsite with it fails.
+    cmd()
+        .args(["-r", "offsite", "--password-file"])
+        .arg(&pw_local)
+        .arg("snapshots")
+        .run()
+        .code(12);
+    // A path given with -r is a location, not a name, and beats [settings] repository.
+    let other = env.path("elsewhere");
+    cmd()
+        .arg("-r")
+        .arg(&other)
+        .arg("--password-file")
+        .arg(&pw_local)
+        .arg("init")
+        .run()
+        .ok();
+    assert!(other.join("config").exists());
+    let snaps = cmd().arg("snapshots").run().ok().json();
+    assert_eq!(snaps[0]["id"].as_str(), Some(id.as_str()), "{snaps}");
+    // A password-command that fails is named, and nothing leaks.
+    write(
+        &file,
+        format!(
+            "[repositories.local]\nurl = \"{}\"\npassword-command = \"exit 3\"\n",
+            local.display()
+        )
+        .as_bytes(),
+    );
+    cmd()
+        .args(["-r", "local", "snapshots"])
+        .run()
+        .code(1)
+        .stderr_has("password-command \"exit 3\" failed");
+}

@@ -25,7 +25,7 @@ pub struct GlobalArgs {
     /// /etc/cairn/cairn.toml).
     #[arg(long, env = "CAIRN_CONFIG", global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Repository: a directory path (or s3://bucket/prefix).
+    /// Repository: a directory path, s3://bucket/prefix, or a name from the configuration.
     #[arg(short = 'r', long = "repo", env = "CAIRN_REPO", global = true)]
     pub repo: Option<String>,
     /// Read the repository password from this file (first line).
@@ -49,9 +49,9 @@ pub struct GlobalArgs {
     /// Size limit of the local cache of tree blobs, e.g. 512M, 2G; 0 turns it off (default 1G).
     #[arg(long, env = "CAIRN_CACHE_SIZE", global = true, value_parser = parse_size)]
     pub cache_size: Option<u64>,
-    /// How long to wait for a conflicting lease, e.g. 30s, 5m.
-    #[arg(long, default_value = "0s", global = true)]
-    pub lease_wait: String,
+    /// How long to wait for a conflicting lease, e.g. 30s, 5m (default 0s).
+    #[arg(long, global = true)]
+    pub lease_wait: Option<String>,
     /// Open the repository even though it is not what this computer's cache remembers of it
     /// (it was encrypted and is not, or its key files changed), and remember it as it is now.
     #[arg(long, global = true)]

@@ -18,17 +18,17 @@ use cairn::ops::progress::Progress;
 use cairn::ops::read::{self, Resolved};
 use cairn::ops::restore::{self, RestoreOptions};
 use cairn::repo::lease::{LeaseMode, Shutdown};
-use cairn::repo::{InitOptions, OpenOptions, Repository, default_cache_dir};
+use cairn::repo::{InitOptions, OpenOptions, Repository};
 use cairn::source::exclude::ExcludeOptions;
 use cairn::{Error, Id};
 
 use super::args::*;
 use super::output::{self, ProgressBar};
+use super::settings::{RepoSettings, Settings};
 use super::{EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL};
 
-pub async fn run(cli: Cli) -> Result<i32> {
-    let g = &cli.global;
-    match cli.command {
+pub async fn run(g: &Settings, command: Command) -> Result<i32> {
+    match command {
         Command::Init(a) => init(g, a).await,
         Command::Backup(a) => backup_cmd(g, a).await,
         Command::Snapshots(a) => snapshots(g, a).await,
@@ -46,57 +46,15 @@ pub async fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-fn repo_url(g: &GlobalArgs) -> Result<String> {
-    g.repo
-        .clone()
-        .filter(|r| !r.is_empty())
-        .ok_or_else(|| anyhow!("no repository given: use -r/--repo or set CAIRN_REPO"))
+/// The backend of the repository of `-r`.
+fn backend(g: &Settings) -> Result<Arc<dyn cairn::backend::Backend>> {
+    backend_of(g.repo()?)
 }
 
-fn backend(g: &GlobalArgs) -> Result<Arc<dyn cairn::backend::Backend>> {
-    backend_at(g, &repo_url(g)?)
-}
-
-/// The backend of the repository at `url`, with the global (S3) options.
-pub(super) fn backend_at(g: &GlobalArgs, url: &str) -> Result<Arc<dyn cairn::backend::Backend>> {
-    let o = cairn::backend::OpenBackendOptions {
-        s3: g.s3.options(connections_for(g, url), parse_duration)?,
-    };
-    cairn::backend::open_with(url, &o).map_err(|e| anyhow!(e))
-}
-
-/// Requests (S3) or packs (both) in flight: `--connections`, else 8 for S3 (latency-bound),
-/// 2 for a local disk.
-fn connections(g: &GlobalArgs) -> usize {
-    connections_for(g, g.repo.as_deref().unwrap_or(""))
-}
-
-/// [`connections`] for the repository at `url`.
-pub(super) fn connections_for(g: &GlobalArgs, url: &str) -> usize {
-    let default = if cairn::backend::is_s3_url(url) { 8 } else { 2 };
-    g.connections.unwrap_or(default).clamp(1, 64)
-}
-
-/// The password, from (in order) CAIRN_PASSWORD, --password-file / CAIRN_PASSWORD_FILE, or a
-/// prompt on the terminal. Never from the command line.
-fn password(g: &GlobalArgs, confirm: bool) -> std::result::Result<Zeroizing<Vec<u8>>, Error> {
-    if let Some(p) = std::env::var_os("CAIRN_PASSWORD") {
-        use std::os::unix::ffi::OsStringExt;
-        if p.is_empty() {
-            return Err(Error::InvalidInput("CAIRN_PASSWORD is empty".into()));
-        }
-        return Ok(Zeroizing::new(p.into_vec()));
-    }
-    if let Some(f) = &g.password_file {
-        return password_from_file(f);
-    }
-    if !std::io::stdin().is_terminal() {
-        return Err(Error::InvalidInput(
-            "no password given: set CAIRN_PASSWORD_FILE (or --password-file, or CAIRN_PASSWORD)"
-                .into(),
-        ));
-    }
-    prompt_password("enter repository password: ", confirm)
+/// The backend of a resolved repository.
+pub(super) fn backend_of(r: &RepoSettings) -> Result<Arc<dyn cairn::backend::Backend>> {
+    let o = cairn::backend::OpenBackendOptions { s3: r.s3.clone() };
+    cairn::backend::open_with(&r.url, &o).map_err(|e| anyhow!(e))
 }
 
 /// The first line of a password file.
@@ -150,12 +108,13 @@ pub(super) fn shutdown() -> &'static Shutdown {
     SHUTDOWN.get_or_init(Shutdown::new)
 }
 
-pub(super) fn open_options(g: &GlobalArgs) -> OpenOptions {
-    let mut o = OpenOptions::new(g.cache_dir.clone().unwrap_or_else(default_cache_dir));
+/// How to open the repository `r`.
+pub(super) fn open_options(g: &Settings, r: &RepoSettings) -> OpenOptions {
+    let mut o = OpenOptions::new(g.cache_dir.clone());
     o.shutdown = shutdown().clone();
     // A local disk gains nothing from more than two writers at once, and every pack in flight
     // is 16 MiB of memory.
-    o.connections = connections(g);
+    o.connections = r.connections;
     o.accept_repository_change = g.accept_repository_change;
     if let Some(limit) = g.cache_size {
         o.cache_size = limit;
@@ -173,27 +132,24 @@ fn kdf_params() -> KdfParams {
     }
 }
 
-pub(super) async fn open_repo(g: &GlobalArgs) -> Result<Arc<Repository>> {
-    let b = backend(g)?;
+/// Open the repository of `-r`.
+pub(super) async fn open_repo(g: &Settings) -> Result<Arc<Repository>> {
+    open_repo_at(g, g.repo()?).await
+}
+
+/// Open the repository `r`.
+pub(super) async fn open_repo_at(g: &Settings, r: &RepoSettings) -> Result<Arc<Repository>> {
+    let b = backend_of(r)?;
     let location = b.location();
-    let repo = Repository::open(b, || password(g, false), &open_options(g))
+    let repo = Repository::open(b, || r.password(false), &open_options(g, r))
         .await
         .with_context(|| format!("opening repository {location}"))?;
     Ok(Arc::new(repo))
 }
 
+/// A duration flag: `90s`, `1h30m`, `7d` (the syntax of the configuration file too).
 pub(super) fn parse_duration(s: &str) -> Result<Duration> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().with_context(|| format!("duration {s:?}"))?;
-    let secs = match unit {
-        "" | "s" => Some(n),
-        "m" => n.checked_mul(60),
-        "h" => n.checked_mul(3600),
-        _ => bail!("duration {s:?}: use a number with s, m or h"),
-    };
-    let secs = secs.ok_or_else(|| anyhow!("duration {s:?} is too long"))?;
-    Ok(Duration::from_secs(secs))
+    Ok(cairn::config::value::parse_duration(s)?)
 }
 
 /// "YYYY-MM-DD HH:MM:SS" in the local time zone.
@@ -223,7 +179,7 @@ pub(super) fn print_json(v: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
-async fn init(g: &GlobalArgs, a: InitArgs) -> Result<i32> {
+async fn init(g: &Settings, a: InitArgs) -> Result<i32> {
     let b = backend(g)?;
     let location = b.location();
     let encryption = match a.encryption {
@@ -231,7 +187,7 @@ async fn init(g: &GlobalArgs, a: InitArgs) -> Result<i32> {
         EncryptionArg::None => Encryption::None,
     };
     let pw = match encryption {
-        Encryption::Repokey => password(g, true)?,
+        Encryption::Repokey => g.repo()?.password(true)?,
         Encryption::None => Zeroizing::new(Vec::new()),
     };
     let opts = InitOptions {
@@ -239,7 +195,7 @@ async fn init(g: &GlobalArgs, a: InitArgs) -> Result<i32> {
         kdf: kdf_params(),
         ..Default::default()
     };
-    let repo = Repository::init(b, &pw, &opts, &open_options(g))
+    let repo = Repository::init(b, &pw, &opts, &open_options(g, g.repo()?))
         .await
         .with_context(|| format!("creating a repository at {location}"))?;
     if g.json {
@@ -280,7 +236,7 @@ fn exclude_options(a: &BackupArgs) -> Result<ExcludeOptions> {
     })
 }
 
-async fn backup_cmd(g: &GlobalArgs, a: BackupArgs) -> Result<i32> {
+async fn backup_cmd(g: &Settings, a: BackupArgs) -> Result<i32> {
     let stream = a.stdin || a.stdin_from_command;
     if a.stdin && a.stdin_from_command {
         bail!("--stdin and --stdin-from-command cannot be combined");
@@ -305,7 +261,7 @@ async fn backup_cmd(g: &GlobalArgs, a: BackupArgs) -> Result<i32> {
         compression: a.compression.parse::<Compression>()?,
         progress: Some(progress.clone()),
         scan: !g.quiet && std::io::stderr().is_terminal(),
-        lease_wait: parse_duration(&g.lease_wait)?,
+        lease_wait: g.lease_wait,
     };
     let repo = open_repo(g).await?;
     let bar = ProgressBar::start(progress.clone(), g.quiet || g.json, "backup");
@@ -340,7 +296,7 @@ pub(super) fn backup_json(o: &BackupOutcome, took: Duration) -> serde_json::Valu
     })
 }
 
-pub(super) fn report_backup(g: &GlobalArgs, o: &BackupOutcome, took: Duration) -> Result<()> {
+pub(super) fn report_backup(g: &Settings, o: &BackupOutcome, took: Duration) -> Result<()> {
     let s = &o.snapshot.summary;
     if g.json {
         return print_json(&backup_json(o, took));
@@ -399,7 +355,7 @@ pub(super) fn snapshot_json(id: &Id, s: &Snapshot) -> serde_json::Value {
     })
 }
 
-async fn snapshots(g: &GlobalArgs, a: SnapshotsArgs) -> Result<i32> {
+async fn snapshots(g: &Settings, a: SnapshotsArgs) -> Result<i32> {
     let repo = open_repo(g).await?;
     let list: Vec<(Id, Snapshot)> = repo
         .snapshots()?
@@ -444,7 +400,7 @@ async fn snapshots(g: &GlobalArgs, a: SnapshotsArgs) -> Result<i32> {
     Ok(EXIT_OK)
 }
 
-async fn ls(g: &GlobalArgs, a: LsArgs) -> Result<i32> {
+async fn ls(g: &Settings, a: LsArgs) -> Result<i32> {
     let repo = open_repo(g).await?;
     let (spec, sub) = split_snap(&a.snapshot);
     let path = a.path.as_deref().or(sub).unwrap_or("/");
@@ -524,7 +480,7 @@ async fn ls(g: &GlobalArgs, a: LsArgs) -> Result<i32> {
     Ok(EXIT_OK)
 }
 
-async fn dump(g: &GlobalArgs, a: DumpArgs) -> Result<i32> {
+async fn dump(g: &Settings, a: DumpArgs) -> Result<i32> {
     let repo = open_repo(g).await?;
     let (spec, sub) = split_snap(&a.snapshot);
     let path = a
@@ -533,7 +489,7 @@ async fn dump(g: &GlobalArgs, a: DumpArgs) -> Result<i32> {
         .or(sub)
         .ok_or_else(|| anyhow!("dump needs a path: cairn dump SNAP PATH"))?;
     let (_, snap) = repo.find_snapshot(spec, a.host.as_deref(), &a.tags)?;
-    let wait = parse_duration(&g.lease_wait)?;
+    let wait = g.lease_wait;
     repo.with_lease(LeaseMode::Read, "dump", wait, |_| async {
         let node = match read::resolve(&repo, &snap, path).await? {
             Resolved::Node(n) if n.kind == NodeKind::File => n,
@@ -556,7 +512,7 @@ async fn dump(g: &GlobalArgs, a: DumpArgs) -> Result<i32> {
     Ok(EXIT_OK)
 }
 
-async fn restore_cmd(g: &GlobalArgs, a: RestoreArgs) -> Result<i32> {
+async fn restore_cmd(g: &Settings, a: RestoreArgs) -> Result<i32> {
     let repo = open_repo(g).await?;
     let (spec, sub) = split_snap(&a.snapshot);
     let (id, snap) = repo.find_snapshot(spec, a.host.as_deref(), &a.tags)?;
@@ -570,7 +526,7 @@ async fn restore_cmd(g: &GlobalArgs, a: RestoreArgs) -> Result<i32> {
         exclude: a.exclude.clone(),
         verify: a.verify,
         progress: Some(progress.clone()),
-        lease_wait: parse_duration(&g.lease_wait)?,
+        lease_wait: g.lease_wait,
     };
     let bar = ProgressBar::start(progress, g.quiet || g.json, "restore");
     let started = Instant::now();
@@ -615,7 +571,7 @@ async fn restore_cmd(g: &GlobalArgs, a: RestoreArgs) -> Result<i32> {
     }
 }
 
-async fn stats(g: &GlobalArgs, a: StatsArgs) -> Result<i32> {
+async fn stats(g: &Settings, a: StatsArgs) -> Result<i32> {
     let repo = open_repo(g).await?;
     let snaps = if a.snapshots.is_empty() {
         repo.snapshots()?

@@ -9,8 +9,8 @@ use clap::{Args, Subcommand, ValueEnum};
 use cairn::config::{self, ConfigFile};
 
 use super::EXIT_OK;
-use super::args::GlobalArgs;
 use super::commands::print_json;
+use super::settings::Settings;
 
 #[derive(Debug, Args)]
 pub struct ConfigArgs {
@@ -47,7 +47,7 @@ pub struct InitArgs {
     pub output: Option<PathBuf>,
 }
 
-pub async fn run(g: &GlobalArgs, a: ConfigArgs) -> Result<i32> {
+pub async fn run(g: &Settings, a: ConfigArgs) -> Result<i32> {
     match a.command {
         ConfigCommand::Init(a) => init(a),
         ConfigCommand::Check => {
@@ -80,13 +80,12 @@ pub async fn run(g: &GlobalArgs, a: ConfigArgs) -> Result<i32> {
     }
 }
 
-/// The configuration file: `--config` / `CAIRN_CONFIG`, else the usual places.
-pub(super) fn load(g: &GlobalArgs) -> Result<ConfigFile> {
-    let path = config::locate(g.config.as_deref())?.with_context(|| {
+/// The configuration file (found and checked when the settings were resolved).
+pub(super) fn load(g: &Settings) -> Result<&ConfigFile> {
+    g.config.as_ref().with_context(|| {
         "no configuration file: give --config FILE (or CAIRN_CONFIG), or create \
          $XDG_CONFIG_HOME/cairn/cairn.toml or /etc/cairn/cairn.toml (see `cairn config init`)"
-    })?;
-    Ok(ConfigFile::load(&path)?)
+    })
 }
 
 fn init(a: InitArgs) -> Result<i32> {

@@ -14,12 +14,12 @@ use cairn::ops::copy::{self, CopyOptions, CopyReport};
 use cairn::ops::progress::Progress;
 use cairn::repo::Repository;
 
-use super::args::GlobalArgs;
 use super::commands::{
-    backend_at, open_options, open_repo, parse_duration, password_from_file, print_json,
-    prompt_password,
+    backend_of, open_options, open_repo, password_from_file, print_json, prompt_password,
 };
 use super::output::{self, ProgressBar};
+use super::settings::RepoSettings;
+use super::settings::Settings;
 use super::{EXIT_FAILURE, EXIT_OK};
 
 #[derive(Debug, Args)]
@@ -49,7 +49,10 @@ pub struct CopyArgs {
 
 /// The target's password: --to-password-file / CAIRN_TO_PASSWORD_FILE, else
 /// CAIRN_TO_PASSWORD, else a prompt. Never from the command line.
-fn target_password(a: &CopyArgs) -> std::result::Result<Zeroizing<Vec<u8>>, Error> {
+fn target_password(
+    a: &CopyArgs,
+    to: &RepoSettings,
+) -> std::result::Result<Zeroizing<Vec<u8>>, Error> {
     if let Some(f) = &a.to_password_file {
         return password_from_file(f);
     }
@@ -59,6 +62,9 @@ fn target_password(a: &CopyArgs) -> std::result::Result<Zeroizing<Vec<u8>>, Erro
             return Err(Error::InvalidInput("CAIRN_TO_PASSWORD is empty".into()));
         }
         return Ok(Zeroizing::new(p.into_vec()));
+    }
+    if to.name.is_some() {
+        return to.password(false);
     }
     if !std::io::stdin().is_terminal() {
         return Err(Error::InvalidInput(
@@ -70,16 +76,18 @@ fn target_password(a: &CopyArgs) -> std::result::Result<Zeroizing<Vec<u8>>, Erro
     prompt_password("enter the target repository's password: ", false)
 }
 
-pub async fn copy(g: &GlobalArgs, a: CopyArgs) -> Result<i32> {
-    let lease_wait = parse_duration(&g.lease_wait)?;
+pub async fn copy(g: &Settings, a: CopyArgs) -> Result<i32> {
+    let lease_wait = g.lease_wait;
     let source = open_repo(g).await?;
     // Resolve the snapshots first: a mistyped id should not cost a password prompt.
     let snaps = copy::select_snapshots(&source, &a.snapshots, a.host.as_deref(), &a.tags)?;
-    let b = backend_at(g, &a.to)?;
+    // A name from the configuration brings its own password sources; --to-password-file
+    // and CAIRN_TO_PASSWORD come first.
+    let to = g.repository(&a.to)?;
+    let b = backend_of(&to)?;
     let location = b.location();
-    let mut oo = open_options(g);
-    oo.connections = super::commands::connections_for(g, &a.to);
-    let target = Repository::open(b, || target_password(&a), &oo)
+    let oo = open_options(g, &to);
+    let target = Repository::open(b, || target_password(&a, &to), &oo)
         .await
         .with_context(|| format!("opening the target repository {location}"))?;
     let target = Arc::new(target);

@@ -13,8 +13,8 @@ use cairn::ops::forget::{Count, Counters, Duration, Filter, GroupBy, GroupKey, P
 use cairn::ops::forget_run::{self, ForgetOptions, ForgetOutcome, Selection};
 
 use super::EXIT_OK;
-use super::args::GlobalArgs;
-use super::commands::{open_repo, parse_duration, print_json, snapshot_json};
+use super::commands::{open_repo, print_json, snapshot_json};
+use super::settings::Settings;
 
 #[derive(Debug, Args)]
 pub struct ForgetArgs {
@@ -139,7 +139,7 @@ fn clean_path(p: &str) -> String {
     format!("/{}", out.join("/"))
 }
 
-fn options(g: &GlobalArgs, a: &ForgetArgs) -> Result<ForgetOptions> {
+fn options(g: &Settings, a: &ForgetArgs) -> Result<ForgetOptions> {
     let policy = policy(a);
     let selection = if !a.snapshots.is_empty() {
         if !policy.is_empty() || a.unsafe_allow_remove_all {
@@ -162,12 +162,12 @@ fn options(g: &GlobalArgs, a: &ForgetArgs) -> Result<ForgetOptions> {
             paths: a.paths.iter().map(|p| clean_path(p)).collect(),
         },
         dry_run: a.dry_run,
-        lease_wait: parse_duration(&g.lease_wait)?,
+        lease_wait: g.lease_wait,
         tz: TimeZone::system(),
     })
 }
 
-pub async fn forget(g: &GlobalArgs, a: ForgetArgs) -> Result<i32> {
+pub async fn forget(g: &Settings, a: ForgetArgs) -> Result<i32> {
     let opts = options(g, &a)?;
     let prune_opts = if a.prune && !a.dry_run {
         Some(super::maint::prune_options(

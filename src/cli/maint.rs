@@ -6,9 +6,9 @@ use clap::Args;
 use cairn::ops::check::{self, CheckOptions, CheckReport, ReadData};
 use cairn::ops::prune::{PruneOptions, PruneReport};
 
-use super::args::GlobalArgs;
 use super::commands::{open_repo, parse_duration, print_json};
 use super::output::{self, ProgressBar};
+use super::settings::Settings;
 use super::{EXIT_FAILURE, EXIT_OK};
 
 #[derive(Debug, Args)]
@@ -21,7 +21,7 @@ pub struct CheckArgs {
     pub read_data_subset: Option<String>,
 }
 
-pub async fn check(g: &GlobalArgs, a: CheckArgs) -> Result<i32> {
+pub async fn check(g: &Settings, a: CheckArgs) -> Result<i32> {
     let read_data = match (&a.read_data_subset, a.read_data) {
         (Some(s), _) => ReadData::parse_subset(s)?,
         (None, true) => ReadData::All,
@@ -39,7 +39,7 @@ pub async fn check(g: &GlobalArgs, a: CheckArgs) -> Result<i32> {
         &CheckOptions {
             read_data,
             progress: Some(progress),
-            lease_wait: parse_duration(&g.lease_wait)?,
+            lease_wait: g.lease_wait,
         },
     )
     .await;
@@ -134,16 +134,16 @@ fn parse_share(s: &str) -> Result<f64> {
     }
 }
 
-pub fn prune_options(g: &GlobalArgs, a: &PruneArgs) -> Result<PruneOptions> {
+pub fn prune_options(g: &Settings, a: &PruneArgs) -> Result<PruneOptions> {
     Ok(PruneOptions {
         max_unused: parse_share(&a.max_unused)?,
         grace: parse_duration(&a.grace)?,
         dry_run: a.dry_run,
-        lease_wait: parse_duration(&g.lease_wait)?,
+        lease_wait: g.lease_wait,
     })
 }
 
-pub async fn prune(g: &GlobalArgs, a: PruneArgs) -> Result<i32> {
+pub async fn prune(g: &Settings, a: PruneArgs) -> Result<i32> {
     let opts = prune_options(g, &a)?;
     let repo = open_repo(g).await?;
     let r = cairn::ops::prune::prune(&repo, &opts).await?;
@@ -151,7 +151,7 @@ pub async fn prune(g: &GlobalArgs, a: PruneArgs) -> Result<i32> {
     Ok(EXIT_OK)
 }
 
-pub fn print_prune(g: &GlobalArgs, r: &PruneReport) -> Result<()> {
+pub fn print_prune(g: &Settings, r: &PruneReport) -> Result<()> {
     if g.json {
         return print_json(&serde_json::to_value(r)?);
     }
@@ -216,11 +216,11 @@ pub enum RepairWhat {
     },
 }
 
-pub async fn repair(g: &GlobalArgs, a: RepairArgs) -> Result<i32> {
+pub async fn repair(g: &Settings, a: RepairArgs) -> Result<i32> {
     let repo = open_repo(g).await?;
     match a.what {
         RepairWhat::Index => {
-            let r = cairn::ops::repair::repair_index(&repo, parse_duration(&g.lease_wait)?).await?;
+            let r = cairn::ops::repair::repair_index(&repo, g.lease_wait).await?;
             if g.json {
                 print_json(&serde_json::to_value(&r)?)?;
             } else if !g.quiet {
@@ -251,7 +251,7 @@ pub async fn repair(g: &GlobalArgs, a: RepairArgs) -> Result<i32> {
                 },
                 forget,
                 dry_run,
-                lease_wait: parse_duration(&g.lease_wait)?,
+                lease_wait: g.lease_wait,
             };
             let r = cairn::ops::repair::repair_snapshots(&repo, &opts).await?;
             if g.json {

@@ -27,6 +27,7 @@ mod maint;
 mod mysql;
 mod output;
 mod s3args;
+mod settings;
 
 use clap::Parser;
 
@@ -50,7 +51,21 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    init_logging(&cli.global);
+    // `config init` must work whatever the file it replaces says.
+    let read_config = !matches!(
+        &cli.command,
+        args::Command::Config(config::ConfigArgs {
+            command: config::ConfigCommand::Init(_)
+        })
+    );
+    let settings = match settings::Settings::resolve(&cli.global, read_config) {
+        Ok(s) => s,
+        Err(e) => {
+            init_logging(cli.global.quiet, cli.global.verbose);
+            return report(&e);
+        }
+    };
+    init_logging(settings.quiet, settings.verbose);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -63,7 +78,7 @@ pub fn main() -> i32 {
     };
     let shutdown = commands::shutdown().clone();
     let result = rt.block_on(async {
-        let command = commands::run(cli);
+        let command = commands::run(&settings, cli.command);
         tokio::pin!(command);
         tokio::select! {
             r = &mut command => return r,
@@ -94,11 +109,11 @@ pub fn main() -> i32 {
 /// the AWS signer, ...) only from `-vv` on, as they print their internals in Rust's debug
 /// notation and whatever matters reaches the user as an error anyway. `CAIRN_LOG` (an
 /// `EnvFilter` directive) overrides both.
-fn init_logging(g: &args::GlobalArgs) {
-    let directives = if g.quiet {
+fn init_logging(quiet: bool, verbose: u8) {
+    let directives = if quiet {
         "cairn=error".to_string()
     } else {
-        match g.verbose {
+        match verbose {
             0 => "cairn=warn".to_string(),
             1 => "cairn=info".to_string(),
             2 => "cairn=debug,warn".to_string(),

@@ -19,11 +19,9 @@ use cairn::repo::lease::LeaseMode;
 use cairn::source::mysql::Connection;
 
 use super::EXIT_OK;
-use super::args::GlobalArgs;
-use super::commands::{
-    backup_json, open_repo, parse_duration, parse_time, print_json, report_backup,
-};
+use super::commands::{backup_json, open_repo, parse_time, print_json, report_backup};
 use super::output::ProgressBar;
+use super::settings::Settings;
 
 #[derive(Debug, Args)]
 pub struct MysqlArgs {
@@ -147,7 +145,7 @@ pub struct MysqlRestoreArgs {
     pub tags: Vec<String>,
 }
 
-pub async fn run(g: &GlobalArgs, a: MysqlArgs) -> Result<i32> {
+pub async fn run(g: &Settings, a: MysqlArgs) -> Result<i32> {
     match a.command {
         MysqlCommand::Backup(b) => backup(g, b).await,
         MysqlCommand::Restore(r) => restore(g, r).await,
@@ -170,7 +168,7 @@ fn connection(c: &ConnArgs) -> Connection {
     }
 }
 
-async fn backup(g: &GlobalArgs, a: MysqlBackupArgs) -> Result<i32> {
+async fn backup(g: &Settings, a: MysqlBackupArgs) -> Result<i32> {
     if a.databases.is_empty() && !a.all_databases {
         bail!("nothing to back up: give --databases a,b or --all-databases");
     }
@@ -183,7 +181,7 @@ async fn backup(g: &GlobalArgs, a: MysqlBackupArgs) -> Result<i32> {
             dry_run: a.dry_run,
             compression: a.compression.parse::<Compression>()?,
             progress: Some(progress.clone()),
-            lease_wait: parse_duration(&g.lease_wait)?,
+            lease_wait: g.lease_wait,
             ..Default::default()
         },
         conn: connection(&a.conn),
@@ -233,7 +231,7 @@ async fn backup(g: &GlobalArgs, a: MysqlBackupArgs) -> Result<i32> {
     Ok(EXIT_OK)
 }
 
-async fn restore(g: &GlobalArgs, a: MysqlRestoreArgs) -> Result<i32> {
+async fn restore(g: &Settings, a: MysqlRestoreArgs) -> Result<i32> {
     let repo = open_repo(g).await?;
     let (id, snap) = if a.snapshot == "latest" {
         repo.snapshots()?
@@ -266,7 +264,7 @@ async fn restore(g: &GlobalArgs, a: MysqlRestoreArgs) -> Result<i32> {
     };
     let started = Instant::now();
     // Read under a shared lease, so that no prune deletes what the restore is about to read.
-    let wait = parse_duration(&g.lease_wait)?;
+    let wait = g.lease_wait;
     if a.to_stdout {
         repo.with_lease(LeaseMode::Read, "mysql restore", wait, |_| async {
             let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());

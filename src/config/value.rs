@@ -18,11 +18,12 @@ impl std::str::FromStr for Dur {
     }
 }
 
-/// Parse a duration: `90s`, `1h30m`, `7d`, `500ms`; a bare `0` is zero.
+/// Parse a duration: `90s`, `1h30m`, `7d`, `500ms`; a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration> {
     let t = s.trim();
-    if t == "0" {
-        return Ok(std::time::Duration::ZERO);
+    // A bare number is seconds.
+    if let Ok(n) = t.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(n));
     }
     humantime::parse_duration(t).map_err(|e| {
         Error::invalid(format!(
@@ -225,6 +226,7 @@ mod tests {
         assert_eq!(secs("1h30m"), 5400);
         assert_eq!(secs("7d"), 7 * 86400);
         assert_eq!(secs("0"), 0);
+        assert_eq!(secs("30"), 30);
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("").is_err());
         assert_eq!(
