@@ -26,6 +26,7 @@ pub mod crypto;
 pub mod error;
 pub mod format;
 pub mod id;
+pub mod job;
 pub mod ops;
 pub mod repo;
 pub mod source;

@@ -31,6 +31,13 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The configuration file describes what the operations do (a retention policy is
     // `forget`'s); the operations know nothing of the file.
     ("config", &["ops"]),
+    // A job runs operations as its configuration says.
+    (
+        "job",
+        &[
+            "config", "ops", "repo", "backend", "format", "crypto", "source",
+        ],
+    ),
 ];
 
 fn module_of(path: &Path, src: &Path) -> Option<String> {

@@ -112,6 +112,8 @@ pub enum Command {
     Copy(super::copy::CopyArgs),
     /// The configuration file (cairn.toml): write a starting one, check it, show it.
     Config(super::config::ConfigArgs),
+    /// Run a job of the configuration file: hooks, backups, copies, retention, checks.
+    Run(super::run::RunArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

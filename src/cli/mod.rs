@@ -26,6 +26,7 @@ mod forget;
 mod maint;
 mod mysql;
 mod output;
+mod run;
 mod s3args;
 mod settings;
 

@@ -1,0 +1,118 @@
+//! A job's hooks: shell commands (`sh -c`) with the run in their environment, a timeout that
+//! kills the hook and everything it started, and their output in the run's log.
+
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+
+use super::RunReport;
+use crate::error::{Error, Result};
+
+/// The default time a hook may take.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+pub struct Hooks {
+    run_id: String,
+    job: String,
+    timeout: Duration,
+}
+
+impl Hooks {
+    pub fn new(cfg: &crate::config::Hooks, run_id: &str, job: &str) -> Hooks {
+        Hooks {
+            run_id: run_id.to_string(),
+            job: job.to_string(),
+            timeout: cfg.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0),
+        }
+    }
+
+    /// Run `commands` in order; the first that fails (or times out) ends the list.
+    pub async fn run_all(
+        &self,
+        which: &str,
+        commands: &[String],
+        report: &RunReport,
+        stdin: Option<&[u8]>,
+    ) -> Result<()> {
+        for (i, c) in commands.iter().enumerate() {
+            self.run_one(&format!("{which}[{i}]"), c, report, stdin)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn run_one(
+        &self,
+        label: &str,
+        command: &str,
+        report: &RunReport,
+        stdin: Option<&[u8]>,
+    ) -> Result<()> {
+        let outcome = serde_json::to_value(report.outcome)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let snapshots: Vec<String> = report
+            .snapshots
+            .iter()
+            .map(|(s, id)| format!("{s}={id}"))
+            .collect();
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(command)
+            .env("CAIRN_RUN_ID", &self.run_id)
+            .env("CAIRN_JOB", &self.job)
+            .env("CAIRN_OUTCOME", outcome)
+            .env("CAIRN_SNAPSHOTS", snapshots.join(" "))
+            // The repository's password is not a hook's business.
+            .env_remove("CAIRN_PASSWORD")
+            .env_remove("CAIRN_PASSWORD_FILE")
+            .stdin(if stdin.is_some() {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            })
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| Error::Other(format!("hook {label}: could not run sh: {e}")))?;
+        let pid = child.id();
+        if let (Some(data), Some(mut w)) = (stdin, child.stdin.take()) {
+            let data = data.to_vec();
+            tokio::spawn(async move {
+                let _ = w.write_all(&data).await;
+            });
+        }
+        let out = tokio::time::timeout(self.timeout, child.wait_with_output()).await;
+        let out = match out {
+            Ok(r) => r.map_err(|e| Error::Other(format!("hook {label}: {e}")))?,
+            Err(_) => {
+                // Kill the hook's whole process group: `sh -c 'sleep 100'` leaves a child.
+                if let Some(pid) = pid {
+                    // SAFETY: signalling a process group we created.
+                    unsafe { libc::killpg(pid as i32, libc::SIGKILL) };
+                }
+                return Err(Error::Other(format!(
+                    "hook {label} ({command:?}) did not finish within {}s and was killed",
+                    self.timeout.as_secs()
+                )));
+            }
+        };
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            tracing::info!("hook {label}: {line}");
+        }
+        for line in String::from_utf8_lossy(&out.stderr).lines() {
+            tracing::warn!("hook {label}: {line}");
+        }
+        if !out.status.success() {
+            return Err(Error::Other(format!(
+                "hook {label} ({command:?}) failed ({})",
+                out.status
+            )));
+        }
+        Ok(())
+    }
+}

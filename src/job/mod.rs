@@ -1,0 +1,550 @@
+//! `cairn run`: one job of the configuration file (issue 14).
+//!
+//! A run goes through its steps in order, and a step that fails never undoes those that
+//! succeeded: the `before` hooks (a failure ends the run: no snapshot); the job's sources,
+//! **concurrently**, each its own snapshot tagged `job=J`, `source=S` and `run=ID`; the copy
+//! of the job's snapshots to every `copy-to` repository (all the job's snapshots the target
+//! lacks, so a night whose copy failed is caught up the next night); each repository's
+//! retention (per source), prune and the configured check; then the `validate` hooks (the run's
+//! JSON report on stdin; a failure fails the run) and the `after` or `on-error` hooks.
+//!
+//! The outcome is success (every step succeeded), partial (something was stored but a step
+//! failed: exit 3) or failure (nothing was stored, or a hook said no: exit 1).
+
+pub mod hooks;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use serde::Serialize;
+
+use crate::config::{CheckSubset, Config, JobConfig, SourceConfig, value::expand_env};
+use crate::error::{Error, Result};
+use crate::format::Timestamp;
+use crate::id::Id;
+use crate::ops::backup::{self, BackupOptions};
+use crate::ops::check::{CheckOptions, ReadData};
+use crate::ops::copy::{self, CopyOptions};
+use crate::ops::forget::{Filter, GroupBy};
+use crate::ops::forget_run::{self, ForgetOptions, Selection};
+use crate::ops::mysql::{self, MysqlBackupOptions};
+use crate::ops::prune::{self, PruneOptions};
+use crate::repo::Repository;
+use crate::source::exclude::ExcludeOptions;
+use crate::source::mysql::Connection;
+
+/// Opens the configuration's repositories (the binary knows how to find their passwords).
+pub trait Opener: Send + Sync {
+    fn open<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Arc<Repository>>>;
+}
+
+/// Which of the job's sources run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Only {
+    #[default]
+    All,
+    Databases,
+    Files,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub only: Only,
+    /// Back up and report, write nothing (no copy, forget, prune or hooks but `before`...
+    /// none at all: a dry run runs no hook).
+    pub dry_run: bool,
+    /// The snapshots' time (default: now); simulated nights in tests.
+    pub time: Option<Timestamp>,
+    pub lease_wait: Duration,
+    /// Grace of the job's prune (default 1h, as `cairn prune`).
+    pub prune_grace: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Success,
+    Partial,
+    Failure,
+}
+
+/// One step of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    /// `hook before`, `backup uploads`, `copy offsite`, `forget local`, `prune local`,
+    /// `check offsite`, ...
+    pub name: String,
+    pub outcome: Outcome,
+    /// The error and its causes, one line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    pub bytes_read: u64,
+    pub bytes_added: u64,
+    pub seconds: f64,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub run_id: String,
+    pub job: String,
+    pub outcome: Outcome,
+    pub started: Timestamp,
+    pub ended: Timestamp,
+    pub steps: Vec<Step>,
+    /// The new snapshots, by source.
+    pub snapshots: Vec<(String, String)>,
+}
+
+impl RunReport {
+    fn push(&mut self, name: impl Into<String>, started: Instant, r: Result<StepDone>) -> bool {
+        let seconds = started.elapsed().as_secs_f64();
+        let (outcome, error, done) = match r {
+            Ok(d) => (
+                if d.partial.is_some() {
+                    Outcome::Partial
+                } else {
+                    Outcome::Success
+                },
+                d.partial.clone(),
+                d,
+            ),
+            Err(e) => (Outcome::Failure, Some(chain(&e)), StepDone::default()),
+        };
+        let name = name.into();
+        match &error {
+            Some(e) => tracing::warn!("{name}: {e}"),
+            None => tracing::info!("{name}: done in {seconds:.1}s"),
+        }
+        self.steps.push(Step {
+            name,
+            outcome,
+            error,
+            snapshot: done.snapshot.map(|i| i.to_string()),
+            bytes_read: done.bytes_read,
+            bytes_added: done.bytes_added,
+            seconds,
+        });
+        outcome == Outcome::Success
+    }
+}
+
+/// An error and its causes on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[derive(Debug, Default)]
+struct StepDone {
+    snapshot: Option<Id>,
+    bytes_read: u64,
+    bytes_added: u64,
+    /// Done, but not all of it (some files unreadable, some snapshots not copied).
+    partial: Option<String>,
+}
+
+/// A run id: the start time (UTC, to the second) and 4 random hex digits.
+fn run_id(now: Timestamp) -> String {
+    let mut r = [0u8; 2];
+    crate::crypto::fill_random(&mut r);
+    let t = now
+        .to_jiff()
+        .map(|t| t.strftime("%Y%m%dT%H%M%SZ").to_string())
+        .unwrap_or_default();
+    format!("{t}-{}", hex::encode(r))
+}
+
+/// Run job `job_name` of `config`.
+pub async fn run(
+    config: &Config,
+    job_name: &str,
+    opener: &dyn Opener,
+    opts: &RunOptions,
+) -> Result<RunReport> {
+    let job = config.jobs.get(job_name).ok_or_else(|| {
+        Error::invalid(format!(
+            "no job {job_name:?} in the configuration (it has: {})",
+            config.jobs.keys().cloned().collect::<Vec<_>>().join(", ")
+        ))
+    })?;
+    let started = Timestamp::from_jiff(jiff::Timestamp::now());
+    let mut report = RunReport {
+        run_id: run_id(started),
+        job: job_name.to_string(),
+        outcome: Outcome::Success,
+        started,
+        ended: started,
+        steps: Vec::new(),
+        snapshots: Vec::new(),
+    };
+    let hooks = hooks::Hooks::new(&job.hooks, &report.run_id, job_name);
+    let stored = run_steps(config, job, opener, opts, &hooks, &mut report).await;
+    let any_failed = report.steps.iter().any(|s| s.outcome != Outcome::Success);
+    report.outcome = match (any_failed, stored) {
+        (false, _) => Outcome::Success,
+        (true, true) => Outcome::Partial,
+        (true, false) => Outcome::Failure,
+    };
+    if !opts.dry_run {
+        // Validation can fail the run; its hooks see the report so far.
+        if report.outcome != Outcome::Failure && !job.hooks.validate.is_empty() {
+            let t = Instant::now();
+            let json = serde_json::to_vec(&report).unwrap_or_default();
+            let r = hooks
+                .run_all("validate", &job.hooks.validate, &report, Some(&json))
+                .await;
+            if !report.push("hook validate", t, r.map(|_| StepDone::default())) {
+                report.outcome = Outcome::Failure;
+            }
+        }
+        let (which, list) = match report.outcome {
+            Outcome::Success => ("after", &job.hooks.after),
+            _ => ("on-error", &job.hooks.on_error),
+        };
+        if !list.is_empty() {
+            let t = Instant::now();
+            let r = hooks.run_all(which, list, &report, None).await;
+            if !report.push(format!("hook {which}"), t, r.map(|_| StepDone::default()))
+                && report.outcome == Outcome::Success
+            {
+                report.outcome = Outcome::Partial;
+            }
+        }
+    }
+    report.ended = Timestamp::from_jiff(jiff::Timestamp::now());
+    Ok(report)
+}
+
+/// The steps up to the hooks at the end; whether any snapshot was stored.
+async fn run_steps(
+    config: &Config,
+    job: &JobConfig,
+    opener: &dyn Opener,
+    opts: &RunOptions,
+    hooks: &hooks::Hooks,
+    report: &mut RunReport,
+) -> bool {
+    if !opts.dry_run && !job.hooks.before.is_empty() {
+        let t = Instant::now();
+        let r = hooks
+            .run_all("before", &job.hooks.before, report, None)
+            .await;
+        if !report.push("hook before", t, r.map(|_| StepDone::default())) {
+            return false;
+        }
+    }
+    let repo_name = job.repository.get_ref().as_str();
+    let t = Instant::now();
+    let repo = match opener.open(repo_name).await {
+        Ok(r) => r,
+        Err(e) => {
+            report.push(format!("open {repo_name}"), t, Err(e));
+            return false;
+        }
+    };
+    // The sources, at the same time.
+    let sources: Vec<(&str, &SourceConfig)> = job
+        .sources
+        .iter()
+        .map(|s| s.get_ref().as_str())
+        .filter_map(|n| config.sources.get(n).map(|s| (n, s)))
+        .filter(|(_, s)| {
+            matches!(
+                (opts.only, s),
+                (Only::All, _)
+                    | (Only::Databases, SourceConfig::Mysql(_))
+                    | (Only::Files, SourceConfig::Files(_))
+            )
+        })
+        .collect();
+    let job_name = report.job.clone();
+    let run_id = report.run_id.clone();
+    let backups = sources.iter().map(|(name, source)| {
+        let repo = repo.clone();
+        let tags = vec![
+            format!("job={job_name}"),
+            format!("source={name}"),
+            format!("run={run_id}"),
+        ];
+        async move {
+            let t = Instant::now();
+            let r = backup_source(&repo, name, source, tags, opts).await;
+            (*name, t, r)
+        }
+    });
+    let mut stored = false;
+    for (name, t, r) in futures::future::join_all(backups).await {
+        if let Ok(d) = &r
+            && let Some(id) = d.snapshot
+        {
+            stored = true;
+            report.snapshots.push((name.to_string(), id.to_string()));
+        }
+        report.push(format!("backup {name}"), t, r);
+    }
+    if opts.dry_run {
+        return stored;
+    }
+    // Every repository of the job: its own first, then the copies.
+    let mut repos = vec![(repo_name, repo.clone())];
+    for target in &job.copy_to {
+        let target = target.get_ref().as_str();
+        let t = Instant::now();
+        let r = async {
+            let to = opener.open(target).await?;
+            let snaps = copy::select_snapshots(&repo, &[], None, &[format!("job={job_name}")])?;
+            let c = copy::copy_snapshots(
+                &repo,
+                &to,
+                snaps,
+                &CopyOptions {
+                    lease_wait: opts.lease_wait,
+                    ..Default::default()
+                },
+            )
+            .await?;
+            let partial = (!c.failed.is_empty())
+                .then(|| format!("{} snapshots could not be copied", c.failed.len()));
+            Ok((
+                to,
+                StepDone {
+                    snapshot: None,
+                    bytes_read: c.bytes_read,
+                    bytes_added: c.stored_bytes_added,
+                    partial,
+                },
+            ))
+        }
+        .await;
+        match r {
+            Ok((to, done)) => {
+                report.push(format!("copy {target}"), t, Ok(done));
+                repos.push((target, to));
+            }
+            Err(e) => {
+                report.push(format!("copy {target}"), t, Err(e));
+            }
+        }
+    }
+    for (name, r) in &repos {
+        let Some(rc) = config.repositories.get(*name) else {
+            continue;
+        };
+        let mut forgot = false;
+        if job.forget && !rc.is_empty() {
+            let t = Instant::now();
+            let res = forget(r, &job_name, &job.sources, rc.policy(), opts).await;
+            forgot = matches!(res, Ok(n) if n > 0);
+            report.push(
+                format!("forget {name}"),
+                t,
+                res.map(|_| StepDone::default()),
+            );
+        }
+        if job.prune && (forgot || *name == repo_name) {
+            let t = Instant::now();
+            let res = prune::prune(
+                r,
+                &PruneOptions {
+                    grace: opts.prune_grace.unwrap_or(Duration::from_secs(3600)),
+                    lease_wait: opts.lease_wait,
+                    ..Default::default()
+                },
+            )
+            .await;
+            report.push(format!("prune {name}"), t, res.map(|_| StepDone::default()));
+        }
+        if let Some(subset) = &job.check {
+            let subset = CheckSubset::parse(subset.get_ref()).unwrap_or(CheckSubset::Structure);
+            if subset != CheckSubset::None {
+                let t = Instant::now();
+                let res = check(r, subset, opts.lease_wait).await;
+                report.push(format!("check {name}"), t, res);
+            }
+        }
+    }
+    stored
+}
+
+async fn forget(
+    repo: &Arc<Repository>,
+    job: &str,
+    sources: &[toml::Spanned<String>],
+    policy: crate::ops::forget::Policy,
+    opts: &RunOptions,
+) -> Result<usize> {
+    let mut removed = 0;
+    // Per source: each keeps its own nights.
+    for s in sources {
+        let o = ForgetOptions {
+            selection: Selection::Policy {
+                policy: policy.clone(),
+                group_by: GroupBy {
+                    host: true,
+                    paths: false,
+                    tags: false,
+                },
+            },
+            filter: Filter {
+                tags: vec![format!("job={job}"), format!("source={}", s.get_ref())],
+                ..Default::default()
+            },
+            dry_run: false,
+            lease_wait: opts.lease_wait,
+            tz: jiff::tz::TimeZone::system(),
+        };
+        removed += forget_run::run(repo, &o).await?.removed.len();
+    }
+    Ok(removed)
+}
+
+async fn check(repo: &Arc<Repository>, subset: CheckSubset, wait: Duration) -> Result<StepDone> {
+    let read_data = match subset {
+        CheckSubset::None | CheckSubset::Structure => ReadData::None,
+        CheckSubset::All => ReadData::All,
+        CheckSubset::Percent(p) => ReadData::Percent(p),
+        CheckSubset::Part(n, m) => ReadData::Subset { n, m },
+    };
+    let r = crate::ops::check::check(
+        repo,
+        &CheckOptions {
+            read_data,
+            progress: None,
+            lease_wait: wait,
+        },
+    )
+    .await?;
+    if r.ok() {
+        Ok(StepDone::default())
+    } else {
+        Err(Error::Corrupt {
+            object: format!("the repository at {}", repo.backend().location()),
+            reason: format!(
+                "{} errors, {} damaged snapshots (run cairn check for details)",
+                r.errors.len(),
+                r.damaged_snapshots.len()
+            ),
+        })
+    }
+}
+
+async fn backup_source(
+    repo: &Arc<Repository>,
+    name: &str,
+    source: &SourceConfig,
+    tags: Vec<String>,
+    opts: &RunOptions,
+) -> Result<StepDone> {
+    let key = |k: &str| format!("sources.{name}.{k}");
+    match source {
+        SourceConfig::Files(f) => {
+            let mut patterns = f.patterns();
+            for file in &f.exclude_file {
+                let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
+                patterns.extend(
+                    text.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                        .map(String::from),
+                );
+            }
+            let mut all_tags = f.tags.clone();
+            all_tags.extend(tags);
+            let o = BackupOptions {
+                exclude: ExcludeOptions {
+                    patterns,
+                    if_present: f.exclude_if_present.clone(),
+                    caches: f.exclude_caches,
+                },
+                one_file_system: f.one_file_system,
+                with_atime: f.with_atime,
+                tags: all_tags,
+                time: opts.time,
+                dry_run: opts.dry_run,
+                lease_wait: opts.lease_wait,
+                ..Default::default()
+            };
+            let mut paths = Vec::new();
+            for p in &f.paths {
+                paths.push(std::path::PathBuf::from(expand_env(
+                    &p.to_string_lossy(),
+                    &key("paths"),
+                )?));
+            }
+            let out = backup::backup_paths(repo, &paths, &o).await?;
+            let partial = (!out.errors.is_empty())
+                .then(|| format!("{} entries could not be read", out.errors.len()));
+            Ok(StepDone {
+                snapshot: out.snapshot_id,
+                bytes_read: out.snapshot.summary.bytes_read,
+                bytes_added: out.snapshot.summary.stored_bytes_added,
+                partial,
+            })
+        }
+        SourceConfig::Mysql(m) => {
+            let password = match (&m.password, &m.password_file) {
+                (Some(p), _) => Some(p.reveal(&key("password"))?),
+                (None, Some(f)) => {
+                    let text = std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?;
+                    Some(zeroize::Zeroizing::new(
+                        text.lines().next().unwrap_or("").to_string(),
+                    ))
+                }
+                (None, None) => None,
+            };
+            let mut all_tags = m.tags.clone();
+            all_tags.extend(tags);
+            let o = MysqlBackupOptions {
+                backup: BackupOptions {
+                    tags: all_tags,
+                    time: opts.time,
+                    dry_run: opts.dry_run,
+                    lease_wait: opts.lease_wait,
+                    ..Default::default()
+                },
+                conn: Connection {
+                    host: m.host.clone(),
+                    port: m.port,
+                    socket: m.socket.clone(),
+                    user: m.user.clone(),
+                    defaults_file: m.defaults_file.clone(),
+                    password,
+                },
+                databases: m.databases.clone(),
+                all_databases: m.all_databases,
+                exclude_tables: m.exclude_tables.clone(),
+                dump_binary: m.dump_binary.clone(),
+                client_binary: m.client_binary.clone(),
+                grants: m.grants,
+                max_allowed_packet: m.max_allowed_packet.map(|s| s.0),
+                ..Default::default()
+            };
+            let out = mysql::backup(repo, &o).await?;
+            Ok(StepDone {
+                snapshot: out.backup.snapshot_id,
+                bytes_read: out.backup.snapshot.summary.bytes_read,
+                bytes_added: out.backup.snapshot.summary.stored_bytes_added,
+                partial: None,
+            })
+        }
+    }
+}
+
+/// The exit code of an outcome: 0 success, 3 partial, 1 failure.
+pub fn exit_code(o: Outcome) -> i32 {
+    match o {
+        Outcome::Success => 0,
+        Outcome::Partial => 3,
+        Outcome::Failure => 1,
+    }
+}
