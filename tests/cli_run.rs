@@ -19,6 +19,17 @@ struct Job {
 
 impl Job {
     fn new(env: Env, offsite: Option<String>, job_extra: &str) -> Job {
+        Job::with_sources(env, offsite, "", "\"files\"", job_extra)
+    }
+
+    /// With more sources (`sources`, TOML tables) and the job's list of them.
+    fn with_sources(
+        env: Env,
+        offsite: Option<String>,
+        sources: &str,
+        job_sources: &str,
+        job_extra: &str,
+    ) -> Job {
         let src = env.path("app");
         write(&src.join("storage/app/avatar.png"), b"png");
         write(&src.join("node_modules/left/index.js"), b"left out");
@@ -32,7 +43,7 @@ impl Job {
             "[repositories.local]\nurl = \"{local}\"\npassword-file = \"{pw}\"\nkeep-daily = 7\n\n\
              [repositories.offsite]\nurl = \"{offsite}\"\npassword-file = \"{pw}\"\nkeep-daily = 30\n\n\
              [sources.files]\nkind = \"files\"\npaths = [\"{src}\"]\nexclude-presets = [\"laravel\"]\n\n\
-             [jobs.nightly]\nsources = [\"files\"]\nrepository = \"local\"\ncopy-to = [\"offsite\"]\n\
+             {sources}\n[jobs.nightly]\nsources = [{job_sources}]\nrepository = \"local\"\ncopy-to = [\"offsite\"]\n\
              {job_extra}\n",
             local = local.display(),
             pw = pw.display(),
@@ -156,24 +167,51 @@ fn hooks_run_in_their_order_and_can_stop_or_fail_the_run() {
 }
 
 #[test]
-fn a_hung_hook_is_killed_at_its_timeout() {
+fn a_hung_hook_is_killed_at_its_timeout_and_holds_off_a_second_run() {
     let env = Env::new_local();
+    let mark = env.path("hook-started");
     let job = Job::new(
         env,
         None,
-        "hooks.before = [\"sleep 60 & sleep 60\"]\nhooks.timeout = \"1s\"\n",
+        &format!(
+            "hooks.before = [\"touch {}; sleep 60 & sleep 60\"]\nhooks.timeout = \"3s\"\n",
+            mark.display()
+        ),
     );
     let started = Instant::now();
-    let r = job.run(&[]).code(1).json();
+    let first = job
+        .cmd()
+        .args(["--json", "run"])
+        .command()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while !mark.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the hook never ran"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // One run of a job at a time.
+    job.cmd()
+        .arg("run")
+        .run()
+        .code(11)
+        .stderr_has("another run of job nightly is in progress");
+    let out = first.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "the hook was not killed"
     );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let e = step(&r, "hook before")["error"]
         .as_str()
         .unwrap()
         .to_string();
-    assert!(e.contains("did not finish within 1s"), "{e}");
+    assert!(e.contains("did not finish within 3s"), "{e}");
     assert!(job.snapshots("local").is_empty());
 }
 
@@ -195,6 +233,38 @@ fn forty_nights_leave_seven_local_and_thirty_offsite() {
     }
     assert_eq!(job.snapshots("local").len(), 7);
     assert_eq!(job.snapshots("offsite").len(), 30);
+    // The history has every night, newest first, and the log a line per run.
+    let runs = job
+        .cmd()
+        .args(["--json", "runs", "--last", "100"])
+        .run()
+        .ok()
+        .json();
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 40);
+    assert!(
+        runs.iter()
+            .all(|r| r["outcome"] == "success" && r["job"] == "nightly")
+    );
+    assert!(runs[0]["added"][0][0] == "files", "{}", runs[0]);
+    let state = job.env.dir.path().join("state");
+    let log = std::fs::read_to_string(state.join("runs.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 40);
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["runs.jsonl", "history.db"] {
+        let mode = std::fs::metadata(state.join(f))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{f} is readable by others: {mode:o}");
+    }
+    let table = job
+        .cmd()
+        .args(["runs", "--last", "3"])
+        .run()
+        .ok()
+        .stdout_str();
+    assert_eq!(table.lines().count(), 4, "{table}");
     for repo in ["local", "offsite"] {
         job.cmd().args(["-r", repo, "check"]).run().ok();
     }
@@ -248,5 +318,89 @@ fn a_night_without_s3_is_caught_up_the_next() {
     );
     for repo in ["local", "offsite"] {
         env.cmd().args(["-r", repo, "check"]).run().ok();
+    }
+}
+
+/// Files and a database in one run, at the same time; then the database server is gone: the
+/// files snapshot is still made, the run is partial, and the failed step names its cause.
+#[test]
+fn a_dead_database_server_still_gives_the_files_snapshot() {
+    let Some(srv) = common::mysql::server() else {
+        return; // SKIPPED (said by common::mysql)
+    };
+    let db = srv.database("runshop");
+    srv.sql(
+        Some(&db),
+        "CREATE TABLE orders (id INT PRIMARY KEY, item VARCHAR(40)); \
+         INSERT INTO orders VALUES (1, 'tea'), (2, 'cake');",
+    );
+    let env = Env::new_local();
+    let socket = env.path("db-socket");
+    write(&socket, b"");
+    let sources = format!(
+        "[sources.db]\nkind = \"mysql\"\nsocket = \"{}\"\nuser = \"root\"\ndatabases = [\"{db}\"]\n",
+        socket.display()
+    );
+    let job = Job::with_sources(env, None, &sources, "\"files\", \"db\"", "");
+    // The live server first: the socket path is a link to its socket.
+    std::fs::remove_file(&socket).unwrap();
+    std::os::unix::fs::symlink(&srv.socket, &socket).unwrap();
+    let r = job.run(&["--time", "2026-02-01 02:00:00"]).ok().json();
+    assert_eq!(r["outcome"], "success", "{r}");
+    assert_eq!(r["snapshots"].as_array().map(Vec::len), Some(2), "{r}");
+    // Both tiers give the same table back.
+    let table = |repo: &str| {
+        job.cmd()
+            .args(["-r", repo, "mysql", "restore", "latest", "--database", &db])
+            .args(["--table", "orders", "--to-stdout"])
+            .run()
+            .ok()
+            .stdout_str()
+    };
+    let local = table("local");
+    assert!(local.contains("'cake'"), "{local}");
+    assert_eq!(local, table("offsite"));
+
+    // Now nothing answers there.
+    std::fs::remove_file(&socket).unwrap();
+    write(&socket.with_extension("gone"), b"");
+    std::fs::rename(socket.with_extension("gone"), &socket).unwrap();
+    write(&job.src.join("storage/app/new.txt"), b"second night");
+    let out = job.run(&["--time", "2026-02-02 02:00:00"]).code(3);
+    let r = out.json();
+    assert_eq!(r["outcome"], "partial", "{r}");
+    assert_eq!(step(&r, "backup files")["outcome"], "success", "{r}");
+    let failed = step(&r, "backup db");
+    assert_eq!(failed["outcome"], "failure", "{r}");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains(&socket.display().to_string())
+            || failed["error"]
+                .as_str()
+                .unwrap()
+                .to_lowercase()
+                .contains("connect"),
+        "the cause is not named: {failed}"
+    );
+    assert!(out.stderr.contains("backup db"), "{out}");
+    eprintln!("the failed step: {failed}");
+    let files: Vec<_> = job
+        .snapshots("local")
+        .into_iter()
+        .filter(|s| {
+            s["tags"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t == "source=files"))
+        })
+        .collect();
+    assert_eq!(
+        files.len(),
+        2,
+        "no files snapshot on the night the database was down"
+    );
+    for repo in ["local", "offsite"] {
+        job.cmd().args(["-r", repo, "check"]).run().ok();
     }
 }

@@ -40,6 +40,9 @@ pub struct GlobalArgs {
     /// More detail (repeat for more).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Directory for the run history and job locks (default: $XDG_STATE_HOME/cairn).
+    #[arg(long, env = "CAIRN_STATE_DIR", global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Directory for the local catalog (default: $XDG_CACHE_HOME/cairn).
     #[arg(long, env = "CAIRN_CACHE_DIR", global = true)]
     pub cache_dir: Option<PathBuf>,
@@ -114,6 +117,8 @@ pub enum Command {
     Config(super::config::ConfigArgs),
     /// Run a job of the configuration file: hooks, backups, copies, retention, checks.
     Run(super::run::RunArgs),
+    /// The history of `cairn run`: time, job, duration, outcome, bytes added per source.
+    Runs(super::run::RunsArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -44,6 +44,7 @@ pub async fn run(g: &Settings, command: Command) -> Result<i32> {
         Command::Copy(a) => super::copy::copy(g, a).await,
         Command::Config(a) => super::config::run(g, a).await,
         Command::Run(a) => super::run::run(g, a).await,
+        Command::Runs(a) => super::run::runs(g, a),
     }
 }
 

@@ -4,6 +4,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use futures::future::BoxFuture;
 
+use cairn::job::history::{History, JobLock};
 use cairn::job::{self, Only, Opener, Outcome, RunOptions};
 
 use super::commands::{open_repo_at, parse_time, print_json};
@@ -28,6 +29,51 @@ pub struct RunArgs {
     /// How long packs a prune makes obsolete stay condemned before deletion (default 1h).
     #[arg(long)]
     pub prune_grace: Option<String>,
+    /// If another run of the job is in progress, wait up to this long for it (default: exit
+    /// with 11 at once).
+    #[arg(long, value_name = "DURATION")]
+    pub wait: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// Only runs of this job.
+    #[arg(long)]
+    pub job: Option<String>,
+    /// How many runs, newest first.
+    #[arg(long, default_value_t = 20)]
+    pub last: usize,
+}
+
+/// `cairn runs`.
+pub fn runs(g: &Settings, a: RunsArgs) -> Result<i32> {
+    let h = History::open(&g.state_dir)?;
+    let rows = h.runs(a.job.as_deref(), a.last)?;
+    if g.json {
+        print_json(&serde_json::to_value(&rows)?)?;
+        return Ok(super::EXIT_OK);
+    }
+    println!(
+        "{:<25} {:<24} {:<12} {:>8}  {:<8} added",
+        "time", "run", "job", "seconds", "outcome"
+    );
+    for r in &rows {
+        let added: Vec<String> = r
+            .added
+            .iter()
+            .map(|(s, b)| format!("{s} {}", super::output::bytes(*b)))
+            .collect();
+        println!(
+            "{:<25} {:<24} {:<12} {:>8.1}  {:<8} {}",
+            &r.started[..r.started.len().min(25)],
+            r.run_id,
+            r.job,
+            r.seconds,
+            r.outcome,
+            added.join(", ")
+        );
+    }
+    Ok(super::EXIT_OK)
 }
 
 /// Opens the configuration's repositories with their own settings.
@@ -85,7 +131,19 @@ pub async fn run(g: &Settings, a: RunArgs) -> Result<i32> {
             .transpose()
             .context("--prune-grace")?,
     };
+    let wait = match &a.wait {
+        Some(w) => super::commands::parse_duration(w).context("--wait")?,
+        None => std::time::Duration::ZERO,
+    };
+    let _lock = JobLock::acquire(&g.state_dir, &name, wait)?;
     let report = job::run(&file.config, &name, &ConfigOpener(g), &opts).await?;
+    if !a.dry_run {
+        // The run happened: a history that cannot be written is a warning, not a failure.
+        match History::open(&g.state_dir).and_then(|mut h| h.record(&report)) {
+            Ok(()) => {}
+            Err(e) => tracing::warn!("could not record the run in the history: {e}"),
+        }
+    }
     if g.json {
         print_json(&serde_json::to_value(&report)?)?;
     } else if !g.quiet {

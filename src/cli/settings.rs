@@ -23,6 +23,7 @@ pub struct Settings {
     pub verbose: u8,
     pub lease_wait: Duration,
     pub cache_dir: PathBuf,
+    pub state_dir: PathBuf,
     pub cache_size: Option<u64>,
     pub accept_repository_change: bool,
     /// The configuration file, if there is one.
@@ -97,6 +98,11 @@ impl Settings {
                 .clone()
                 .or_else(|| file.and_then(|f| f.cache_dir.clone()))
                 .unwrap_or_else(default_cache_dir),
+            state_dir: g
+                .state_dir
+                .clone()
+                .or_else(|| file.and_then(|f| f.state_dir.clone()))
+                .unwrap_or_else(cairn::job::history::default_state_dir),
             cache_size: g
                 .cache_size
                 .or_else(|| file.and_then(|f| f.cache_size.map(|s| s.0))),

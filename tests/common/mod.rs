@@ -247,6 +247,7 @@ impl Cairn {
             // No configuration file of the machine's: a test that wants one says so.
             .env_remove("CAIRN_CONFIG")
             .env("XDG_CONFIG_HOME", env.dir.path().join("xdg-config"))
+            .env("CAIRN_STATE_DIR", env.dir.path().join("state"))
             .env("CAIRN_PASSWORD", PASSWORD)
             .env("CAIRN_INSECURE_TEST_KDF", "1")
             .env("CAIRN_CACHE_DIR", &env.cache);

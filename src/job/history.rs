@@ -1,0 +1,231 @@
+//! The run history: every run and its steps in a local SQLite database (`history.db` in the
+//! state directory), and each run's report appended as one JSON line to `runs.jsonl` beside
+//! it, for log shippers. Both are created mode 0600 in a 0700 directory; reports hold no
+//! secret (hooks and errors never see one).
+//!
+//! Also the lock that lets one run of a job at a time: `job-NAME.lock`, held with `flock` for
+//! the whole run (the kernel releases it if the process dies).
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, params};
+
+use super::RunReport;
+use crate::error::{Error, Result};
+
+/// The default state directory: `$XDG_STATE_HOME/cairn`, else `~/.local/state/cairn`.
+pub fn default_state_dir() -> PathBuf {
+    std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("/var/lib"))
+        .join("cairn")
+}
+
+pub struct History {
+    dir: PathBuf,
+    db: Connection,
+}
+
+fn sql_err(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
+    move |e| Error::Catalog {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// A run as the history lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunRow {
+    pub run_id: String,
+    pub job: String,
+    pub started: String,
+    pub seconds: f64,
+    pub outcome: String,
+    /// Bytes added, per backup step (`backup NAME`).
+    pub added: Vec<(String, u64)>,
+    pub report: serde_json::Value,
+}
+
+impl History {
+    pub fn open(dir: &Path) -> Result<History> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::io(dir, e))?;
+        let path = dir.join("history.db");
+        if !path.exists() {
+            // Created private before SQLite opens it.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| Error::io(&path, e))?;
+        }
+        let db = Connection::open(&path).map_err(sql_err(&path))?;
+        db.execute_batch(
+            "PRAGMA busy_timeout = 10000;
+             CREATE TABLE IF NOT EXISTS runs (
+                 run_id TEXT PRIMARY KEY, job TEXT NOT NULL, started TEXT NOT NULL,
+                 ended TEXT NOT NULL, seconds REAL NOT NULL, outcome TEXT NOT NULL,
+                 report TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS steps (
+                 run_id TEXT NOT NULL, seq INTEGER NOT NULL, name TEXT NOT NULL,
+                 outcome TEXT NOT NULL, error TEXT, snapshot TEXT, bytes_read INTEGER NOT NULL,
+                 bytes_added INTEGER NOT NULL, seconds REAL NOT NULL,
+                 PRIMARY KEY (run_id, seq));",
+        )
+        .map_err(sql_err(&path))?;
+        Ok(History {
+            dir: dir.to_path_buf(),
+            db,
+        })
+    }
+
+    /// The log file the reports are appended to.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("runs.jsonl")
+    }
+
+    /// Record a finished run.
+    pub fn record(&mut self, r: &RunReport) -> Result<()> {
+        let path = self.dir.join("history.db");
+        let json = serde_json::to_string(r).map_err(|e| Error::Other(e.to_string()))?;
+        let outcome = |o: super::Outcome| {
+            serde_json::to_value(o)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        };
+        let seconds = (r.ended.as_nanos() - r.started.as_nanos()) as f64 / 1e9;
+        let tx = self.db.transaction().map_err(sql_err(&path))?;
+        tx.execute(
+            "INSERT OR REPLACE INTO runs VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                r.run_id,
+                r.job,
+                r.started.to_rfc3339(),
+                r.ended.to_rfc3339(),
+                seconds,
+                outcome(r.outcome),
+                json
+            ],
+        )
+        .map_err(sql_err(&path))?;
+        for (i, s) in r.steps.iter().enumerate() {
+            tx.execute(
+                "INSERT OR REPLACE INTO steps VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    r.run_id,
+                    i as i64,
+                    s.name,
+                    outcome(s.outcome),
+                    s.error,
+                    s.snapshot,
+                    s.bytes_read as i64,
+                    s.bytes_added as i64,
+                    s.seconds
+                ],
+            )
+            .map_err(sql_err(&path))?;
+        }
+        tx.commit().map_err(sql_err(&path))?;
+        let log = self.log_path();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&log)
+            .map_err(|e| Error::io(&log, e))?;
+        writeln!(f, "{json}").map_err(|e| Error::io(&log, e))?;
+        Ok(())
+    }
+
+    /// The last `limit` runs (of `job`, if given), newest first.
+    pub fn runs(&self, job: Option<&str>, limit: usize) -> Result<Vec<RunRow>> {
+        let path = self.dir.join("history.db");
+        let mut st = self
+            .db
+            .prepare(
+                "SELECT run_id, job, started, seconds, outcome, report FROM runs
+                 WHERE ?1 IS NULL OR job = ?1 ORDER BY started DESC, run_id DESC LIMIT ?2",
+            )
+            .map_err(sql_err(&path))?;
+        let rows = st
+            .query_map(params![job, limit as i64], |row| {
+                let report: String = row.get(5)?;
+                Ok(RunRow {
+                    run_id: row.get(0)?,
+                    job: row.get(1)?,
+                    started: row.get(2)?,
+                    seconds: row.get(3)?,
+                    outcome: row.get(4)?,
+                    added: Vec::new(),
+                    report: serde_json::from_str(&report).unwrap_or_default(),
+                })
+            })
+            .map_err(sql_err(&path))?;
+        let mut out = Vec::new();
+        for r in rows {
+            let mut r = r.map_err(sql_err(&path))?;
+            if let Some(steps) = r.report["steps"].as_array() {
+                r.added = steps
+                    .iter()
+                    .filter_map(|s| {
+                        let name = s["name"].as_str()?.strip_prefix("backup ")?;
+                        Some((name.to_string(), s["bytes_added"].as_u64().unwrap_or(0)))
+                    })
+                    .collect();
+            }
+            out.push(r);
+        }
+        Ok(out)
+    }
+}
+
+/// One run of a job at a time: an exclusive `flock` on `job-NAME.lock`, held until dropped.
+pub struct JobLock {
+    _file: std::fs::File,
+}
+
+impl JobLock {
+    /// Take the lock; if another run holds it, wait up to `wait` (checking twice a second).
+    pub fn acquire(dir: &Path, job: &str, wait: std::time::Duration) -> Result<JobLock> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::io(dir, e))?;
+        let path = dir.join(format!("job-{job}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        let started = std::time::Instant::now();
+        loop {
+            match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => return Ok(JobLock { _file: file }),
+                Err(rustix::io::Errno::WOULDBLOCK) if started.elapsed() < wait => {
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => {
+                    return Err(Error::Locked(format!(
+                        "another run of job {job} is in progress (it holds {}); use --wait to \
+                         wait for it",
+                        path.display()
+                    )));
+                }
+                Err(e) => return Err(Error::io(&path, e.into())),
+            }
+        }
+    }
+}
