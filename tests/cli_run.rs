@@ -404,3 +404,114 @@ fn a_dead_database_server_still_gives_the_files_snapshot() {
         job.cmd().args(["-r", repo, "check"]).run().ok();
     }
 }
+
+/// No secret (the repositories' password, the database password) appears in `config show`,
+/// the run's log and history, the dump tool's or the client's argv, or any output of a run
+/// that fails.
+#[test]
+fn secrets_stay_out_of_output_history_and_argv() {
+    let Some(srv) = common::mysql::server() else {
+        return; // SKIPPED (said by common::mysql)
+    };
+    let db = srv.database("secretshop");
+    let user = format!("u{}", std::process::id());
+    let db_password = "Db-Secret-7781";
+    srv.sql(
+        Some(&db),
+        &format!(
+            "CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1); \
+             CREATE USER '{user}'@'localhost' IDENTIFIED BY '{db_password}'; \
+             GRANT ALL ON `{db}`.* TO '{user}'@'localhost'; \
+             GRANT RELOAD, PROCESS, LOCK TABLES, BINLOG MONITOR ON *.* TO '{user}'@'localhost';"
+        ),
+    );
+    let env = Env::new_local();
+    // Tools that record their arguments, then run the real ones.
+    let argv_log = env.path("argv.log");
+    let wrap = |name: &str| {
+        let real = ["/usr/bin", "/usr/sbin", "/usr/local/bin"]
+            .iter()
+            .map(|d| Path::new(d).join(name))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from(name));
+        let w = env.path(&format!("bin/{name}"));
+        write(
+            &w,
+            format!(
+                "#!/bin/sh\necho \"$0 $*\" >> {}\nexec {} \"$@\"\n",
+                argv_log.display(),
+                real.display()
+            )
+            .as_bytes(),
+        );
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&w, std::fs::Permissions::from_mode(0o755)).unwrap();
+        w
+    };
+    let dump = wrap("mariadb-dump");
+    let client = wrap("mariadb");
+    let sources = format!(
+        "[sources.db]\nkind = \"mysql\"\nsocket = \"{}\"\nuser = \"{user}\"\n\
+         password = \"${{SHOP_DB_PASSWORD}}\"\ndatabases = [\"{db}\"]\n\
+         dump-binary = \"{}\"\nclient-binary = \"{}\"\n",
+        srv.socket.display(),
+        dump.display(),
+        client.display()
+    );
+    let job = Job::with_sources(
+        env,
+        None,
+        &sources,
+        "\"files\", \"db\"",
+        "hooks.after = [\"env > /dev/null\"]\n",
+    );
+    let repo_password = "job-repo-password";
+    let run = |extra: &[&str]| {
+        job.cmd()
+            .env("SHOP_DB_PASSWORD", db_password)
+            .args(["--json", "-v", "run"])
+            .args(extra)
+            .run()
+    };
+    let ok = run(&["--time", "2026-04-01 02:00:00"]).ok();
+    assert_eq!(ok.json()["outcome"], "success", "{ok}");
+    // A failing night: the database user's password is wrong.
+    let bad = job
+        .cmd()
+        .env("SHOP_DB_PASSWORD", "Wrong-Secret-0042")
+        .args(["--json", "-v", "run", "--time", "2026-04-02 02:00:00"])
+        .run()
+        .code(3);
+    let shown = job.cmd().args(["config", "show"]).run().ok();
+    let state = job.env.dir.path().join("state");
+    let mut haystacks = vec![
+        ("run output", format!("{}{}", ok.stdout_str(), ok.stderr)),
+        (
+            "failed run output",
+            format!("{}{}", bad.stdout_str(), bad.stderr),
+        ),
+        ("config show", shown.stdout_str()),
+        (
+            "runs.jsonl",
+            std::fs::read_to_string(state.join("runs.jsonl")).unwrap(),
+        ),
+        (
+            "history.db",
+            String::from_utf8_lossy(&std::fs::read(state.join("history.db")).unwrap()).into(),
+        ),
+        ("argv", std::fs::read_to_string(&argv_log).unwrap()),
+    ];
+    haystacks.push((
+        "runs",
+        job.cmd().args(["--json", "runs"]).run().ok().stdout_str(),
+    ));
+    assert!(
+        haystacks[5].1.contains("mariadb-dump"),
+        "the wrapper never ran"
+    );
+    for (what, text) in &haystacks {
+        for secret in [db_password, "Wrong-Secret-0042", repo_password] {
+            assert!(!text.contains(secret), "{secret:?} in {what}:\n{text}");
+        }
+    }
+}
