@@ -222,13 +222,9 @@ async fn init(g: &Settings, a: InitArgs) -> Result<i32> {
 fn exclude_options(a: &BackupArgs) -> Result<ExcludeOptions> {
     let mut patterns = a.exclude.clone();
     for f in &a.exclude_file {
-        let text = std::fs::read_to_string(f)
-            .with_context(|| format!("reading exclude file {}", f.display()))?;
         patterns.extend(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(String::from),
+            cairn::source::exclude::patterns_from_file(f)
+                .with_context(|| format!("reading exclude file {}", f.display()))?,
         );
     }
     Ok(ExcludeOptions {

@@ -106,17 +106,7 @@ fn policy(a: &ForgetArgs) -> Policy {
         within_weekly: d(a.keep_within_weekly),
         within_monthly: d(a.keep_within_monthly),
         within_yearly: d(a.keep_within_yearly),
-        tags: a
-            .keep_tags
-            .iter()
-            .map(|l| {
-                l.split(',')
-                    .map(str::trim)
-                    .filter(|t| !t.is_empty())
-                    .map(String::from)
-                    .collect()
-            })
-            .collect(),
+        tags: cairn::ops::forget::keep_tag_lists(&a.keep_tags),
     }
 }
 

@@ -180,17 +180,7 @@ impl RepositoryConfig {
             within_weekly: self.keep_within_weekly.unwrap_or_default(),
             within_monthly: self.keep_within_monthly.unwrap_or_default(),
             within_yearly: self.keep_within_yearly.unwrap_or_default(),
-            tags: self
-                .keep_tag
-                .iter()
-                .map(|l| {
-                    l.split(',')
-                        .map(str::trim)
-                        .filter(|t| !t.is_empty())
-                        .map(str::to_string)
-                        .collect()
-                })
-                .collect(),
+            tags: crate::ops::forget::keep_tag_lists(&self.keep_tag),
         }
     }
 }

@@ -25,6 +25,15 @@ pub fn default_state_dir() -> PathBuf {
         .join("cairn")
 }
 
+/// Create `dir` (and its parents) mode 0700 if missing.
+fn private_dir(dir: &Path) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io(dir, e))
+}
+
 pub struct History {
     dir: PathBuf,
     db: Connection,
@@ -52,11 +61,7 @@ pub struct RunRow {
 
 impl History {
     pub fn open(dir: &Path) -> Result<History> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| Error::io(dir, e))?;
+        private_dir(dir)?;
         let path = dir.join("history.db");
         if !path.exists() {
             // Created private before SQLite opens it.
@@ -197,11 +202,7 @@ pub struct JobLock {
 impl JobLock {
     /// Take the lock; if another run holds it, wait up to `wait` (checking twice a second).
     pub fn acquire(dir: &Path, job: &str, wait: std::time::Duration) -> Result<JobLock> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| Error::io(dir, e))?;
+        private_dir(dir)?;
         let path = dir.join(format!("job-{job}.lock"));
         let file = std::fs::OpenOptions::new()
             .write(true)

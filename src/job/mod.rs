@@ -451,13 +451,7 @@ async fn backup_source(
         SourceConfig::Files(f) => {
             let mut patterns = f.patterns();
             for file in &f.exclude_file {
-                let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
-                patterns.extend(
-                    text.lines()
-                        .map(str::trim)
-                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                        .map(String::from),
-                );
+                patterns.extend(crate::source::exclude::patterns_from_file(file)?);
             }
             let mut all_tags = f.tags.clone();
             all_tags.extend(tags);

@@ -189,6 +189,21 @@ impl fmt::Display for Duration {
     }
 }
 
+/// `--keep-tag` / `keep-tag` values: each a comma-separated list of tags that must all be
+/// present.
+pub fn keep_tag_lists(values: &[String]) -> Vec<Vec<String>> {
+    values
+        .iter()
+        .map(|l| {
+            l.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .collect()
+}
+
 /// A retention policy. The default keeps nothing by itself: it is empty.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Policy {

@@ -19,6 +19,17 @@ pub struct ExcludeOptions {
     pub caches: bool,
 }
 
+/// The patterns of an exclude file: one per line, blank lines and `#` comments skipped.
+pub fn patterns_from_file(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect())
+}
+
 pub struct Excluder {
     names: GlobSet,
     paths: GlobSet,
