@@ -291,3 +291,128 @@ fn repositories_by_name_take_their_settings_from_the_file() {
         .code(1)
         .stderr_has("password-command \"exit 3\" failed");
 }
+
+/// `--source NAME`: the source's snapshots, from the repository of the job that backs it up
+/// (unless -r names another); unknown names are errors that list the file's sources.
+#[test]
+fn sources_by_name_find_their_job_repository_and_snapshots() {
+    let env = Env::new_local();
+    let (one, two) = (env.path("repo-one"), env.path("repo-two"));
+    let pw = env.path("pw");
+    write(&pw, b"source-test-password\n");
+    let (uploads, docs) = (env.path("uploads"), env.path("docs"));
+    write(&uploads.join("a.png"), b"png");
+    write(&docs.join("manual.txt"), b"read me\n");
+    let file = env.path("cairn.toml");
+    write(
+        &file,
+        format!(
+            "[settings]\nrepository = \"one\"\n\n\
+             [repositories.one]\nurl = \"{one}\"\npassword-file = \"{pw}\"\n\n\
+             [repositories.two]\nurl = \"{two}\"\npassword-file = \"{pw}\"\n\n\
+             [sources.uploads]\nkind = \"files\"\npaths = [\"{uploads}\"]\n\n\
+             [sources.docs]\nkind = \"files\"\npaths = [\"{docs}\"]\n\n\
+             [sources.db]\nkind = \"mysql\"\ndatabases = [\"shop\"]\n\n\
+             [jobs.web]\nsources = [\"uploads\"]\nrepository = \"one\"\n\n\
+             [jobs.papers]\nsources = [\"docs\"]\nrepository = \"two\"\n",
+            one = one.display(),
+            two = two.display(),
+            pw = pw.display(),
+            uploads = uploads.display(),
+            docs = docs.display(),
+        )
+        .as_bytes(),
+    );
+    let cmd = || {
+        Cairn::bare(&env)
+            .env_remove("CAIRN_PASSWORD")
+            .arg("--config")
+            .arg(&file)
+    };
+    for r in ["one", "two"] {
+        cmd().args(["-r", r, "init"]).run().ok();
+    }
+    cmd().args(["run", "web"]).run().ok();
+    cmd().args(["run", "papers"]).run().ok();
+    // A plain backup of docs into the default repository is not the source's snapshot.
+    cmd().arg("backup").arg(&docs).run().ok();
+    let count = |args: &[&str]| {
+        let out = cmd().arg("--json").args(args).run().ok().json();
+        out.as_array().map(Vec::len).unwrap_or(0)
+    };
+    assert_eq!(count(&["snapshots"]), 2, "the default repository");
+    assert_eq!(count(&["snapshots", "--source", "uploads"]), 1);
+    // docs is job papers', in repository two, not the default.
+    assert_eq!(count(&["snapshots", "--source", "docs"]), 1);
+    assert_eq!(count(&["-r", "one", "snapshots", "--source", "docs"]), 0);
+    let target = env.path("restored");
+    cmd()
+        .args(["restore", "--source", "docs", "latest", "--target"])
+        .arg(&target)
+        .run()
+        .ok();
+    let restored = target
+        .join(docs.strip_prefix("/").unwrap())
+        .join("manual.txt");
+    assert_eq!(std::fs::read(&restored).unwrap(), b"read me\n");
+    // -r beats the job's repository: one has no snapshot of source docs.
+    cmd()
+        .args([
+            "-r", "one", "restore", "--source", "docs", "latest", "--target",
+        ])
+        .arg(env.path("nothing"))
+        .run()
+        .code(1);
+    cmd()
+        .args(["snapshots", "--source", "nope"])
+        .run()
+        .code(1)
+        .stderr_has("no source \"nope\"")
+        .stderr_has("it has: db, docs, uploads")
+        .stderr_has(&file.display().to_string());
+    cmd()
+        .args([
+            "mysql",
+            "restore",
+            "--source",
+            "uploads",
+            "latest",
+            "--database",
+            "x",
+        ])
+        .args(["--to-stdout"])
+        .run()
+        .code(1)
+        .stderr_has("not a MySQL source");
+    cmd()
+        .args([
+            "mysql",
+            "restore",
+            "--source",
+            "db",
+            "latest",
+            "--database",
+            "shop",
+        ])
+        .args(["--to-stdout"])
+        .run()
+        .code(1)
+        .stderr_has("no MySQL snapshot of source db");
+    let checked = cmd()
+        .args(["--json", "check", "--repository", "two"])
+        .run()
+        .ok()
+        .json();
+    // Two holds one snapshot (one holds two).
+    assert_eq!(checked["stats"]["snapshots"], 1, "{checked}");
+    cmd()
+        .args(["check", "--repository", "three"])
+        .run()
+        .code(10);
+    // Without a configuration file.
+    env.cmd()
+        .args(["snapshots", "--source", "docs"])
+        .run()
+        .code(1)
+        .stderr_has("there is no configuration file");
+}

@@ -119,6 +119,8 @@ pub enum Command {
     Run(super::run::RunArgs),
     /// The history of `cairn run`: time, job, duration, outcome, bytes added per source.
     Runs(super::run::RunsArgs),
+    /// The log of a run of `cairn run` (default: the latest), or --follow one in progress.
+    Logs(super::run::LogsArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -194,6 +196,10 @@ pub struct BackupArgs {
 
 #[derive(Debug, Args)]
 pub struct SnapshotsArgs {
+    /// Only snapshots of this source of the configuration file (from its job's repository
+    /// unless -r says another).
+    #[arg(long, value_name = "NAME")]
+    pub source: Option<String>,
     /// Only snapshots of this host.
     #[arg(long)]
     pub host: Option<String>,
@@ -245,6 +251,10 @@ pub struct RestoreArgs {
     /// Re-read every restored file and compare it with the snapshot.
     #[arg(long)]
     pub verify: bool,
+    /// A source of the configuration file: "latest" is its latest snapshot, in its job's
+    /// repository unless -r says another.
+    #[arg(long, value_name = "NAME")]
+    pub source: Option<String>,
     #[arg(long)]
     pub host: Option<String>,
     #[arg(long = "tag")]
@@ -255,6 +265,16 @@ pub struct RestoreArgs {
 pub struct StatsArgs {
     /// Snapshots to measure (default: all).
     pub snapshots: Vec<String>,
+    /// Per run of `cairn run` (from the run history, no repository needed): the night's
+    /// logical size, what it added, and each repository's size and dedup ratio after it.
+    #[arg(long, conflicts_with = "snapshots")]
+    pub history: bool,
+    /// With --history: only runs of this job.
+    #[arg(long, requires = "history")]
+    pub job: Option<String>,
+    /// With --history: how many runs, newest last.
+    #[arg(long, requires = "history", default_value_t = 30)]
+    pub last: usize,
 }
 
 #[cfg(test)]

@@ -45,6 +45,7 @@ pub async fn run(g: &Settings, command: Command) -> Result<i32> {
         Command::Config(a) => super::config::run(g, a).await,
         Command::Run(a) => super::run::run(g, a).await,
         Command::Runs(a) => super::run::runs(g, a),
+        Command::Logs(a) => super::run::logs(g, a).await,
     }
 }
 
@@ -137,6 +138,26 @@ fn kdf_params() -> KdfParams {
 /// Open the repository of `-r`.
 pub(super) async fn open_repo(g: &Settings) -> Result<Arc<Repository>> {
     open_repo_at(g, g.repo()?).await
+}
+
+/// Open the repository of a command that may name a source of the configuration
+/// (`--source NAME`): `-r` if given, else the repository of the job that backs it up. Also the
+/// tag filter that picks the source's snapshots (`tags` and `source=NAME`).
+pub(super) async fn open_repo_for_source(
+    g: &Settings,
+    source: Option<&str>,
+    tags: &[String],
+) -> Result<(Arc<Repository>, Vec<String>)> {
+    let mut tags = tags.to_vec();
+    let Some(name) = source else {
+        return Ok((open_repo(g).await?, tags));
+    };
+    let repo = match g.source_repository(name)? {
+        Some(r) => open_repo_at(g, &r).await?,
+        None => open_repo(g).await?,
+    };
+    tags.push(format!("source={name}"));
+    Ok((repo, tags))
 }
 
 /// Open the repository `r`.
@@ -354,12 +375,12 @@ pub(super) fn snapshot_json(id: &Id, s: &Snapshot) -> serde_json::Value {
 }
 
 async fn snapshots(g: &Settings, a: SnapshotsArgs) -> Result<i32> {
-    let repo = open_repo(g).await?;
+    let (repo, tags) = open_repo_for_source(g, a.source.as_deref(), &a.tags).await?;
     let list: Vec<(Id, Snapshot)> = repo
         .snapshots()?
         .into_iter()
         .filter(|(_, s)| a.host.as_ref().is_none_or(|h| &s.host == h))
-        .filter(|(_, s)| a.tags.iter().all(|t| s.tags.contains(t)))
+        .filter(|(_, s)| tags.iter().all(|t| s.tags.contains(t)))
         .collect();
     if g.json {
         return print_json(&serde_json::Value::Array(
@@ -511,9 +532,9 @@ async fn dump(g: &Settings, a: DumpArgs) -> Result<i32> {
 }
 
 async fn restore_cmd(g: &Settings, a: RestoreArgs) -> Result<i32> {
-    let repo = open_repo(g).await?;
+    let (repo, tags) = open_repo_for_source(g, a.source.as_deref(), &a.tags).await?;
     let (spec, sub) = split_snap(&a.snapshot);
-    let (id, snap) = repo.find_snapshot(spec, a.host.as_deref(), &a.tags)?;
+    let (id, snap) = repo.find_snapshot(spec, a.host.as_deref(), &tags)?;
     let progress = Arc::new(Progress::default());
     progress.total_bytes.store(
         snap.summary.total_bytes,
@@ -570,6 +591,9 @@ async fn restore_cmd(g: &Settings, a: RestoreArgs) -> Result<i32> {
 }
 
 async fn stats(g: &Settings, a: StatsArgs) -> Result<i32> {
+    if a.history {
+        return super::run::stats_history(g, a.job.as_deref(), a.last);
+    }
     let repo = open_repo(g).await?;
     let snaps = if a.snapshots.is_empty() {
         repo.snapshots()?

@@ -19,6 +19,9 @@ pub struct CheckArgs {
     /// Read a part: N/M (the N-th of M groups) or P% (the packs verified longest ago first).
     #[arg(long, value_name = "N/M|P%")]
     pub read_data_subset: Option<String>,
+    /// The repository, by its name in the configuration file (or a location), as -r.
+    #[arg(long, value_name = "NAME")]
+    pub repository: Option<String>,
 }
 
 pub async fn check(g: &Settings, a: CheckArgs) -> Result<i32> {
@@ -27,7 +30,10 @@ pub async fn check(g: &Settings, a: CheckArgs) -> Result<i32> {
         (None, true) => ReadData::All,
         (None, false) => ReadData::None,
     };
-    let repo = open_repo(g).await?;
+    let repo = match &a.repository {
+        Some(name) => super::commands::open_repo_at(g, &g.selected_repository(name)?).await?,
+        None => open_repo(g).await?,
+    };
     let progress = std::sync::Arc::new(cairn::ops::progress::Progress::default());
     let bar = ProgressBar::start(
         progress.clone(),

@@ -19,7 +19,9 @@ use cairn::repo::lease::LeaseMode;
 use cairn::source::mysql::Connection;
 
 use super::EXIT_OK;
-use super::commands::{backup_json, open_repo, parse_time, print_json, report_backup};
+use super::commands::{
+    backup_json, open_repo, open_repo_for_source, parse_time, print_json, report_backup,
+};
 use super::output::ProgressBar;
 use super::settings::Settings;
 
@@ -115,6 +117,11 @@ pub struct MysqlBackupArgs {
 pub struct MysqlRestoreArgs {
     /// Snapshot: id prefix or "latest" (the latest MySQL snapshot).
     pub snapshot: String,
+    /// A MySQL source of the configuration file: "latest" is its latest snapshot (in its
+    /// job's repository unless -r says another), and its connection settings are used
+    /// unless connection flags are given.
+    #[arg(long, value_name = "NAME")]
+    pub source: Option<String>,
     /// The database in the snapshot.
     #[arg(long, required_unless_present = "grants")]
     pub database: Option<String>,
@@ -232,18 +239,29 @@ async fn backup(g: &Settings, a: MysqlBackupArgs) -> Result<i32> {
 }
 
 async fn restore(g: &Settings, a: MysqlRestoreArgs) -> Result<i32> {
-    let repo = open_repo(g).await?;
+    // The source's connection, unless the command line gives one.
+    let source = match &a.source {
+        Some(name) => match g.source(name)? {
+            cairn::config::SourceConfig::Mysql(m) => Some((name.as_str(), m)),
+            _ => bail!("source {name} is not a MySQL source (kind = \"mysql\")"),
+        },
+        None => None,
+    };
+    let (repo, tags) = open_repo_for_source(g, a.source.as_deref(), &a.tags).await?;
     let (id, snap) = if a.snapshot == "latest" {
         repo.snapshots()?
             .into_iter()
             .rfind(|(_, s)| {
                 s.source == mysql::SOURCE
                     && a.snapshot_host.as_ref().is_none_or(|h| &s.host == h)
-                    && a.tags.iter().all(|t| s.tags.contains(t))
+                    && tags.iter().all(|t| s.tags.contains(t))
             })
-            .context("no MySQL snapshot in the repository")?
+            .with_context(|| match &a.source {
+                Some(n) => format!("no MySQL snapshot of source {n} in the repository"),
+                None => "no MySQL snapshot in the repository".to_string(),
+            })?
     } else {
-        repo.find_snapshot(&a.snapshot, a.snapshot_host.as_deref(), &a.tags)?
+        repo.find_snapshot(&a.snapshot, a.snapshot_host.as_deref(), &tags)?
     };
     if snap.source != mysql::SOURCE {
         bail!(
@@ -252,15 +270,36 @@ async fn restore(g: &Settings, a: MysqlRestoreArgs) -> Result<i32> {
             snap.source
         );
     }
+    let c = &a.conn;
+    let flags_given = c.db_host.is_some()
+        || c.port.is_some()
+        || c.socket.is_some()
+        || c.user.is_some()
+        || c.defaults_file.is_some();
+    let (conn, client_binary, packet) = match source {
+        Some((name, m)) if !flags_given => {
+            let mut conn = cairn::job::mysql_connection(name, m)?;
+            if let Some(p) = connection(c).password {
+                conn.password = Some(p);
+            }
+            (
+                conn,
+                c.client_binary.clone().or_else(|| m.client_binary.clone()),
+                c.max_allowed_packet
+                    .or_else(|| m.max_allowed_packet.map(|s| s.0)),
+            )
+        }
+        _ => (connection(c), c.client_binary.clone(), c.max_allowed_packet),
+    };
     let opts = MysqlRestoreOptions {
-        conn: connection(&a.conn),
-        client_binary: a.conn.client_binary.clone(),
+        conn,
+        client_binary,
         database: a.database.clone(),
         tables: a.tables.clone(),
         into: a.into.clone(),
         force: a.force,
         grants: a.grants,
-        max_allowed_packet: a.conn.max_allowed_packet,
+        max_allowed_packet: packet,
     };
     let started = Instant::now();
     // Read under a shared lease, so that no prune deletes what the restore is about to read.

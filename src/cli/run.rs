@@ -5,6 +5,7 @@ use clap::Args;
 use futures::future::BoxFuture;
 
 use cairn::job::history::{History, JobLock};
+use cairn::job::log;
 use cairn::job::{self, Only, Opener, Outcome, RunOptions};
 
 use super::commands::{open_repo_at, parse_time, print_json};
@@ -76,6 +77,199 @@ pub fn runs(g: &Settings, a: RunsArgs) -> Result<i32> {
     Ok(super::EXIT_OK)
 }
 
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The run: its id (or a unique prefix), or "latest" (the default).
+    pub run: Option<String>,
+    /// Keep printing what the run writes until it ends.
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+/// `cairn logs`.
+pub async fn logs(g: &Settings, a: LogsArgs) -> Result<i32> {
+    let ids = log::list(&g.state_dir)?;
+    let want = a.run.as_deref().unwrap_or("latest");
+    let id = if want == "latest" {
+        log::latest(&g.state_dir)?.with_context(|| {
+            format!(
+                "no run has written a log in {} yet",
+                log::logs_dir(&g.state_dir).display()
+            )
+        })?
+    } else {
+        let found: Vec<&String> = ids.iter().filter(|i| i.starts_with(want)).collect();
+        match found.as_slice() {
+            [one] => (*one).clone(),
+            [] => bail!(
+                "no log of run {want:?} in {} (cairn runs lists the runs; the {} newest logs \
+                 are kept)",
+                log::logs_dir(&g.state_dir).display(),
+                log::KEEP_LOGS
+            ),
+            many => bail!(
+                "{want:?} names {} runs ({}...): give more of the id",
+                many.len(),
+                many[0]
+            ),
+        }
+    };
+    let path = log::log_path(&g.state_dir, &id);
+    let mut offset = 0u64;
+    let mut text = String::new();
+    let mut out = std::io::stdout().lock();
+    let mut idle = 0u32;
+    loop {
+        let data = read_from(&path, offset)?;
+        offset += data.len() as u64;
+        if !data.is_empty() {
+            idle = 0;
+            std::io::Write::write_all(&mut out, &data)?;
+            std::io::Write::flush(&mut out)?;
+            text.push_str(&String::from_utf8_lossy(&data));
+        }
+        if !a.follow || text.lines().any(|l| log::is_end_line(l, &id)) {
+            return Ok(super::EXIT_OK);
+        }
+        // Still running? Its writer's process says (checked when nothing came for 2 s).
+        idle += 1;
+        if idle >= 8 {
+            idle = 0;
+            let pid = text.lines().next().and_then(log::writer_pid);
+            if !pid.is_some_and(log::alive) {
+                ewriteln!("cairn: run {id} ended without finishing its log (was it killed?)");
+                return Ok(super::EXIT_FAILURE);
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+/// The bytes of `path` from `offset` on.
+fn read_from(path: &std::path::Path, offset: u64) -> Result<Vec<u8>> {
+    use std::io::{Read, Seek};
+    let mut f = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+    f.seek(std::io::SeekFrom::Start(offset))?;
+    let mut data = Vec::new();
+    f.read_to_end(&mut data)
+        .with_context(|| format!("{}", path.display()))?;
+    Ok(data)
+}
+
+/// A night as `stats --history` shows it.
+#[derive(Debug, serde::Serialize)]
+struct Night {
+    run_id: String,
+    job: String,
+    started: String,
+    outcome: String,
+    /// The sizes of the run's snapshots, summed.
+    logical_bytes: u64,
+    /// What the run's backups added to the job's repository.
+    added_bytes: u64,
+    repositories: Vec<NightRepository>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct NightRepository {
+    name: String,
+    snapshots: u64,
+    stored_bytes: u64,
+    /// The sizes of all its snapshots over the size of its packs: what deduplication and
+    /// compression save together.
+    dedup_ratio: f64,
+}
+
+/// `cairn stats --history`.
+pub fn stats_history(g: &Settings, job: Option<&str>, last: usize) -> Result<i32> {
+    let h = History::open(&g.state_dir)?;
+    let mut rows = h.runs(job, last)?;
+    rows.reverse();
+    let nights: Vec<Night> = rows
+        .iter()
+        .map(|r| {
+            let steps = r.report["steps"].as_array().cloned().unwrap_or_default();
+            let backups = steps
+                .iter()
+                .filter(|s| s["name"].as_str().is_some_and(|n| n.starts_with("backup ")));
+            let (mut logical, mut added) = (0, 0);
+            for s in backups {
+                logical += s["logical_bytes"].as_u64().unwrap_or(0);
+                added += s["bytes_added"].as_u64().unwrap_or(0);
+            }
+            let repositories = r.report["repositories"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|x| {
+                    let stored = x["stored_bytes"].as_u64().unwrap_or(0);
+                    let logical = x["logical_bytes"].as_u64().unwrap_or(0);
+                    NightRepository {
+                        name: x["name"].as_str().unwrap_or("?").to_string(),
+                        snapshots: x["snapshots"].as_u64().unwrap_or(0),
+                        stored_bytes: stored,
+                        dedup_ratio: if stored > 0 {
+                            logical as f64 / stored as f64
+                        } else {
+                            0.0
+                        },
+                    }
+                })
+                .collect();
+            Night {
+                run_id: r.run_id.clone(),
+                job: r.job.clone(),
+                started: r.started.clone(),
+                outcome: r.outcome.clone(),
+                logical_bytes: logical,
+                added_bytes: added,
+                repositories,
+            }
+        })
+        .collect();
+    if g.json {
+        print_json(&serde_json::to_value(&nights)?)?;
+        return Ok(super::EXIT_OK);
+    }
+    if nights.is_empty() {
+        println!(
+            "no run in the history ({}) yet",
+            g.state_dir.join("history.db").display()
+        );
+        return Ok(super::EXIT_OK);
+    }
+    println!(
+        "{:<20} {:<12} {:<8} {:>12} {:>12}  repositories (size, snapshots, dedup ratio)",
+        "time", "job", "outcome", "logical", "added"
+    );
+    for n in &nights {
+        let repos: Vec<String> = n
+            .repositories
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} {} {:.1}x",
+                    r.name,
+                    super::output::bytes(r.stored_bytes),
+                    r.snapshots,
+                    r.dedup_ratio
+                )
+            })
+            .collect();
+        println!(
+            "{:<20} {:<12} {:<8} {:>12} {:>12}  {}",
+            &n.started[..n.started.len().min(19)],
+            n.job,
+            n.outcome,
+            super::output::bytes(n.logical_bytes),
+            super::output::bytes(n.added_bytes),
+            repos.join(", ")
+        );
+    }
+    Ok(super::EXIT_OK)
+}
+
 /// Opens the configuration's repositories with their own settings.
 struct ConfigOpener<'a>(&'a Settings);
 
@@ -130,6 +324,7 @@ pub async fn run(g: &Settings, a: RunArgs) -> Result<i32> {
             .map(super::commands::parse_duration)
             .transpose()
             .context("--prune-grace")?,
+        state_dir: Some(g.state_dir.clone()),
     };
     let wait = match &a.wait {
         Some(w) => super::commands::parse_duration(w).context("--wait")?,
@@ -168,6 +363,12 @@ pub async fn run(g: &Settings, a: RunArgs) -> Result<i32> {
                 what.to_lowercase()
             );
         }
+    }
+    if let Some(p) = report.log().path()
+        && !g.quiet
+        && !g.json
+    {
+        println!("  log: {} (cairn logs {})", p.display(), report.run_id);
     }
     if report.outcome != Outcome::Success {
         for s in report

@@ -30,6 +30,10 @@ pub struct Settings {
     pub config: Option<ConfigFile>,
     /// The repository of `-r` / `CAIRN_REPO` / `[settings] repository`, if any.
     pub repo: Option<RepoSettings>,
+    /// Whether `-r` / `CAIRN_REPO` chose it (not the file's default).
+    repo_given: bool,
+    /// `CAIRN_PASSWORD`, `--password-file`.
+    flag_passwords: Vec<PasswordSource>,
     flags: RepoFlags,
 }
 
@@ -52,6 +56,7 @@ pub struct RepoSettings {
     password: Vec<PasswordSource>,
 }
 
+#[derive(Clone)]
 enum PasswordSource {
     /// `CAIRN_PASSWORD`, read when the settings were resolved.
     Given(Zeroizing<Vec<u8>>),
@@ -116,6 +121,8 @@ impl Settings {
             },
             config,
             repo: None,
+            repo_given: g.repo.as_ref().is_some_and(|r| !r.is_empty()),
+            flag_passwords: Vec::new(),
         };
         let spec = g.repo.clone().filter(|r| !r.is_empty()).or_else(|| {
             s.config
@@ -123,26 +130,33 @@ impl Settings {
                 .and_then(|c| c.config.settings.repository.as_ref())
                 .map(|r| r.get_ref().clone())
         });
+        if let Some(p) = std::env::var_os("CAIRN_PASSWORD") {
+            use std::os::unix::ffi::OsStringExt;
+            s.flag_passwords
+                .push(PasswordSource::Given(Zeroizing::new(p.into_vec())));
+        }
+        if let Some(f) = &g.password_file {
+            s.flag_passwords.push(PasswordSource::File(f.clone()));
+        }
         if let Some(spec) = spec {
-            let mut repo = s.repository(&spec)?;
-            // The flag and the environment come before what the file says.
-            let mut first = Vec::new();
-            if let Some(p) = std::env::var_os("CAIRN_PASSWORD") {
-                use std::os::unix::ffi::OsStringExt;
-                first.push(PasswordSource::Given(Zeroizing::new(p.into_vec())));
-            }
-            if let Some(f) = &g.password_file {
-                first.push(PasswordSource::File(f.clone()));
-            }
-            first.append(&mut repo.password);
-            repo.password = first;
-            s.repo = Some(repo);
+            s.repo = Some(s.selected_repository(&spec)?);
         }
         Ok(s)
     }
 
-    /// The repository `spec` names: a repository of the configuration file, or a location
-    /// (a directory or `s3://...`).
+    /// The repository `spec` names as the one a command works on (`-r`, `check
+    /// --repository`): `CAIRN_PASSWORD` and `--password-file` come before what the file says.
+    pub fn selected_repository(&self, spec: &str) -> Result<RepoSettings> {
+        let mut repo = self.repository(spec)?;
+        let mut first = self.flag_passwords.clone();
+        first.append(&mut repo.password);
+        repo.password = first;
+        Ok(repo)
+    }
+
+    /// Another repository `spec` names (a job's, a copy's target), with only its own
+    /// password sources: a repository of the configuration file, or a location (a directory
+    /// or `s3://...`).
     pub fn repository(&self, spec: &str) -> Result<RepoSettings> {
         let named = self
             .config
@@ -292,6 +306,49 @@ impl Settings {
     }
 
     /// The repository of `-r`, or an error saying how to give one.
+    /// The configuration's source `name`, or an error naming the file and its sources.
+    pub fn source(&self, name: &str) -> Result<&config::SourceConfig> {
+        let Some(c) = &self.config else {
+            return Err(anyhow!(
+                "--source {name}: there is no configuration file (see cairn config init)"
+            ));
+        };
+        c.config.sources.get(name).ok_or_else(|| {
+            anyhow!(
+                "no source {name:?} in {} (it has: {})",
+                c.path.display(),
+                c.config
+                    .sources
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+    }
+
+    /// For a command about the configuration's source `name`: the repository of the job that
+    /// backs it up, unless `-r` chose one (then `None`: use [`Settings::repo`]).
+    pub fn source_repository(&self, name: &str) -> Result<Option<RepoSettings>> {
+        self.source(name)?;
+        if self.repo_given {
+            return Ok(None);
+        }
+        let job_repo = self
+            .config
+            .as_ref()
+            .and_then(|c| c.config.repository_of_source(name));
+        match job_repo {
+            Some(r) => {
+                // Its own password sources, then CAIRN_PASSWORD / --password-file.
+                let mut repo = self.repository(r)?;
+                repo.password.extend(self.flag_passwords.iter().cloned());
+                Ok(Some(repo))
+            }
+            None => Ok(None),
+        }
+    }
+
     pub fn repo(&self) -> Result<&RepoSettings> {
         self.repo.as_ref().ok_or_else(|| {
             anyhow!(

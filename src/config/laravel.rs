@@ -93,13 +93,16 @@ pub fn init(app: &Path) -> Result<String> {
          url = {local}\n\
          password-file = \"/etc/cairn/{name}.password\"\n\
          keep-daily = 7\n\n\
-         # The offsite copy on S3, kept 30 days. Credentials come from the environment.\n\
+         # The offsite copy on S3, kept 30 days. Its credentials: AWS_ACCESS_KEY_ID and\n\
+         # AWS_SECRET_ACCESS_KEY in cairn's environment, or the two lines below (the secret\n\
+         # as a ${{VAR}} reference; a literal one needs this file to be mode 0600).\n\
          [repositories.offsite]\n\
          url = \"s3://CHANGE-ME-bucket/cairn/{name}\"\n\
          password-file = \"/etc/cairn/{name}.password\"\n\
-         s3.access-key-id = \"${{AWS_ACCESS_KEY_ID}}\"\n\
-         s3.secret-access-key = \"${{AWS_SECRET_ACCESS_KEY}}\"\n\
+         # s3.access-key-id = \"CHANGE-ME\"\n\
+         # s3.secret-access-key = \"${{OFFSITE_S3_SECRET}}\"\n\
          # s3.endpoint = \"https://s3.eu-central-1.amazonaws.com\"\n\
+         # s3.region = \"eu-central-1\"\n\
          keep-daily = 30\n\n",
         local = quote(&format!("/var/backups/cairn/{name}")),
     ));

@@ -35,6 +35,16 @@ pub struct Config {
     pub jobs: BTreeMap<String, JobConfig>,
 }
 
+impl Config {
+    /// The repository the first job (by name) that backs up `source` writes to.
+    pub fn repository_of_source(&self, source: &str) -> Option<&str> {
+        self.jobs
+            .values()
+            .find(|j| j.sources.iter().any(|s| s.get_ref() == source))
+            .map(|j| j.repository.get_ref().as_str())
+    }
+}
+
 /// Global settings: each is the default of the global flag of the same name.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]

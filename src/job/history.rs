@@ -26,7 +26,7 @@ pub fn default_state_dir() -> PathBuf {
 }
 
 /// Create `dir` (and its parents) mode 0700 if missing.
-fn private_dir(dir: &Path) -> Result<()> {
+pub(super) fn private_dir(dir: &Path) -> Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

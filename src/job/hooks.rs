@@ -3,9 +3,12 @@
 
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 use super::RunReport;
+use super::log::RunLog;
 use crate::error::{Error, Result};
 
 /// The default time a hook may take.
@@ -15,14 +18,16 @@ pub struct Hooks {
     run_id: String,
     job: String,
     timeout: Duration,
+    log: Arc<RunLog>,
 }
 
 impl Hooks {
-    pub fn new(cfg: &crate::config::Hooks, run_id: &str, job: &str) -> Hooks {
+    pub fn new(cfg: &crate::config::Hooks, run_id: &str, job: &str, log: Arc<RunLog>) -> Hooks {
         Hooks {
             run_id: run_id.to_string(),
             job: job.to_string(),
             timeout: cfg.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0),
+            log,
         }
     }
 
@@ -48,10 +53,7 @@ impl Hooks {
         report: &RunReport,
         stdin: Option<&[u8]>,
     ) -> Result<()> {
-        let outcome = serde_json::to_value(report.outcome)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
+        let outcome = super::outcome_word(report.outcome);
         let snapshots: Vec<String> = report
             .snapshots
             .iter()
@@ -86,8 +88,33 @@ impl Hooks {
                 let _ = w.write_all(&data).await;
             });
         }
-        let out = tokio::time::timeout(self.timeout, child.wait_with_output()).await;
-        let out = match out {
+        // The hook's output goes to the run's log (and the process log) line by line as it
+        // comes, so `cairn logs --follow` shows a slow hook's progress.
+        let pipe = |r: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>,
+                    stream: &'static str| {
+            let log = self.log.clone();
+            let label = label.to_string();
+            async move {
+                let Some(r) = r else { return };
+                let mut lines = tokio::io::BufReader::new(r).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    log.line(&format!("hook {label} {stream}: {line}"));
+                    if stream == "stdout" {
+                        tracing::info!("hook {label}: {line}");
+                    } else {
+                        tracing::warn!("hook {label}: {line}");
+                    }
+                }
+            }
+        };
+        let out = child.stdout.take().map(|o| Box::new(o) as _);
+        let err = child.stderr.take().map(|o| Box::new(o) as _);
+        let finished = async {
+            let (status, _, _) =
+                tokio::join!(child.wait(), pipe(out, "stdout"), pipe(err, "stderr"));
+            status
+        };
+        let status = match tokio::time::timeout(self.timeout, finished).await {
             Ok(r) => r.map_err(|e| Error::Other(format!("hook {label}: {e}")))?,
             Err(_) => {
                 // Kill the hook's whole process group: `sh -c 'sleep 100'` leaves a child.
@@ -101,16 +128,9 @@ impl Hooks {
                 )));
             }
         };
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            tracing::info!("hook {label}: {line}");
-        }
-        for line in String::from_utf8_lossy(&out.stderr).lines() {
-            tracing::warn!("hook {label}: {line}");
-        }
-        if !out.status.success() {
+        if !status.success() {
             return Err(Error::Other(format!(
-                "hook {label} ({command:?}) failed ({})",
-                out.status
+                "hook {label} ({command:?}) failed ({status})"
             )));
         }
         Ok(())

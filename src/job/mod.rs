@@ -13,6 +13,7 @@
 
 pub mod history;
 pub mod hooks;
+pub mod log;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use serde::Serialize;
 
-use crate::config::{CheckSubset, Config, JobConfig, SourceConfig, value::expand_env};
+use crate::config::{CheckSubset, Config, JobConfig, MysqlSource, SourceConfig, value::expand_env};
 use crate::error::{Error, Result};
 use crate::format::Timestamp;
 use crate::id::Id;
@@ -60,6 +61,8 @@ pub struct RunOptions {
     pub lease_wait: Duration,
     /// Grace of the job's prune (default 1h, as `cairn prune`).
     pub prune_grace: Option<Duration>,
+    /// Where the run's log goes (`logs/RUN_ID.log` under it); none: no log file.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -82,9 +85,22 @@ pub struct Step {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
+    /// Of a backup: the snapshot's size (its files' sizes summed).
+    pub logical_bytes: u64,
     pub bytes_read: u64,
     pub bytes_added: u64,
     pub seconds: f64,
+}
+
+/// A repository of the job as the run left it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RepositoryFigures {
+    pub name: String,
+    pub snapshots: u64,
+    /// The sizes of all its snapshots, summed (what restoring each of them would write).
+    pub logical_bytes: u64,
+    /// The size of its packs.
+    pub stored_bytes: u64,
 }
 
 /// What a run did.
@@ -98,9 +114,24 @@ pub struct RunReport {
     pub steps: Vec<Step>,
     /// The new snapshots, by source.
     pub snapshots: Vec<(String, String)>,
+    /// Each repository the run wrote to, after its retention and prune.
+    pub repositories: Vec<RepositoryFigures>,
+    #[serde(skip)]
+    log: Arc<log::RunLog>,
 }
 
 impl RunReport {
+    /// The run's log.
+    pub fn log(&self) -> &log::RunLog {
+        &self.log
+    }
+
+    /// Say in the log that step `name` starts; its start time.
+    fn begin(&self, name: &str) -> Instant {
+        self.log.line(&format!("step {name} started"));
+        Instant::now()
+    }
+
     fn push(&mut self, name: impl Into<String>, started: Instant, r: Result<StepDone>) -> bool {
         let seconds = started.elapsed().as_secs_f64();
         let (outcome, error, done) = match r {
@@ -120,16 +151,46 @@ impl RunReport {
             Some(e) => tracing::warn!("{name}: {e}"),
             None => tracing::info!("{name}: done in {seconds:.1}s"),
         }
+        for d in &done.details {
+            self.log.line(&format!("step {name}: {d}"));
+        }
+        let mut line = format!(
+            "step {name} ended: {} in {seconds:.1}s",
+            outcome_word(outcome)
+        );
+        if let Some(id) = &done.snapshot {
+            line.push_str(&format!(", snapshot {id}"));
+        }
+        if done.bytes_read > 0 || done.bytes_added > 0 {
+            line.push_str(&format!(
+                ", read {} bytes, added {} bytes",
+                done.bytes_read, done.bytes_added
+            ));
+        }
+        if let Some(e) = &error {
+            line.push_str(&format!(": {e}"));
+        }
+        self.log.line(&line);
         self.steps.push(Step {
             name,
             outcome,
             error,
             snapshot: done.snapshot.map(|i| i.to_string()),
+            logical_bytes: done.logical_bytes,
             bytes_read: done.bytes_read,
             bytes_added: done.bytes_added,
             seconds,
         });
         outcome == Outcome::Success
+    }
+}
+
+/// How an outcome is spelled in reports, logs and hooks' environment.
+pub fn outcome_word(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Success => "success",
+        Outcome::Partial => "partial",
+        Outcome::Failure => "failure",
     }
 }
 
@@ -148,10 +209,13 @@ fn chain(e: &dyn std::error::Error) -> String {
 #[derive(Debug, Default)]
 struct StepDone {
     snapshot: Option<Id>,
+    logical_bytes: u64,
     bytes_read: u64,
     bytes_added: u64,
     /// Done, but not all of it (some files unreadable, some snapshots not copied).
     partial: Option<String>,
+    /// Lines for the run's log (the entries that could not be read, ...).
+    details: Vec<String>,
 }
 
 /// A run id: the start time (UTC, to the second) and 4 random hex digits.
@@ -179,16 +243,27 @@ pub async fn run(
         ))
     })?;
     let started = Timestamp::from_jiff(jiff::Timestamp::now());
+    let id = run_id(started);
+    let log = match (&opts.state_dir, opts.dry_run) {
+        (Some(dir), false) => log::RunLog::create(dir, &id)?,
+        _ => log::RunLog::none(),
+    };
+    log.line(&format!(
+        "run {id} of job {job_name} started (pid {})",
+        std::process::id()
+    ));
     let mut report = RunReport {
-        run_id: run_id(started),
+        run_id: id,
         job: job_name.to_string(),
         outcome: Outcome::Success,
         started,
         ended: started,
         steps: Vec::new(),
         snapshots: Vec::new(),
+        repositories: Vec::new(),
+        log: Arc::new(log),
     };
-    let hooks = hooks::Hooks::new(&job.hooks, &report.run_id, job_name);
+    let hooks = hooks::Hooks::new(&job.hooks, &report.run_id, job_name, report.log.clone());
     let stored = run_steps(config, job, opener, opts, &hooks, &mut report).await;
     let any_failed = report.steps.iter().any(|s| s.outcome != Outcome::Success);
     report.outcome = match (any_failed, stored) {
@@ -199,7 +274,7 @@ pub async fn run(
     if !opts.dry_run {
         // Validation can fail the run; its hooks see the report so far.
         if report.outcome != Outcome::Failure && !job.hooks.validate.is_empty() {
-            let t = Instant::now();
+            let t = report.begin("hook validate");
             let json = serde_json::to_vec(&report).unwrap_or_default();
             let r = hooks
                 .run_all("validate", &job.hooks.validate, &report, Some(&json))
@@ -213,7 +288,7 @@ pub async fn run(
             _ => ("on-error", &job.hooks.on_error),
         };
         if !list.is_empty() {
-            let t = Instant::now();
+            let t = report.begin(&format!("hook {which}"));
             let r = hooks.run_all(which, list, &report, None).await;
             if !report.push(format!("hook {which}"), t, r.map(|_| StepDone::default()))
                 && report.outcome == Outcome::Success
@@ -223,6 +298,11 @@ pub async fn run(
         }
     }
     report.ended = Timestamp::from_jiff(jiff::Timestamp::now());
+    report.log.line(&format!(
+        "run {} ended: {}",
+        report.run_id,
+        outcome_word(report.outcome)
+    ));
     Ok(report)
 }
 
@@ -236,7 +316,7 @@ async fn run_steps(
     report: &mut RunReport,
 ) -> bool {
     if !opts.dry_run && !job.hooks.before.is_empty() {
-        let t = Instant::now();
+        let t = report.begin("hook before");
         let r = hooks
             .run_all("before", &job.hooks.before, report, None)
             .await;
@@ -272,13 +352,13 @@ async fn run_steps(
     let run_id = report.run_id.clone();
     let backups = sources.iter().map(|(name, source)| {
         let repo = repo.clone();
+        let t = report.begin(&format!("backup {name}"));
         let tags = vec![
             format!("job={job_name}"),
             format!("source={name}"),
             format!("run={run_id}"),
         ];
         async move {
-            let t = Instant::now();
             let r = backup_source(&repo, name, source, tags, opts).await;
             (*name, t, r)
         }
@@ -300,7 +380,7 @@ async fn run_steps(
     let mut repos = vec![(repo_name, repo.clone())];
     for target in &job.copy_to {
         let target = target.get_ref().as_str();
-        let t = Instant::now();
+        let t = report.begin(&format!("copy {target}"));
         let r = async {
             let to = opener.open(target).await?;
             let snaps = copy::select_snapshots(&repo, &[], None, &[format!("job={job_name}")])?;
@@ -319,10 +399,15 @@ async fn run_steps(
             Ok((
                 to,
                 StepDone {
-                    snapshot: None,
                     bytes_read: c.bytes_read,
                     bytes_added: c.stored_bytes_added,
                     partial,
+                    details: c
+                        .failed
+                        .iter()
+                        .map(|f| format!("not copied: snapshot {}: {}", f.source, f.error))
+                        .collect(),
+                    ..Default::default()
                 },
             ))
         }
@@ -343,7 +428,7 @@ async fn run_steps(
         };
         let mut forgot = false;
         if job.forget && !rc.is_empty() {
-            let t = Instant::now();
+            let t = report.begin(&format!("forget {name}"));
             let res = forget(r, &job_name, &job.sources, rc.policy(), opts).await;
             forgot = matches!(res, Ok(n) if n > 0);
             report.push(
@@ -353,7 +438,7 @@ async fn run_steps(
             );
         }
         if job.prune && (forgot || *name == repo_name) {
-            let t = Instant::now();
+            let t = report.begin(&format!("prune {name}"));
             let res = prune::prune(
                 r,
                 &PruneOptions {
@@ -368,13 +453,29 @@ async fn run_steps(
         if let Some(subset) = &job.check {
             let subset = CheckSubset::parse(subset.get_ref()).unwrap_or(CheckSubset::Structure);
             if subset != CheckSubset::None {
-                let t = Instant::now();
+                let t = report.begin(&format!("check {name}"));
                 let res = check(r, subset, opts.lease_wait).await;
                 report.push(format!("check {name}"), t, res);
             }
         }
+        match figures(name, r) {
+            Ok(f) => report.repositories.push(f),
+            Err(e) => report
+                .log
+                .line(&format!("could not measure repository {name}: {e}")),
+        }
     }
     stored
+}
+
+fn figures(name: &str, repo: &Repository) -> Result<RepositoryFigures> {
+    let snaps = repo.snapshots()?;
+    Ok(RepositoryFigures {
+        name: name.to_string(),
+        snapshots: snaps.len() as u64,
+        logical_bytes: snaps.iter().map(|(_, s)| s.summary.total_bytes).sum(),
+        stored_bytes: repo.catalog().packs()?.iter().map(|p| p.2).sum(),
+    })
 }
 
 async fn forget(
@@ -479,24 +580,21 @@ async fn backup_source(
             let out = backup::backup_paths(repo, &paths, &o).await?;
             let partial = (!out.errors.is_empty())
                 .then(|| format!("{} entries could not be read", out.errors.len()));
+            let details = out
+                .errors
+                .iter()
+                .map(|p| format!("not backed up: {}: {}", p.path, p.message))
+                .collect();
             Ok(StepDone {
                 snapshot: out.snapshot_id,
+                logical_bytes: out.snapshot.summary.total_bytes,
                 bytes_read: out.snapshot.summary.bytes_read,
                 bytes_added: out.snapshot.summary.stored_bytes_added,
                 partial,
+                details,
             })
         }
         SourceConfig::Mysql(m) => {
-            let password = match (&m.password, &m.password_file) {
-                (Some(p), _) => Some(p.reveal(&key("password"))?),
-                (None, Some(f)) => {
-                    let text = std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?;
-                    Some(zeroize::Zeroizing::new(
-                        text.lines().next().unwrap_or("").to_string(),
-                    ))
-                }
-                (None, None) => None,
-            };
             let mut all_tags = m.tags.clone();
             all_tags.extend(tags);
             let o = MysqlBackupOptions {
@@ -507,14 +605,7 @@ async fn backup_source(
                     lease_wait: opts.lease_wait,
                     ..Default::default()
                 },
-                conn: Connection {
-                    host: m.host.clone(),
-                    port: m.port,
-                    socket: m.socket.clone(),
-                    user: m.user.clone(),
-                    defaults_file: m.defaults_file.clone(),
-                    password,
-                },
+                conn: mysql_connection(name, m)?,
                 databases: m.databases.clone(),
                 all_databases: m.all_databases,
                 exclude_tables: m.exclude_tables.clone(),
@@ -527,12 +618,36 @@ async fn backup_source(
             let out = mysql::backup(repo, &o).await?;
             Ok(StepDone {
                 snapshot: out.backup.snapshot_id,
+                logical_bytes: out.backup.snapshot.summary.total_bytes,
                 bytes_read: out.backup.snapshot.summary.bytes_read,
                 bytes_added: out.backup.snapshot.summary.stored_bytes_added,
-                partial: None,
+                ..Default::default()
             })
         }
     }
+}
+
+/// How to reach the server of the configuration's MySQL source `name`, its password read
+/// (from `password`, a literal or `${VAR}`, or the first line of `password-file`).
+pub fn mysql_connection(name: &str, m: &MysqlSource) -> Result<Connection> {
+    let password = match (&m.password, &m.password_file) {
+        (Some(p), _) => Some(p.reveal(&format!("sources.{name}.password"))?),
+        (None, Some(f)) => {
+            let text = std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?;
+            Some(zeroize::Zeroizing::new(
+                text.lines().next().unwrap_or("").to_string(),
+            ))
+        }
+        (None, None) => None,
+    };
+    Ok(Connection {
+        host: m.host.clone(),
+        port: m.port,
+        socket: m.socket.clone(),
+        user: m.user.clone(),
+        defaults_file: m.defaults_file.clone(),
+        password,
+    })
 }
 
 /// The exit code of an outcome: 0 success, 3 partial, 1 failure.
