@@ -767,7 +767,12 @@ fn a_laravel_shop_night_on_both_tiers() {
         out
     };
     keep("config check", cmd().args(["config", "check"]).run().ok());
-    keep("config show", cmd().args(["config", "show"]).run().ok());
+    let shown = keep("config show", cmd().args(["config", "show"]).run().ok()).stdout_str();
+    // What is in effect comes first: the file's default repository, the lease wait.
+    assert!(
+        shown.contains("#   name = \"local\"") && shown.contains("#   lease-wait = \"10m\""),
+        "{shown}"
+    );
     for r in ["local", "offsite"] {
         keep("init", cmd().args(["-r", r, "init"]).run().ok());
     }

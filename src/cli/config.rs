@@ -73,10 +73,40 @@ pub async fn run(g: &Settings, a: ConfigArgs) -> Result<i32> {
         }
         ConfigCommand::Show => {
             let f = load(g)?;
+            let effective = g.effective();
+            if g.json {
+                let file: serde_json::Value = toml::from_str(&f.show()?)?;
+                print_json(&serde_json::json!({
+                    "file": f.path,
+                    "effective": effective,
+                    "config": file,
+                }))?;
+                return Ok(EXIT_OK);
+            }
             println!("# {}", f.path.display());
+            println!("#");
+            println!("# In effect (flags, then environment, then this file, then defaults):");
+            for line in toml::to_string_pretty(&without_nulls(effective))?.lines() {
+                if !line.is_empty() {
+                    println!("#   {line}");
+                }
+            }
+            println!();
             print!("{}", f.show()?);
             Ok(EXIT_OK)
         }
+    }
+}
+
+/// `v` without its null members (TOML has no null).
+fn without_nulls(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(m) => m
+            .into_iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| (k, without_nulls(v)))
+            .collect(),
+        other => other,
     }
 }
 

@@ -349,6 +349,43 @@ impl Settings {
         }
     }
 
+    /// What the settings came to (for `config show`), every secret left out: the values
+    /// a command uses after flags, environment, file and defaults.
+    pub fn effective(&self) -> serde_json::Value {
+        let repo = self.repo.as_ref().map(|r| {
+            let mut v = serde_json::json!({
+                "name": r.name,
+                "url": r.url,
+                "connections": r.connections,
+                "password": r.password_source(),
+            });
+            if cairn::backend::is_s3_url(&r.url) {
+                v["s3"] = serde_json::json!({
+                    "endpoint": r.s3.endpoint,
+                    "region": r.s3.region,
+                    "credentials": if r.s3.credentials.is_some() {
+                        "the configuration file"
+                    } else {
+                        "the AWS environment"
+                    },
+                    "timeout": humantime::format_duration(r.s3.timeout).to_string(),
+                    "retries": r.s3.retries,
+                });
+            }
+            v
+        });
+        serde_json::json!({
+            "repository": repo,
+            "lease-wait": humantime::format_duration(self.lease_wait).to_string(),
+            "cache-dir": self.cache_dir,
+            "cache-size": self.cache_size,
+            "state-dir": self.state_dir,
+            "json": self.json,
+            "quiet": self.quiet,
+            "verbose": self.verbose,
+        })
+    }
+
     pub fn repo(&self) -> Result<&RepoSettings> {
         self.repo.as_ref().ok_or_else(|| {
             anyhow!(
@@ -360,6 +397,17 @@ impl Settings {
 }
 
 impl RepoSettings {
+    /// Where its password will come from, in words (never the password).
+    pub fn password_source(&self) -> String {
+        match self.password.first() {
+            Some(PasswordSource::Given(_)) => "CAIRN_PASSWORD".into(),
+            Some(PasswordSource::File(f)) => format!("the file {}", f.display()),
+            Some(PasswordSource::Command(_)) => "its password-command".into(),
+            Some(PasswordSource::Config(_, key)) => key.clone(),
+            None => "a prompt".into(),
+        }
+    }
+
     /// The password, from the first of its sources (`CAIRN_PASSWORD`, `--password-file`,
     /// the configuration's password, password-file, password-command), else a prompt on the
     /// terminal. Never from the command line.
