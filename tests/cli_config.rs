@@ -309,7 +309,7 @@ fn sources_by_name_find_their_job_repository_and_snapshots() {
         format!(
             "[settings]\nrepository = \"one\"\n\n\
              [repositories.one]\nurl = \"{one}\"\npassword-file = \"{pw}\"\n\n\
-             [repositories.two]\nurl = \"{two}\"\npassword-file = \"{pw}\"\n\n\
+             [repositories.two]\nurl = \"{two}\"\n\n\
              [sources.uploads]\nkind = \"files\"\npaths = [\"{uploads}\"]\n\n\
              [sources.docs]\nkind = \"files\"\npaths = [\"{docs}\"]\n\n\
              [sources.db]\nkind = \"mysql\"\ndatabases = [\"shop\"]\n\n\
@@ -323,9 +323,11 @@ fn sources_by_name_find_their_job_repository_and_snapshots() {
         )
         .as_bytes(),
     );
+    // Repository two has no password setting: CAIRN_PASSWORD is its password, for -r and
+    // for the job and the source that name it.
     let cmd = || {
         Cairn::bare(&env)
-            .env_remove("CAIRN_PASSWORD")
+            .env("CAIRN_PASSWORD", "source-test-password")
             .arg("--config")
             .arg(&file)
     };

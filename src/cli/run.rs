@@ -281,7 +281,7 @@ impl Opener for ConfigOpener<'_> {
         Box::pin(async move {
             let r = self
                 .0
-                .repository(name)
+                .repository_or_flag_password(name)
                 .map_err(|e| cairn::Error::InvalidInput(format!("repository {name}: {e:#}")))?;
             open_repo_at(self.0, &r).await.map_err(|e| {
                 // Keep the library error (and so its kind) where there is one.
@@ -343,25 +343,23 @@ pub async fn run(g: &Settings, a: RunArgs) -> Result<i32> {
         print_json(&serde_json::to_value(&report)?)?;
     } else if !g.quiet {
         println!(
-            "run {} of job {}: {:?}",
-            report.run_id, report.job, report.outcome
+            "run {} of job {}: {}",
+            report.run_id,
+            report.job,
+            job::outcome_word(report.outcome)
         );
         for s in &report.steps {
+            let outcome = job::outcome_word(s.outcome);
             let what = match &s.error {
-                Some(e) => format!("{:?}: {e}", s.outcome),
-                None => format!("{:?}", s.outcome),
+                Some(e) => format!("{outcome}: {e}"),
+                None => outcome.to_string(),
             };
             let snap = s
                 .snapshot
                 .as_deref()
                 .map(|i| format!(" snapshot {}", &i[..i.len().min(8)]))
                 .unwrap_or_default();
-            println!(
-                "  {:<24} {:>7.1}s  {}{snap}",
-                s.name,
-                s.seconds,
-                what.to_lowercase()
-            );
+            println!("  {:<24} {:>7.1}s  {}{snap}", s.name, s.seconds, what);
         }
     }
     if let Some(p) = report.log().path()

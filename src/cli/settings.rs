@@ -154,6 +154,14 @@ impl Settings {
         Ok(repo)
     }
 
+    /// A repository a job or a source names: its own password sources first, then
+    /// `CAIRN_PASSWORD` and `--password-file`.
+    pub fn repository_or_flag_password(&self, spec: &str) -> Result<RepoSettings> {
+        let mut repo = self.repository(spec)?;
+        repo.password.extend(self.flag_passwords.iter().cloned());
+        Ok(repo)
+    }
+
     /// Another repository `spec` names (a job's, a copy's target), with only its own
     /// password sources: a repository of the configuration file, or a location (a directory
     /// or `s3://...`).
@@ -339,12 +347,7 @@ impl Settings {
             .as_ref()
             .and_then(|c| c.config.repository_of_source(name));
         match job_repo {
-            Some(r) => {
-                // Its own password sources, then CAIRN_PASSWORD / --password-file.
-                let mut repo = self.repository(r)?;
-                repo.password.extend(self.flag_passwords.iter().cloned());
-                Ok(Some(repo))
-            }
+            Some(r) => Ok(Some(self.repository_or_flag_password(r)?)),
             None => Ok(None),
         }
     }

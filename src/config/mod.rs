@@ -33,6 +33,75 @@ pub struct Config {
     pub sources: BTreeMap<String, SourceConfig>,
     #[serde(default)]
     pub jobs: BTreeMap<String, JobConfig>,
+    #[serde(default, skip_serializing_if = "HealthConfig::is_default")]
+    pub health: HealthConfig,
+}
+
+/// `[health]`: the thresholds of `cairn health`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HealthConfig {
+    /// The latest snapshot of each source of a job must be younger than this (default 26h).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<Dur>,
+    /// The free space the file systems of local repositories and of the cache must keep:
+    /// `10%` or a size such as `5G` (default 5%).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_free: Option<MinFree>,
+    /// Each repository's last check by a job must be younger than this, and clean (default
+    /// 35d).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_check_age: Option<Dur>,
+}
+
+impl HealthConfig {
+    fn is_default(&self) -> bool {
+        *self == HealthConfig::default()
+    }
+}
+
+/// Free space to keep: a share of the file system or a number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MinFree {
+    Percent(f64),
+    Bytes(u64),
+}
+
+impl std::str::FromStr for MinFree {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<MinFree> {
+        match s.trim().strip_suffix('%') {
+            Some(p) => match p.trim().parse::<f64>() {
+                Ok(v) if (0.0..=100.0).contains(&v) => Ok(MinFree::Percent(v)),
+                _ => Err(Error::invalid(format!(
+                    "{s:?} is not a share of the disk (0% to 100%)"
+                ))),
+            },
+            None => value::parse_size(s).map(MinFree::Bytes),
+        }
+    }
+}
+
+impl std::fmt::Display for MinFree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MinFree::Percent(p) => write!(f, "{p}%"),
+            MinFree::Bytes(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MinFree {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<MinFree, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for MinFree {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
 }
 
 impl Config {
@@ -139,6 +208,9 @@ pub struct RepositoryConfig {
     pub connections: Option<usize>,
     #[serde(default, skip_serializing_if = "S3Config::is_empty")]
     pub s3: S3Config,
+    /// `cairn health` fails when the repository's packs exceed this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<Size>,
     // The retention policy, with the names of `cairn forget`'s flags.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "by_str")]
     pub keep_last: Option<Count>,
