@@ -121,6 +121,10 @@ pub enum Command {
     Runs(super::run::RunsArgs),
     /// The log of a run of `cairn run` (default: the latest), or --follow one in progress.
     Logs(super::run::LogsArgs),
+    /// Check the service: databases and repositories reachable, disk space, the latest
+    /// snapshots fresh, the last check clean and recent, sizes under their limits. Exit 1 if
+    /// any check fails.
+    Health,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -46,6 +46,7 @@ pub async fn run(g: &Settings, command: Command) -> Result<i32> {
         Command::Run(a) => super::run::run(g, a).await,
         Command::Runs(a) => super::run::runs(g, a),
         Command::Logs(a) => super::run::logs(g, a).await,
+        Command::Health => super::run::health(g).await,
     }
 }
 

@@ -30,10 +30,14 @@ pub async fn check(g: &Settings, a: CheckArgs) -> Result<i32> {
         (None, true) => ReadData::All,
         (None, false) => ReadData::None,
     };
-    let repo = match &a.repository {
-        Some(name) => super::commands::open_repo_at(g, &g.selected_repository(name)?).await?,
-        None => open_repo(g).await?,
+    let (repo, name) = match &a.repository {
+        Some(name) => {
+            let r = g.selected_repository(name)?;
+            (super::commands::open_repo_at(g, &r).await?, r.name)
+        }
+        None => (open_repo(g).await?, g.repo()?.name.clone()),
     };
+    let started = jiff::Timestamp::now();
     let progress = std::sync::Arc::new(cairn::ops::progress::Progress::default());
     let bar = ProgressBar::start(
         progress.clone(),
@@ -51,6 +55,21 @@ pub async fn check(g: &Settings, a: CheckArgs) -> Result<i32> {
     .await;
     bar.finish().await;
     let report = r?;
+    // A repository of the configuration: `cairn health` reports its last check.
+    if let Some(name) = &name {
+        let error = (!report.ok()).then(|| {
+            format!(
+                "{} errors, {} damaged snapshots",
+                report.errors.len(),
+                report.damaged_snapshots.len()
+            )
+        });
+        let recorded = cairn::job::history::History::open(&g.state_dir)
+            .and_then(|mut h| h.record_check(name, started, report.ok(), error.as_deref()));
+        if let Err(e) = recorded {
+            tracing::warn!("could not record the check in the history: {e}");
+        }
+    }
     if g.json {
         print_json(&serde_json::to_value(&report)?)?;
     } else {

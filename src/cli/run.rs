@@ -271,7 +271,7 @@ pub fn stats_history(g: &Settings, job: Option<&str>, last: usize) -> Result<i32
 }
 
 /// Opens the configuration's repositories with their own settings.
-struct ConfigOpener<'a>(&'a Settings);
+pub(super) struct ConfigOpener<'a>(pub(super) &'a Settings);
 
 impl Opener for ConfigOpener<'_> {
     fn open<'a>(
@@ -382,4 +382,53 @@ pub async fn run(g: &Settings, a: RunArgs) -> Result<i32> {
         }
     }
     Ok(job::exit_code(report.outcome))
+}
+
+/// `cairn health`.
+pub async fn health(g: &Settings) -> Result<i32> {
+    let file = super::config::load(g)?;
+    let report = cairn::job::health::health(
+        &file.config,
+        &ConfigOpener(g),
+        &cairn::job::health::HealthOptions {
+            cache_dir: g.cache_dir.clone(),
+            state_dir: g.state_dir.clone(),
+            now: jiff::Timestamp::now(),
+        },
+    )
+    .await;
+    if g.json {
+        print_json(&serde_json::to_value(&report)?)?;
+    } else {
+        for c in &report.checks {
+            if g.quiet && c.ok {
+                continue;
+            }
+            println!(
+                "{:<4} {:<28} {}",
+                if c.ok { "ok" } else { "FAIL" },
+                c.name,
+                c.detail
+            );
+            if let Some(f) = &c.fix {
+                println!("     {:<28} -> {f}", "");
+            }
+        }
+        if !g.quiet {
+            let failed = report.checks.iter().filter(|c| !c.ok).count();
+            if failed == 0 {
+                println!("healthy ({} checks)", report.checks.len());
+            } else {
+                println!(
+                    "UNHEALTHY: {failed} of {} checks failed",
+                    report.checks.len()
+                );
+            }
+        }
+    }
+    Ok(if report.healthy {
+        super::EXIT_OK
+    } else {
+        super::EXIT_FAILURE
+    })
 }

@@ -84,7 +84,10 @@ impl History {
                  run_id TEXT NOT NULL, seq INTEGER NOT NULL, name TEXT NOT NULL,
                  outcome TEXT NOT NULL, error TEXT, snapshot TEXT, bytes_read INTEGER NOT NULL,
                  bytes_added INTEGER NOT NULL, seconds REAL NOT NULL,
-                 PRIMARY KEY (run_id, seq));",
+                 PRIMARY KEY (run_id, seq));
+             CREATE TABLE IF NOT EXISTS checks (
+                 repository TEXT NOT NULL, started TEXT NOT NULL, outcome TEXT NOT NULL,
+                 error TEXT);",
         )
         .map_err(sql_err(&path))?;
         Ok(History {
@@ -191,6 +194,66 @@ impl History {
             out.push(r);
         }
         Ok(out)
+    }
+}
+
+/// The latest step named `name` of any run: its run's start (RFC 3339), its outcome and
+/// error.
+#[derive(Debug, Clone)]
+pub struct LastStep {
+    pub started: String,
+    pub outcome: String,
+    pub error: Option<String>,
+}
+
+impl History {
+    /// Record a `cairn check` of the configuration's repository `repository` outside a run.
+    pub fn record_check(
+        &mut self,
+        repository: &str,
+        started: jiff::Timestamp,
+        ok: bool,
+        error: Option<&str>,
+    ) -> Result<()> {
+        let path = self.dir.join("history.db");
+        self.db
+            .execute(
+                "INSERT INTO checks VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    repository,
+                    started.to_string(),
+                    if ok { "success" } else { "failure" },
+                    error
+                ],
+            )
+            .map_err(sql_err(&path))?;
+        Ok(())
+    }
+
+    /// The latest check of repository `name`: a job's step `check NAME` or a `cairn check`.
+    pub fn last_check(&self, name: &str) -> Result<Option<LastStep>> {
+        let path = self.dir.join("history.db");
+        let mut st = self
+            .db
+            .prepare(
+                "SELECT started, outcome, error FROM (
+                     SELECT r.started AS started, s.outcome AS outcome, s.error AS error
+                         FROM steps s JOIN runs r USING (run_id) WHERE s.name = 'check ' || ?1
+                     UNION ALL
+                     SELECT started, outcome, error FROM checks WHERE repository = ?1)
+                 ORDER BY julianday(started) DESC LIMIT 1",
+            )
+            .map_err(sql_err(&path))?;
+        let mut rows = st
+            .query_map(params![name], |row| {
+                Ok(LastStep {
+                    started: row.get(0)?,
+                    outcome: row.get(1)?,
+                    error: row.get(2)?,
+                })
+            })
+            .map_err(sql_err(&path))?;
+        rows.next().transpose().map_err(sql_err(&path))
     }
 }
 

@@ -11,6 +11,7 @@
 //! The outcome is success (every step succeeded), partial (something was stored but a step
 //! failed: exit 3) or failure (nothing was stored, or a hook said no: exit 1).
 
+pub mod health;
 pub mod history;
 pub mod hooks;
 pub mod log;
