@@ -908,3 +908,127 @@ fn a_laravel_shop_night_on_both_tiers() {
         }
     }
 }
+
+/// The samples of a Prometheus text file: `name{labels}` to value.
+fn samples(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (k, v) = l.rsplit_once(' ').unwrap();
+            (k.to_string(), v.parse().unwrap())
+        })
+        .collect()
+}
+
+/// `cairn run --metrics-file` and `cairn metrics`: valid for promtool, and the values are those
+/// of `cairn runs --json`.
+#[test]
+fn metrics_agree_with_the_history() {
+    let env = Env::new_local();
+    let m = env.path("marks");
+    std::fs::create_dir_all(&m).unwrap();
+    let hooks = format!(
+        "check = \"structure\"\nhooks.before = [\"test ! -e {}\"]\n",
+        marker(&m, "fail")
+    );
+    let job = Job::new(env, None, &hooks);
+    let metrics = job.env.path("textfile/cairn.prom");
+    std::fs::create_dir_all(metrics.parent().unwrap()).unwrap();
+    let mf = ["--metrics-file", metrics.to_str().unwrap()];
+    job.run(&mf).ok();
+    write(&m.join("fail"), b"");
+    job.run(&mf).code(1);
+    std::fs::remove_file(m.join("fail")).unwrap();
+    write(
+        &job.src.join("storage/app/more.txt"),
+        &random_bytes(3, 50_000),
+    );
+    job.run(&mf).ok();
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    match which("promtool") {
+        Some(p) => {
+            let mut c = std::process::Command::new(p)
+                .args(["check", "metrics"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+            let out = c.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "promtool: {}{}\n{text}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        None if std::env::var_os("CAIRN_REQUIRE_SERVERS").is_some() => {
+            panic!("promtool is not installed and CAIRN_REQUIRE_SERVERS=1")
+        }
+        None => eprintln!("SKIPPED (part): promtool not installed; the format is not checked"),
+    }
+    let s = samples(&text);
+    let runs = job.cmd().args(["--json", "runs"]).run().ok().json();
+    let last = &runs[0];
+    let get = |k: &str| *s.get(k).unwrap_or_else(|| panic!("no {k} in\n{text}"));
+    assert_eq!(
+        get("cairn_job_runs_total{job=\"nightly\",outcome=\"success\"}"),
+        2.0
+    );
+    assert_eq!(
+        get("cairn_job_runs_total{job=\"nightly\",outcome=\"failure\"}"),
+        1.0
+    );
+    assert_eq!(
+        get("cairn_job_last_run_outcome{job=\"nightly\",outcome=\"success\"}"),
+        1.0
+    );
+    let started: jiff::Timestamp = last["started"].as_str().unwrap().parse().unwrap();
+    let t = get("cairn_job_last_run_timestamp_seconds{job=\"nightly\"}");
+    assert!(
+        (t - started.as_nanosecond() as f64 / 1e9).abs() < 1e-3,
+        "{t}"
+    );
+    assert!(
+        (get("cairn_job_last_run_duration_seconds{job=\"nightly\"}")
+            - last["seconds"].as_f64().unwrap())
+        .abs()
+            < 1e-6
+    );
+    assert_eq!(
+        get("cairn_source_last_backup_added_bytes{job=\"nightly\",source=\"files\"}"),
+        last["added"][0][1].as_f64().unwrap()
+    );
+    assert!(last["added"][0][1].as_u64().unwrap() > 40_000, "{last}");
+    assert_eq!(
+        get("cairn_repository_snapshots{repository=\"local\"}"),
+        job.snapshots("local").len() as f64
+    );
+    assert_eq!(
+        get("cairn_repository_last_check_success{repository=\"offsite\"}"),
+        1.0
+    );
+    // `cairn metrics --health` adds the health checks.
+    let printed = job
+        .cmd()
+        .args(["metrics", "--health"])
+        .run()
+        .ok()
+        .stdout_str();
+    let p = samples(&printed);
+    assert!(p.contains_key("cairn_healthy"), "{printed}");
+    assert_eq!(
+        p["cairn_health_check_ok{check=\"freshness files@local\"}"], 1.0,
+        "{printed}"
+    );
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}

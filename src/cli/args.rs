@@ -125,6 +125,8 @@ pub enum Command {
     /// snapshots fresh, the last check clean and recent, sizes under their limits. Exit 1 if
     /// any check fails.
     Health,
+    /// Prometheus metrics of the run history (and with --health, of the health checks).
+    Metrics(super::run::MetricsArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

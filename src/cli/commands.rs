@@ -47,6 +47,7 @@ pub async fn run(g: &Settings, command: Command) -> Result<i32> {
         Command::Runs(a) => super::run::runs(g, a),
         Command::Logs(a) => super::run::logs(g, a).await,
         Command::Health => super::run::health(g).await,
+        Command::Metrics(a) => super::run::metrics(g, a).await,
     }
 }
 

@@ -34,6 +34,36 @@ pub struct RunArgs {
     /// with 11 at once).
     #[arg(long, value_name = "DURATION")]
     pub wait: Option<String>,
+    /// After the run, write the metrics of the history (Prometheus text format) to this file,
+    /// atomically: for node_exporter's textfile collector.
+    #[arg(long, value_name = "FILE")]
+    pub metrics_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    /// Also run the health checks and include them.
+    #[arg(long)]
+    pub health: bool,
+    /// Write to this file (atomically) instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+}
+
+/// `cairn metrics`.
+pub async fn metrics(g: &Settings, a: MetricsArgs) -> Result<i32> {
+    let health = if a.health {
+        Some(health_report(g).await?)
+    } else {
+        None
+    };
+    let h = History::open(&g.state_dir)?;
+    let text = cairn::job::metrics::render(&h, health.as_ref())?;
+    match &a.output {
+        Some(f) => cairn::job::metrics::write_file(f, &text)?,
+        None => print!("{text}"),
+    }
+    Ok(super::EXIT_OK)
 }
 
 #[derive(Debug, Args)]
@@ -334,8 +364,16 @@ pub async fn run(g: &Settings, a: RunArgs) -> Result<i32> {
     let report = job::run(&file.config, &name, &ConfigOpener(g), &opts).await?;
     if !a.dry_run {
         // The run happened: a history that cannot be written is a warning, not a failure.
-        match History::open(&g.state_dir).and_then(|mut h| h.record(&report)) {
-            Ok(()) => {}
+        match History::open(&g.state_dir).and_then(|mut h| h.record(&report).map(|_| h)) {
+            Ok(h) => {
+                if let Some(f) = &a.metrics_file {
+                    let written = cairn::job::metrics::render(&h, None)
+                        .and_then(|text| cairn::job::metrics::write_file(f, &text));
+                    if let Err(e) = written {
+                        tracing::warn!("could not write the metrics: {e}");
+                    }
+                }
+            }
             Err(e) => tracing::warn!("could not record the run in the history: {e}"),
         }
     }
@@ -384,10 +422,9 @@ pub async fn run(g: &Settings, a: RunArgs) -> Result<i32> {
     Ok(job::exit_code(report.outcome))
 }
 
-/// `cairn health`.
-pub async fn health(g: &Settings) -> Result<i32> {
+async fn health_report(g: &Settings) -> Result<cairn::job::health::HealthReport> {
     let file = super::config::load(g)?;
-    let report = cairn::job::health::health(
+    Ok(cairn::job::health::health(
         &file.config,
         &ConfigOpener(g),
         &cairn::job::health::HealthOptions {
@@ -396,7 +433,12 @@ pub async fn health(g: &Settings) -> Result<i32> {
             now: jiff::Timestamp::now(),
         },
     )
-    .await;
+    .await)
+}
+
+/// `cairn health`.
+pub async fn health(g: &Settings) -> Result<i32> {
+    let report = health_report(g).await?;
     if g.json {
         print_json(&serde_json::to_value(&report)?)?;
     } else {

@@ -157,16 +157,65 @@ impl History {
 
     /// The last `limit` runs (of `job`, if given), newest first.
     pub fn runs(&self, job: Option<&str>, limit: usize) -> Result<Vec<RunRow>> {
+        self.select(
+            "SELECT run_id, job, started, seconds, outcome, report FROM runs
+             WHERE ?1 IS NULL OR job = ?1 ORDER BY julianday(started) DESC, run_id DESC
+             LIMIT ?2",
+            params![job, limit as i64],
+        )
+    }
+
+    /// The latest run of each job, by job name.
+    pub fn latest_per_job(&self) -> Result<Vec<RunRow>> {
+        self.select(
+            "SELECT run_id, job, started, seconds, outcome, report FROM runs r
+             WHERE run_id = (SELECT run_id FROM runs WHERE job = r.job
+                             ORDER BY julianday(started) DESC, run_id DESC LIMIT 1)
+             ORDER BY job",
+            [],
+        )
+    }
+
+    /// When the job's latest successful run started.
+    pub fn last_success(&self, job: &str) -> Result<Option<String>> {
         let path = self.dir.join("history.db");
         let mut st = self
             .db
             .prepare(
-                "SELECT run_id, job, started, seconds, outcome, report FROM runs
-                 WHERE ?1 IS NULL OR job = ?1 ORDER BY started DESC, run_id DESC LIMIT ?2",
+                "SELECT started FROM runs WHERE job = ?1 AND outcome = 'success'
+                 ORDER BY julianday(started) DESC LIMIT 1",
+            )
+            .map_err(sql_err(&path))?;
+        let mut rows = st
+            .query_map(params![job], |row| row.get::<_, String>(0))
+            .map_err(sql_err(&path))?;
+        rows.next().transpose().map_err(sql_err(&path))
+    }
+
+    /// How many runs each job had, by outcome.
+    pub fn counts(&self) -> Result<Vec<(String, String, u64)>> {
+        let path = self.dir.join("history.db");
+        let mut st = self
+            .db
+            .prepare(
+                "SELECT job, outcome, COUNT(*) FROM runs GROUP BY job, outcome
+                 ORDER BY job, outcome",
             )
             .map_err(sql_err(&path))?;
         let rows = st
-            .query_map(params![job, limit as i64], |row| {
+            .query_map([], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get::<_, i64>(2)? as u64))
+            })
+            .map_err(sql_err(&path))?;
+        rows.collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(sql_err(&path))
+    }
+
+    fn select(&self, sql: &str, p: impl rusqlite::Params) -> Result<Vec<RunRow>> {
+        let path = self.dir.join("history.db");
+        let mut st = self.db.prepare(sql).map_err(sql_err(&path))?;
+        let rows = st
+            .query_map(p, |row| {
                 let report: String = row.get(5)?;
                 Ok(RunRow {
                     run_id: row.get(0)?,

@@ -15,6 +15,7 @@ pub mod health;
 pub mod history;
 pub mod hooks;
 pub mod log;
+pub mod metrics;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
