@@ -19,7 +19,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
     /// The configuration file (default: $XDG_CONFIG_HOME/cairn/cairn.toml, then
     /// /etc/cairn/cairn.toml).
@@ -40,6 +40,9 @@ pub struct GlobalArgs {
     /// More detail (repeat for more).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// How log lines on standard error look: text, or json (one object per line).
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
     /// Directory for the run history and job locks (default: $XDG_STATE_HOME/cairn).
     #[arg(long, env = "CAIRN_STATE_DIR", global = true, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
@@ -127,6 +130,14 @@ pub enum Command {
     Health,
     /// Prometheus metrics of the run history (and with --health, of the health checks).
     Metrics(super::run::MetricsArgs),
+    /// The backup service: run the jobs, health checks and cleanup on their schedules.
+    Daemon(super::daemon::DaemonArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -22,6 +22,7 @@ mod args;
 mod commands;
 mod config;
 mod copy;
+mod daemon;
 mod forget;
 mod maint;
 mod mysql;
@@ -59,14 +60,22 @@ pub fn main() -> i32 {
             command: config::ConfigCommand::Init(_)
         })
     );
+    // The daemon says what it does unless told to be quiet.
+    let is_daemon = matches!(cli.command, args::Command::Daemon(_));
+    let json_logs = cli.global.log_format == args::LogFormat::Json;
     let settings = match settings::Settings::resolve(&cli.global, read_config) {
         Ok(s) => s,
         Err(e) => {
-            init_logging(cli.global.quiet, cli.global.verbose);
+            init_logging(cli.global.quiet, cli.global.verbose, json_logs);
             return report(&e);
         }
     };
-    init_logging(settings.quiet, settings.verbose);
+    let verbose = if is_daemon {
+        settings.verbose.max(1)
+    } else {
+        settings.verbose
+    };
+    init_logging(settings.quiet, verbose, json_logs);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -79,6 +88,10 @@ pub fn main() -> i32 {
     };
     let shutdown = commands::shutdown().clone();
     let result = rt.block_on(async {
+        if let args::Command::Daemon(a) = cli.command {
+            // The daemon handles its own signals.
+            return daemon::run(settings, cli.global, a).await;
+        }
         let command = commands::run(&settings, cli.command);
         tokio::pin!(command);
         tokio::select! {
@@ -110,7 +123,7 @@ pub fn main() -> i32 {
 /// the AWS signer, ...) only from `-vv` on, as they print their internals in Rust's debug
 /// notation and whatever matters reaches the user as an error anyway. `CAIRN_LOG` (an
 /// `EnvFilter` directive) overrides both.
-fn init_logging(quiet: bool, verbose: u8) {
+fn init_logging(quiet: bool, verbose: u8, json: bool) {
     let directives = if quiet {
         "cairn=error".to_string()
     } else {
@@ -123,15 +136,20 @@ fn init_logging(quiet: bool, verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(directives));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(colour_on_stderr())
         // Its fallback for a failed write is `eprintln!`, which panics on a full stderr.
         .log_internal_errors(false)
-        .without_time()
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = if json {
+        builder.json().with_ansi(false).try_init()
+    } else {
+        builder
+            .with_ansi(colour_on_stderr())
+            .without_time()
+            .try_init()
+    };
 }
 
 /// Colour only on a terminal, and not with `NO_COLOR` set to anything but "" (no-color.org).

@@ -324,6 +324,40 @@ impl Opener for ConfigOpener<'_> {
     }
 }
 
+/// Run job `name` under its lock (waiting up to `wait` for another run of it), record it in
+/// the history (not a dry run), and write the metrics file if asked.
+pub(super) async fn run_job(
+    g: &Settings,
+    name: &str,
+    opts: &RunOptions,
+    wait: std::time::Duration,
+    metrics_file: Option<&std::path::Path>,
+) -> Result<job::RunReport> {
+    let file = super::config::load(g)?;
+    let lock_name = match opts.cleanup {
+        Some(_) => format!("{name}:cleanup"),
+        None => name.to_string(),
+    };
+    let _lock = JobLock::acquire(&g.state_dir, &lock_name, wait)?;
+    let report = job::run(&file.config, name, &ConfigOpener(g), opts).await?;
+    if !opts.dry_run {
+        // The run happened: a history that cannot be written is a warning, not a failure.
+        match History::open(&g.state_dir).and_then(|mut h| h.record(&report).map(|_| h)) {
+            Ok(h) => {
+                if let Some(f) = metrics_file {
+                    let written = cairn::job::metrics::render(&h, None)
+                        .and_then(|text| cairn::job::metrics::write_file(f, &text));
+                    if let Err(e) = written {
+                        tracing::warn!("could not write the metrics: {e}");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("could not record the run in the history: {e}"),
+        }
+    }
+    Ok(report)
+}
+
 pub async fn run(g: &Settings, a: RunArgs) -> Result<i32> {
     let file = super::config::load(g)?;
     let jobs = &file.config.jobs;
@@ -355,28 +389,14 @@ pub async fn run(g: &Settings, a: RunArgs) -> Result<i32> {
             .transpose()
             .context("--prune-grace")?,
         state_dir: Some(g.state_dir.clone()),
+        shutdown: None,
+        cleanup: None,
     };
     let wait = match &a.wait {
         Some(w) => super::commands::parse_duration(w).context("--wait")?,
         None => std::time::Duration::ZERO,
     };
-    let _lock = JobLock::acquire(&g.state_dir, &name, wait)?;
-    let report = job::run(&file.config, &name, &ConfigOpener(g), &opts).await?;
-    if !a.dry_run {
-        // The run happened: a history that cannot be written is a warning, not a failure.
-        match History::open(&g.state_dir).and_then(|mut h| h.record(&report).map(|_| h)) {
-            Ok(h) => {
-                if let Some(f) = &a.metrics_file {
-                    let written = cairn::job::metrics::render(&h, None)
-                        .and_then(|text| cairn::job::metrics::write_file(f, &text));
-                    if let Err(e) = written {
-                        tracing::warn!("could not write the metrics: {e}");
-                    }
-                }
-            }
-            Err(e) => tracing::warn!("could not record the run in the history: {e}"),
-        }
-    }
+    let report = run_job(g, &name, &opts, wait, a.metrics_file.as_deref()).await?;
     if g.json {
         print_json(&serde_json::to_value(&report)?)?;
     } else if !g.quiet {
@@ -422,7 +442,7 @@ pub async fn run(g: &Settings, a: RunArgs) -> Result<i32> {
     Ok(job::exit_code(report.outcome))
 }
 
-async fn health_report(g: &Settings) -> Result<cairn::job::health::HealthReport> {
+pub(super) async fn health_report(g: &Settings) -> Result<cairn::job::health::HealthReport> {
     let file = super::config::load(g)?;
     Ok(cairn::job::health::health(
         &file.config,

@@ -13,7 +13,7 @@ pub enum AddressingArg {
     Virtual,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct S3Args {
     /// S3: storage class of data packs (data/...), e.g. STANDARD_IA; metadata keeps the
     /// bucket's default.

@@ -8,6 +8,7 @@
 //! from the environment when a setting is used ([`value::expand_env`], [`Secret::reveal`]).
 
 pub mod laravel;
+pub mod schedule;
 pub mod value;
 
 use std::collections::BTreeMap;
@@ -35,6 +36,8 @@ pub struct Config {
     pub jobs: BTreeMap<String, JobConfig>,
     #[serde(default, skip_serializing_if = "HealthConfig::is_default")]
     pub health: HealthConfig,
+    #[serde(default, skip_serializing_if = "DaemonConfig::is_default")]
+    pub daemon: DaemonConfig,
 }
 
 /// `[health]`: the thresholds of `cairn health`.
@@ -410,6 +413,110 @@ pub struct JobConfig {
     pub check: Option<Spanned<String>>,
     #[serde(default)]
     pub hooks: Hooks,
+    /// When `cairn daemon` runs the job: a cron schedule (default `0 2 * * *`, 02:00 every
+    /// day), or "none".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Spanned<String>>,
+    /// The schedule's time zone (default: `[daemon] timezone`, else UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+}
+
+/// `[daemon]`: what `cairn daemon` runs besides the jobs, and how it starts and stops.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DaemonConfig {
+    /// The default time zone of schedules (default UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// A fire time missed while the daemon was down runs once at start-up if it is at most
+    /// this old (default 6h).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub catch_up: Option<Dur>,
+    /// How long SIGTERM waits for a running step to end (default 2m).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shutdown_timeout: Option<Dur>,
+    /// When the health checks run (default `0 1 * * SUN`), or "none".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_schedule: Option<Spanned<String>>,
+    /// When the cleanup runs: every job's retention, prune and a read-data check (default
+    /// `0 3 1 * *`, the 1st at 03:00), or "none".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cleanup_schedule: Option<Spanned<String>>,
+    /// What the cleanup's check reads (default "10%").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cleanup_check: Option<Spanned<String>>,
+}
+
+impl DaemonConfig {
+    fn is_default(&self) -> bool {
+        *self == DaemonConfig::default()
+    }
+}
+
+/// What a schedule of the daemon runs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Task {
+    Job(String),
+    Health,
+    Cleanup,
+}
+
+impl std::fmt::Display for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Task::Job(j) => write!(f, "job {j}"),
+            Task::Health => f.write_str("health"),
+            Task::Cleanup => f.write_str("cleanup"),
+        }
+    }
+}
+
+/// The defaults of the daemon's schedules.
+pub const DEFAULT_JOB_SCHEDULE: &str = "0 2 * * *";
+pub const DEFAULT_HEALTH_SCHEDULE: &str = "0 1 * * SUN";
+pub const DEFAULT_CLEANUP_SCHEDULE: &str = "0 3 1 * *";
+pub const DEFAULT_CLEANUP_CHECK: &str = "10%";
+
+impl Config {
+    /// Every schedule of the daemon, with what it runs ("none" leaves one out).
+    pub fn schedules(&self) -> Result<Vec<(Task, schedule::Schedule)>> {
+        let d = &self.daemon;
+        let tz = d.timezone.as_deref();
+        let mut out = Vec::new();
+        let mut add =
+            |task: Task, expr: Option<&Spanned<String>>, default: &str, tz: Option<&str>| {
+                let e = expr.map_or(default, |e| e.get_ref().as_str());
+                if e.trim() == "none" {
+                    return Ok(());
+                }
+                let s = schedule::Schedule::parse(e, tz)
+                    .map_err(|err| Error::invalid(format!("{task}: {err}")))?;
+                out.push((task, s));
+                Ok::<(), Error>(())
+            };
+        for (name, j) in &self.jobs {
+            add(
+                Task::Job(name.clone()),
+                j.schedule.as_ref(),
+                DEFAULT_JOB_SCHEDULE,
+                j.timezone.as_deref().or(tz),
+            )?;
+        }
+        add(
+            Task::Health,
+            d.health_schedule.as_ref(),
+            DEFAULT_HEALTH_SCHEDULE,
+            tz,
+        )?;
+        add(
+            Task::Cleanup,
+            d.cleanup_schedule.as_ref(),
+            DEFAULT_CLEANUP_SCHEDULE,
+            tz,
+        )?;
+        Ok(out)
+    }
 }
 
 fn yes() -> bool {
@@ -623,7 +730,36 @@ impl ConfigFile {
             {
                 return Err(self.error_at(chk.span().start, format!("job {name}: {e}")));
             }
+            if let Some(sch) = &j.schedule
+                && sch.get_ref().trim() != "none"
+                && let Err(e) = schedule::Schedule::parse(
+                    sch.get_ref(),
+                    j.timezone.as_deref().or(c.daemon.timezone.as_deref()),
+                )
+            {
+                return Err(self.error_at(sch.span().start, format!("job {name}: {e}")));
+            }
         }
+        let d = &c.daemon;
+        for sch in [&d.health_schedule, &d.cleanup_schedule]
+            .into_iter()
+            .flatten()
+        {
+            if sch.get_ref().trim() != "none"
+                && let Err(e) = schedule::Schedule::parse(sch.get_ref(), d.timezone.as_deref())
+            {
+                return Err(self.error_at(sch.span().start, format!("daemon: {e}")));
+            }
+        }
+        if let Some(chk) = &d.cleanup_check
+            && let Err(e) = CheckSubset::parse(chk.get_ref())
+        {
+            return Err(self.error_at(chk.span().start, format!("daemon: {e}")));
+        }
+        // A time zone of no schedule (every job "none") is still checked.
+        self.config
+            .schedules()
+            .map_err(|e| self.error_at(0, e.to_string()))?;
         Ok(())
     }
 

@@ -85,6 +85,8 @@ impl History {
                  outcome TEXT NOT NULL, error TEXT, snapshot TEXT, bytes_read INTEGER NOT NULL,
                  bytes_added INTEGER NOT NULL, seconds REAL NOT NULL,
                  PRIMARY KEY (run_id, seq));
+             CREATE TABLE IF NOT EXISTS fires (
+                 schedule TEXT PRIMARY KEY, at TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS checks (
                  repository TEXT NOT NULL, started TEXT NOT NULL, outcome TEXT NOT NULL,
                  error TEXT);",
@@ -256,6 +258,34 @@ pub struct LastStep {
 }
 
 impl History {
+    /// The daemon's last fire time of schedule `key` (`job nightly`, `health`, ...).
+    pub fn fire(&self, key: &str) -> Result<Option<jiff::Timestamp>> {
+        let path = self.dir.join("history.db");
+        let mut st = self
+            .db
+            .prepare("SELECT at FROM fires WHERE schedule = ?1")
+            .map_err(sql_err(&path))?;
+        let mut rows = st
+            .query_map(params![key], |row| row.get::<_, String>(0))
+            .map_err(sql_err(&path))?;
+        Ok(rows
+            .next()
+            .transpose()
+            .map_err(sql_err(&path))?
+            .and_then(|t| t.parse().ok()))
+    }
+
+    pub fn set_fire(&mut self, key: &str, at: jiff::Timestamp) -> Result<()> {
+        let path = self.dir.join("history.db");
+        self.db
+            .execute(
+                "INSERT OR REPLACE INTO fires VALUES (?1, ?2)",
+                params![key, at.to_string()],
+            )
+            .map_err(sql_err(&path))?;
+        Ok(())
+    }
+
     /// Record a `cairn check` of the configuration's repository `repository` outside a run.
     pub fn record_check(
         &mut self,

@@ -19,15 +19,23 @@ pub struct Hooks {
     job: String,
     timeout: Duration,
     log: Arc<RunLog>,
+    shutdown: Option<crate::repo::lease::Shutdown>,
 }
 
 impl Hooks {
-    pub fn new(cfg: &crate::config::Hooks, run_id: &str, job: &str, log: Arc<RunLog>) -> Hooks {
+    pub fn new(
+        cfg: &crate::config::Hooks,
+        run_id: &str,
+        job: &str,
+        log: Arc<RunLog>,
+        shutdown: Option<crate::repo::lease::Shutdown>,
+    ) -> Hooks {
         Hooks {
             run_id: run_id.to_string(),
             job: job.to_string(),
             timeout: cfg.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0),
             log,
+            shutdown,
         }
     }
 
@@ -114,7 +122,23 @@ impl Hooks {
                 tokio::join!(child.wait(), pipe(out, "stdout"), pipe(err, "stderr"));
             status
         };
-        let status = match tokio::time::timeout(self.timeout, finished).await {
+        let stop = async {
+            match &self.shutdown {
+                Some(s) => s.requested().await,
+                None => std::future::pending().await,
+            }
+        };
+        let status = tokio::select! {
+            r = tokio::time::timeout(self.timeout, finished) => r,
+            _ = stop => {
+                if let Some(pid) = pid {
+                    // SAFETY: signalling a process group we created.
+                    unsafe { libc::killpg(pid as i32, libc::SIGKILL) };
+                }
+                return Err(Error::Interrupted);
+            }
+        };
+        let status = match status {
             Ok(r) => r.map_err(|e| Error::Other(format!("hook {label}: {e}")))?,
             Err(_) => {
                 // Kill the hook's whole process group: `sh -c 'sleep 100'` leaves a child.

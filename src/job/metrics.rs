@@ -116,7 +116,7 @@ pub fn render(history: &History, health: Option<&HealthReport>) -> Result<String
         "The outcome of the job's last run: 1 for the outcome it had, 0 for the others.",
     );
     for r in &latest {
-        for o in ["success", "partial", "failure"] {
+        for o in ["success", "partial", "failure", "interrupted"] {
             f.sample(
                 "cairn_job_last_run_outcome",
                 &[("job", &r.job), ("outcome", o)],

@@ -65,6 +65,18 @@ pub struct RunOptions {
     pub prune_grace: Option<Duration>,
     /// Where the run's log goes (`logs/RUN_ID.log` under it); none: no log file.
     pub state_dir: Option<std::path::PathBuf>,
+    /// A stop request (SIGTERM to the daemon): the running step ends (its lease deleted), no
+    /// further step starts, and the run's outcome is `interrupted`.
+    pub shutdown: Option<crate::repo::lease::Shutdown>,
+    /// The cleanup instead of the night: no hook, backup or copy; every repository of the job
+    /// gets its retention, a prune, and a check reading this subset.
+    pub cleanup: Option<CheckSubset>,
+}
+
+impl RunOptions {
+    fn stopped(&self) -> bool {
+        self.shutdown.as_ref().is_some_and(|s| s.is_requested())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -73,6 +85,8 @@ pub enum Outcome {
     Success,
     Partial,
     Failure,
+    /// Stopped by a shutdown request before it ended.
+    Interrupted,
 }
 
 /// One step of a run.
@@ -197,6 +211,7 @@ pub fn outcome_word(o: Outcome) -> &'static str {
         Outcome::Success => "success",
         Outcome::Partial => "partial",
         Outcome::Failure => "failure",
+        Outcome::Interrupted => "interrupted",
     }
 }
 
@@ -235,8 +250,18 @@ fn run_id(now: Timestamp) -> String {
     format!("{t}-{}", hex::encode(r))
 }
 
-/// Run job `job_name` of `config`.
-pub async fn run(
+/// Run job `job_name` of `config`. (Boxed: a future that is `Send` whatever the lifetimes,
+/// for the daemon's spawned tasks.)
+pub fn run<'a>(
+    config: &'a Config,
+    job_name: &'a str,
+    opener: &'a dyn Opener,
+    opts: &'a RunOptions,
+) -> BoxFuture<'a, Result<RunReport>> {
+    Box::pin(run_inner(config, job_name, opener, opts))
+}
+
+async fn run_inner(
     config: &Config,
     job_name: &str,
     opener: &dyn Opener,
@@ -260,7 +285,11 @@ pub async fn run(
     ));
     let mut report = RunReport {
         run_id: id,
-        job: job_name.to_string(),
+        // A cleanup is recorded apart from the job's nights.
+        job: match opts.cleanup {
+            Some(_) => format!("{job_name}:cleanup"),
+            None => job_name.to_string(),
+        },
         outcome: Outcome::Success,
         started,
         ended: started,
@@ -269,15 +298,24 @@ pub async fn run(
         repositories: Vec::new(),
         log: Arc::new(log),
     };
-    let hooks = hooks::Hooks::new(&job.hooks, &report.run_id, job_name, report.log.clone());
-    let stored = run_steps(config, job, opener, opts, &hooks, &mut report).await;
+    let hooks = hooks::Hooks::new(
+        &job.hooks,
+        &report.run_id,
+        job_name,
+        report.log.clone(),
+        opts.shutdown.clone(),
+    );
+    let stored = run_steps(config, job_name, job, opener, opts, &hooks, &mut report).await;
     let any_failed = report.steps.iter().any(|s| s.outcome != Outcome::Success);
     report.outcome = match (any_failed, stored) {
         (false, _) => Outcome::Success,
         (true, true) => Outcome::Partial,
         (true, false) => Outcome::Failure,
     };
-    if !opts.dry_run {
+    if opts.stopped() {
+        report.outcome = Outcome::Interrupted;
+    }
+    if !opts.dry_run && opts.cleanup.is_none() && !opts.stopped() {
         // Validation can fail the run; its hooks see the report so far.
         if report.outcome != Outcome::Failure && !job.hooks.validate.is_empty() {
             let t = report.begin("hook validate");
@@ -315,12 +353,16 @@ pub async fn run(
 /// The steps up to the hooks at the end; whether any snapshot was stored.
 async fn run_steps(
     config: &Config,
+    job_name: &str,
     job: &JobConfig,
     opener: &dyn Opener,
     opts: &RunOptions,
     hooks: &hooks::Hooks,
     report: &mut RunReport,
 ) -> bool {
+    if let Some(subset) = opts.cleanup {
+        return cleanup(config, job_name, job, opener, opts, subset, report).await;
+    }
     if !opts.dry_run && !job.hooks.before.is_empty() {
         let t = report.begin("hook before");
         let r = hooks
@@ -354,22 +396,27 @@ async fn run_steps(
             )
         })
         .collect();
-    let job_name = report.job.clone();
     let run_id = report.run_id.clone();
-    let backups = sources.iter().map(|(name, source)| {
-        let repo = repo.clone();
-        let t = report.begin(&format!("backup {name}"));
-        let tags = vec![
-            format!("job={job_name}"),
-            format!("source={name}"),
-            format!("run={run_id}"),
-        ];
-        async move {
-            let r = backup_source(&repo, name, source, tags, opts).await;
-            // Its own time: the steps run together and are recorded after the last ends.
-            (*name, t.elapsed().as_secs_f64(), r)
-        }
-    });
+    // Boxed, so the run's future is Send for any lifetime (a spawned daemon task).
+    type Backup<'a> = BoxFuture<'a, (&'a str, f64, Result<StepDone>)>;
+    let backups: Vec<Backup<'_>> = sources
+        .iter()
+        .map(|(name, source)| {
+            let repo = repo.clone();
+            let t = report.begin(&format!("backup {name}"));
+            let tags = vec![
+                format!("job={job_name}"),
+                format!("source={name}"),
+                format!("run={run_id}"),
+            ];
+            let b: Backup<'_> = Box::pin(async move {
+                let r = backup_source(&repo, name, source, tags, opts).await;
+                // Its own time: the steps run together and are recorded after the last ends.
+                (*name, t.elapsed().as_secs_f64(), r)
+            });
+            b
+        })
+        .collect();
     let mut stored = false;
     for (name, t, r) in futures::future::join_all(backups).await {
         if let Ok(d) = &r
@@ -380,12 +427,15 @@ async fn run_steps(
         }
         report.push_took(format!("backup {name}"), t, r);
     }
-    if opts.dry_run {
+    if opts.dry_run || opts.stopped() {
         return stored;
     }
     // Every repository of the job: its own first, then the copies.
     let mut repos = vec![(repo_name, repo.clone())];
     for target in &job.copy_to {
+        if opts.stopped() {
+            return stored;
+        }
         let target = target.get_ref().as_str();
         let t = report.begin(&format!("copy {target}"));
         let r = async {
@@ -429,50 +479,117 @@ async fn run_steps(
             }
         }
     }
-    for (name, r) in &repos {
-        let Some(rc) = config.repositories.get(*name) else {
-            continue;
-        };
-        let mut forgot = false;
-        if job.forget && !rc.is_empty() {
-            let t = report.begin(&format!("forget {name}"));
-            let res = forget(r, &job_name, &job.sources, rc.policy(), opts).await;
-            forgot = matches!(res, Ok(n) if n > 0);
-            report.push(
-                format!("forget {name}"),
-                t,
-                res.map(|_| StepDone::default()),
-            );
-        }
-        if job.prune && (forgot || *name == repo_name) {
-            let t = report.begin(&format!("prune {name}"));
-            let res = prune::prune(
-                r,
-                &PruneOptions {
-                    grace: opts.prune_grace.unwrap_or(Duration::from_secs(3600)),
-                    lease_wait: opts.lease_wait,
-                    ..Default::default()
-                },
-            )
-            .await;
-            report.push(format!("prune {name}"), t, res.map(|_| StepDone::default()));
-        }
-        if let Some(subset) = &job.check {
-            let subset = CheckSubset::parse(subset.get_ref()).unwrap_or(CheckSubset::Structure);
-            if subset != CheckSubset::None {
+    let check = job
+        .check
+        .as_ref()
+        .map(|c| CheckSubset::parse(c.get_ref()).unwrap_or(CheckSubset::Structure));
+    maintain(
+        config, job_name, job, &repos, repo_name, job.prune, check, opts, report,
+    )
+    .await;
+    stored
+}
+
+/// Each repository's retention (per source), prune (`prune`: always for the job's own
+/// repository, for the others when the retention removed something), check, and figures.
+#[allow(clippy::too_many_arguments)]
+fn maintain<'a>(
+    config: &'a Config,
+    job_name: &'a str,
+    job: &'a JobConfig,
+    repos: &'a [(&'a str, Arc<Repository>)],
+    repo_name: &'a str,
+    prune: bool,
+    check_subset: Option<CheckSubset>,
+    opts: &'a RunOptions,
+    report: &'a mut RunReport,
+) -> BoxFuture<'a, ()> {
+    Box::pin(async move {
+        for (name, r) in repos {
+            if opts.stopped() {
+                return;
+            }
+            let Some(rc) = config.repositories.get(*name) else {
+                continue;
+            };
+            let mut forgot = false;
+            if job.forget && !rc.is_empty() {
+                let t = report.begin(&format!("forget {name}"));
+                let res = forget(r, job_name, &job.sources, rc.policy(), opts).await;
+                forgot = matches!(res, Ok(n) if n > 0);
+                report.push(
+                    format!("forget {name}"),
+                    t,
+                    res.map(|_| StepDone::default()),
+                );
+            }
+            if prune && (forgot || *name == repo_name) && !opts.stopped() {
+                let t = report.begin(&format!("prune {name}"));
+                let res = prune::prune(
+                    r,
+                    &PruneOptions {
+                        grace: opts.prune_grace.unwrap_or(Duration::from_secs(3600)),
+                        lease_wait: opts.lease_wait,
+                        ..Default::default()
+                    },
+                )
+                .await;
+                report.push(format!("prune {name}"), t, res.map(|_| StepDone::default()));
+            }
+            if let Some(subset) = check_subset
+                && subset != CheckSubset::None
+                && !opts.stopped()
+            {
                 let t = report.begin(&format!("check {name}"));
                 let res = check(r, subset, opts.lease_wait).await;
                 report.push(format!("check {name}"), t, res);
             }
+            match figures(name, r) {
+                Ok(f) => report.repositories.push(f),
+                Err(e) => report
+                    .log
+                    .line(&format!("could not measure repository {name}: {e}")),
+            }
         }
-        match figures(name, r) {
-            Ok(f) => report.repositories.push(f),
-            Err(e) => report
-                .log
-                .line(&format!("could not measure repository {name}: {e}")),
+    })
+}
+
+/// The cleanup of a job: every repository's retention, a prune and a check of `subset`.
+async fn cleanup(
+    config: &Config,
+    job_name: &str,
+    job: &JobConfig,
+    opener: &dyn Opener,
+    opts: &RunOptions,
+    subset: CheckSubset,
+    report: &mut RunReport,
+) -> bool {
+    let mut repos = Vec::new();
+    for name in std::iter::once(&job.repository).chain(&job.copy_to) {
+        let name = name.get_ref().as_str();
+        let t = Instant::now();
+        match opener.open(name).await {
+            Ok(r) => repos.push((name, r)),
+            Err(e) => {
+                report.push(format!("open {name}"), t, Err(e));
+            }
         }
     }
-    stored
+    let own = job.repository.get_ref().as_str();
+    maintain(
+        config,
+        job_name,
+        job,
+        &repos,
+        own,
+        true,
+        Some(subset),
+        opts,
+        report,
+    )
+    .await;
+    // Nothing stored: a failed step makes the cleanup a failure.
+    false
 }
 
 fn figures(name: &str, repo: &Repository) -> Result<RepositoryFigures> {
@@ -657,11 +774,12 @@ pub fn mysql_connection(name: &str, m: &MysqlSource) -> Result<Connection> {
     })
 }
 
-/// The exit code of an outcome: 0 success, 3 partial, 1 failure.
+/// The exit code of an outcome: 0 success, 3 partial, 1 failure, 130 interrupted.
 pub fn exit_code(o: Outcome) -> i32 {
     match o {
         Outcome::Success => 0,
         Outcome::Partial => 3,
         Outcome::Failure => 1,
+        Outcome::Interrupted => 130,
     }
 }

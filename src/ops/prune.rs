@@ -500,8 +500,11 @@ async fn run(
         repo.backend().delete(&keys::condemned(id)).await?;
     }
     lease.verify().await?;
-    futures::stream::iter(delete.iter())
-        .map(|(id, _)| async move { repo.backend().delete(&keys::pack(id)).await })
+    // Owned ids: a closure over borrowed items makes the future not `Send` for every
+    // lifetime, which a spawned task (the daemon) needs.
+    let doomed: Vec<Id> = delete.iter().map(|(id, _)| *id).collect();
+    futures::stream::iter(doomed)
+        .map(|id| async move { repo.backend().delete(&keys::pack(&id)).await })
         .buffer_unordered(repo.connections().max(2) * 2)
         .try_collect::<Vec<()>>()
         .await?;

@@ -1,0 +1,282 @@
+//! `cairn daemon`: the backup service in one process. It runs the configuration's jobs, the
+//! health checks and the cleanup on their cron schedules (see `cairn::config::schedule`),
+//! catches up a fire time missed while it was down (once, if within `catch-up`), never runs a
+//! job twice at once, reloads the configuration on SIGHUP (a broken one keeps the old and
+//! says why), and on SIGTERM or SIGINT stops taking work, lets the running steps end (their
+//! leases deleted, the runs recorded as interrupted) within `shutdown-timeout`, and exits 0.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Args;
+use tokio::signal::unix::{SignalKind, signal};
+
+use cairn::config::Task;
+use cairn::config::schedule::Schedule;
+use cairn::job::history::History;
+use cairn::job::{self, RunOptions};
+
+use super::args::GlobalArgs;
+use super::settings::Settings;
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {}
+
+/// Defaults of `[daemon]`.
+const DEFAULT_CATCH_UP: Duration = Duration::from_secs(6 * 3600);
+const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(120);
+
+struct Plan {
+    settings: Arc<Settings>,
+    schedules: Vec<(Task, Schedule)>,
+    catch_up: Duration,
+    shutdown_timeout: Duration,
+}
+
+fn plan(settings: Settings) -> Result<Plan> {
+    let file = super::config::load(&settings)?;
+    let schedules = file.config.schedules()?;
+    let d = &file.config.daemon;
+    Ok(Plan {
+        catch_up: d.catch_up.map_or(DEFAULT_CATCH_UP, |c| c.0),
+        shutdown_timeout: d.shutdown_timeout.map_or(DEFAULT_SHUTDOWN_TIMEOUT, |c| c.0),
+        schedules,
+        settings: Arc::new(settings),
+    })
+}
+
+fn describe(p: &Plan) {
+    for (task, s) in &p.schedules {
+        let next = s
+            .next_after(jiff::Timestamp::now())
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "never".into());
+        tracing::info!(
+            "{task}: \"{}\" ({}), next at {next}",
+            s.expression,
+            s.timezone
+        );
+    }
+}
+
+pub async fn run(first: Settings, global: GlobalArgs, _a: DaemonArgs) -> Result<i32> {
+    let mut plan = plan(first)?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tracing::info!(
+        "cairn daemon started (pid {}): {} schedules",
+        std::process::id(),
+        plan.schedules.len()
+    );
+    describe(&plan);
+
+    // Where each schedule stands: its last fire time (from the history, so a restart knows
+    // what it missed). A schedule never seen before starts from now: nothing to catch up.
+    let now = jiff::Timestamp::now();
+    let mut cursor: HashMap<String, jiff::Timestamp> = HashMap::new();
+    let mut due_now: Vec<Task> = Vec::new();
+    {
+        let mut h = History::open(&plan.settings.state_dir)?;
+        for (task, s) in &plan.schedules {
+            let key = task.to_string();
+            match h.fire(&key)? {
+                Some(last) => {
+                    if let Some(missed) = s.latest_in(Some(last), now, plan.catch_up) {
+                        tracing::warn!("{task}: missed its run at {missed}; running it now");
+                        due_now.push(task.clone());
+                        h.set_fire(&key, missed)?;
+                        cursor.insert(key, now);
+                    } else {
+                        cursor.insert(key, last.max(now));
+                    }
+                }
+                None => {
+                    h.set_fire(&key, now)?;
+                    cursor.insert(key, now);
+                }
+            }
+        }
+    }
+    let mut running: HashMap<Task, tokio::task::JoinHandle<()>> = HashMap::new();
+    for task in due_now {
+        launch(&plan, task, &mut running);
+    }
+
+    loop {
+        // The next fire time of any schedule.
+        let next = plan
+            .schedules
+            .iter()
+            .filter_map(|(task, s)| {
+                let from = cursor.get(&task.to_string()).copied().unwrap_or(now);
+                s.next_after(from).map(|t| (t, task.clone()))
+            })
+            .min_by_key(|(t, _)| *t);
+        // Sleep until then, but wake at least every minute (the clock may jump).
+        let wait = next
+            .as_ref()
+            .map(|(t, _)| {
+                let d = t.as_millisecond() - jiff::Timestamp::now().as_millisecond();
+                Duration::from_millis(d.max(0) as u64)
+            })
+            .unwrap_or(Duration::from_secs(60))
+            .min(Duration::from_secs(60));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = hup.recv() => {
+                match Settings::resolve(&global, true).and_then(plan_checked) {
+                    Ok(p) => {
+                        tracing::info!("configuration reloaded: {} schedules", p.schedules.len());
+                        let now = jiff::Timestamp::now();
+                        for (task, _) in &p.schedules {
+                            cursor.entry(task.to_string()).or_insert(now);
+                        }
+                        plan = p;
+                        describe(&plan);
+                    }
+                    Err(e) => tracing::error!(
+                        "the configuration was not reloaded (the old one stays in force): {e:#}"
+                    ),
+                }
+                continue;
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+        let now = jiff::Timestamp::now();
+        running.retain(|_, h| !h.is_finished());
+        let mut h = History::open(&plan.settings.state_dir)?;
+        for (task, s) in &plan.schedules {
+            let key = task.to_string();
+            let from = cursor.get(&key).copied().unwrap_or(now);
+            // Every fire time passed since (a suspended machine may have several): run once.
+            let Some(fire) = s.latest_in(Some(from), now, Duration::from_secs(400 * 86400)) else {
+                continue;
+            };
+            cursor.insert(key.clone(), fire);
+            if let Err(e) = h.set_fire(&key, fire) {
+                tracing::warn!("could not record the fire time of {task}: {e}");
+            }
+            launch(&plan, task.clone(), &mut running);
+        }
+    }
+
+    // Stop: no new work; the running steps end and delete their leases.
+    tracing::info!(
+        "stopping: waiting up to {}s for {} running tasks",
+        plan.shutdown_timeout.as_secs(),
+        running.values().filter(|h| !h.is_finished()).count()
+    );
+    super::commands::shutdown().request();
+    let all = futures::future::join_all(running.into_values());
+    if tokio::time::timeout(plan.shutdown_timeout, all)
+        .await
+        .is_err()
+    {
+        tracing::error!("running tasks did not end within the shutdown timeout");
+    }
+    tracing::info!("cairn daemon stopped");
+    Ok(super::EXIT_OK)
+}
+
+fn plan_checked(s: Settings) -> Result<Plan> {
+    plan(s)
+}
+
+/// Start `task` unless it is still running from its last fire time.
+fn launch(plan: &Plan, task: Task, running: &mut HashMap<Task, tokio::task::JoinHandle<()>>) {
+    if running.get(&task).is_some_and(|h| !h.is_finished()) {
+        tracing::warn!("{task}: still running from its last fire time; this one is skipped");
+        return;
+    }
+    let g = plan.settings.clone();
+    let t = task.clone();
+    let handle = tokio::spawn(async move {
+        match &t {
+            Task::Job(name) => run_job(&g, name, None).await,
+            Task::Health => match super::run::health_report(&g).await {
+                Ok(r) => {
+                    let failed: Vec<&str> = r
+                        .checks
+                        .iter()
+                        .filter(|c| !c.ok)
+                        .map(|c| c.name.as_str())
+                        .collect();
+                    if failed.is_empty() {
+                        tracing::info!("health: {} checks passed", r.checks.len());
+                    } else {
+                        tracing::error!("health: failed: {}", failed.join(", "));
+                    }
+                    let path = g.state_dir.join("health.json");
+                    if let Ok(text) = serde_json::to_string(&r) {
+                        let _ = cairn::job::metrics::write_file(&path, &text);
+                    }
+                }
+                Err(e) => tracing::error!("health: {e:#}"),
+            },
+            Task::Cleanup => {
+                let jobs: Vec<(String, String)> = match super::config::load(&g) {
+                    Ok(f) => f
+                        .config
+                        .jobs
+                        .keys()
+                        .map(|j| {
+                            let check = f
+                                .config
+                                .daemon
+                                .cleanup_check
+                                .as_ref()
+                                .map(|c| c.get_ref().clone())
+                                .unwrap_or_else(|| cairn::config::DEFAULT_CLEANUP_CHECK.into());
+                            (j.clone(), check)
+                        })
+                        .collect(),
+                    Err(e) => {
+                        tracing::error!("cleanup: {e:#}");
+                        return;
+                    }
+                };
+                for (name, check) in jobs {
+                    let subset = cairn::config::CheckSubset::parse(&check)
+                        .unwrap_or(cairn::config::CheckSubset::Structure);
+                    run_job(&g, &name, Some(subset)).await;
+                }
+            }
+        }
+    });
+    running.insert(task, handle);
+}
+
+async fn run_job(g: &Settings, name: &str, cleanup: Option<cairn::config::CheckSubset>) {
+    let opts = RunOptions {
+        lease_wait: g.lease_wait,
+        state_dir: Some(g.state_dir.clone()),
+        shutdown: Some(super::commands::shutdown().clone()),
+        cleanup,
+        ..Default::default()
+    };
+    let what = if cleanup.is_some() {
+        format!("cleanup of job {name}")
+    } else {
+        format!("job {name}")
+    };
+    match super::run::run_job(g, name, &opts, Duration::ZERO, None).await {
+        Ok(r) => {
+            let line = format!(
+                "{what}: run {} {} in {:.1}s",
+                r.run_id,
+                job::outcome_word(r.outcome),
+                (r.ended.as_nanos() - r.started.as_nanos()) as f64 / 1e9
+            );
+            if r.outcome == job::Outcome::Success {
+                tracing::info!("{line}");
+            } else {
+                tracing::error!("{line} (cairn logs {})", r.run_id);
+            }
+        }
+        Err(e) => tracing::error!("{what}: {e:#}"),
+    }
+}
