@@ -38,8 +38,14 @@ impl Daemon {
 
     /// The configuration: `job` lines for job nightly, `daemon` lines, more `sources`.
     fn config(&self, job: &str, daemon: &str, sources: &str) {
+        // No listener unless the test asks for one (parallel tests, one port).
+        let listen = if daemon.contains("listen") {
+            ""
+        } else {
+            "listen = \"none\"\n"
+        };
         let text = format!(
-            "[daemon]\nhealth-schedule = \"none\"\ncleanup-schedule = \"none\"\n{daemon}\n\n\
+            "[daemon]\nhealth-schedule = \"none\"\ncleanup-schedule = \"none\"\n{listen}{daemon}\n\n\
              [repositories.local]\nurl = \"{repo}\"\npassword-file = \"{pw}\"\n\n\
              [sources.files]\nkind = \"files\"\npaths = [\"{src}\"]\n\n{sources}\n\
              [jobs.nightly]\nsources = [\"files\"]\nrepository = \"local\"\n{job}\n",
@@ -357,4 +363,105 @@ fn the_health_and_cleanup_schedules_run_theirs() {
     );
     assert!(!steps.iter().any(|s| s.starts_with("backup")), "{steps:?}");
     assert_eq!(runs[0]["outcome"], "success", "{r}");
+}
+
+/// A GET on 127.0.0.1:`port`: the status code and the body.
+fn get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    c.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, body.to_string())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn the_listener_serves_metrics_health_and_the_status_page() {
+    let d = Daemon::new();
+    let port = free_port();
+    let token = "Status-Token-4471";
+    d.config(
+        "schedule = \"none\"\ncheck = \"structure\"",
+        &format!("listen = \"127.0.0.1:{port}\"\ntoken = \"${{STATUS_TOKEN}}\""),
+        "",
+    );
+    let text = std::fs::read_to_string(&d.file).unwrap().replace(
+        "health-schedule = \"none\"",
+        "health-schedule = \"* * * * * *\"",
+    );
+    write(&d.file, text.as_bytes());
+    // Two nights for the charts.
+    let yesterday = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24))
+        .to_zoned_datetime(jiff::tz::TimeZone::system())
+        .strftime("%Y-%m-%d %H:%M:%S")
+        .to_string();
+    d.cmd().args(["run", "--time", &yesterday]).run().ok();
+    write(&d.src.join("b.bin"), &random_bytes(9, 300_000));
+    d.cmd().arg("run").run().ok();
+    let child = d
+        .cmd()
+        .env("STATUS_TOKEN", token)
+        .arg("daemon")
+        .command()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let health = d.env.path("state/health.json");
+    wait_until("the first health check", Duration::from_secs(30), || {
+        health.exists()
+    });
+    // No token, a wrong one: refused.
+    assert_eq!(get(port, "/metrics", None).0, 401);
+    assert_eq!(get(port, "/", Some("wrong")).0, 401);
+    let (code, metrics) = get(port, "/metrics", Some(token));
+    assert_eq!(code, 200, "{metrics}");
+    assert!(
+        metrics.contains("cairn_job_runs_total{job=\"nightly\",outcome=\"success\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("cairn_healthy 1"), "{metrics}");
+    let (code, body) = get(port, "/health", Some(token));
+    assert_eq!(code, 200, "{body}");
+    let h: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(h["healthy"], true, "{h}");
+    let (code, page) = get(port, "/", Some(token));
+    assert_eq!(code, 200);
+    let runs = d.cmd().args(["--json", "runs"]).run().ok().json();
+    let latest = runs[0]["run_id"].as_str().unwrap();
+    assert!(page.contains(&format!("data-run=\"{latest}\"")), "{page}");
+    assert!(page.contains("<svg id=\"chart-size\"") && page.contains("<svg id=\"chart-added\""));
+    assert_eq!(page.matches("class=\"series\"").count(), 2, "{page}");
+    assert!(
+        page.contains("data-check=\"freshness files@local\""),
+        "{page}"
+    );
+    assert!(!page.contains(token) && !metrics.contains(token));
+    assert_eq!(get(port, "/nothing", Some(token)).0, 404);
+    let (code, log) = stop(child);
+    assert_eq!(code, 0, "{log}");
+    assert!(!log.contains(token), "{log}");
 }

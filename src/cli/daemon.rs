@@ -30,6 +30,7 @@ const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(120);
 
 struct Plan {
     settings: Arc<Settings>,
+    listen: Option<std::net::SocketAddr>,
     schedules: Vec<(Task, Schedule)>,
     catch_up: Duration,
     shutdown_timeout: Duration,
@@ -39,7 +40,13 @@ fn plan(settings: Settings) -> Result<Plan> {
     let file = super::config::load(&settings)?;
     let schedules = file.config.schedules()?;
     let d = &file.config.daemon;
+    let listen = match d.listen.as_ref().map(|l| l.get_ref().as_str()) {
+        Some("none") => None,
+        Some(a) => Some(a.parse()?),
+        None => Some(super::web::DEFAULT_LISTEN.parse()?),
+    };
     Ok(Plan {
+        listen,
         catch_up: d.catch_up.map_or(DEFAULT_CATCH_UP, |c| c.0),
         shutdown_timeout: d.shutdown_timeout.map_or(DEFAULT_SHUTDOWN_TIMEOUT, |c| c.0),
         schedules,
@@ -72,6 +79,10 @@ pub async fn run(first: Settings, global: GlobalArgs, _a: DaemonArgs) -> Result<
         plan.schedules.len()
     );
     describe(&plan);
+    let shared: super::web::Shared = Arc::new(std::sync::RwLock::new(plan.settings.clone()));
+    if let Some(addr) = plan.listen {
+        super::web::serve(addr, shared.clone()).await?;
+    }
 
     // Where each schedule stands: its last fire time (from the history, so a restart knows
     // what it missed). A schedule never seen before starts from now: nothing to catch up.
@@ -134,7 +145,14 @@ pub async fn run(first: Settings, global: GlobalArgs, _a: DaemonArgs) -> Result<
                         for (task, _) in &p.schedules {
                             cursor.entry(task.to_string()).or_insert(now);
                         }
+                        if p.listen != plan.listen {
+                            tracing::warn!("a new listen address takes effect at the next start");
+                        }
                         plan = p;
+                        match shared.write() {
+                            Ok(mut g) => *g = plan.settings.clone(),
+                            Err(poisoned) => *poisoned.into_inner() = plan.settings.clone(),
+                        }
                         describe(&plan);
                     }
                     Err(e) => tracing::error!(

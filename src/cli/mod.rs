@@ -30,6 +30,7 @@ mod output;
 mod run;
 mod s3args;
 mod settings;
+mod web;
 
 use clap::Parser;
 

@@ -446,6 +446,13 @@ pub struct DaemonConfig {
     /// What the cleanup's check reads (default "10%").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cleanup_check: Option<Spanned<String>>,
+    /// Where the status page, `/metrics` and `/health` listen (default 127.0.0.1:9187; "none"
+    /// turns the listener off). An address beyond loopback is the configuration's choice.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<Spanned<String>>,
+    /// A bearer token every request to the listener must carry (best a `${VAR}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
 }
 
 impl DaemonConfig {
@@ -756,6 +763,18 @@ impl ConfigFile {
         {
             return Err(self.error_at(chk.span().start, format!("daemon: {e}")));
         }
+        if let Some(l) = &d.listen
+            && l.get_ref() != "none"
+            && l.get_ref().parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(self.error_at(
+                l.span().start,
+                format!(
+                    "daemon: listen {:?} is not an address and port (e.g. 127.0.0.1:9187)",
+                    l.get_ref()
+                ),
+            ));
+        }
         // A time zone of no schedule (every job "none") is still checked.
         self.config
             .schedules()
@@ -799,6 +818,9 @@ impl ConfigFile {
             {
                 out.push(format!("sources.{name}.password"));
             }
+        }
+        if c.daemon.token.as_ref().is_some_and(Secret::is_literal) {
+            out.push("daemon.token".into());
         }
         out
     }

@@ -29,7 +29,7 @@ pub const DEFAULT_MAX_CHECK_AGE: Duration = Duration::from_secs(35 * 86400);
 /// How long opening a repository or reaching a database may take.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(120);
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Check {
     /// `database shop`, `repository offsite`, `disk local`, `freshness uploads@local`, ...
     pub name: String,
@@ -37,11 +37,11 @@ pub struct Check {
     /// What was found.
     pub detail: String,
     /// What to do about a failure.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fix: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct HealthReport {
     pub healthy: bool,
     pub checks: Vec<Check>,
@@ -123,7 +123,7 @@ pub async fn health(config: &Config, opener: &dyn Opener, o: &HealthOptions) -> 
         let r = tokio::time::timeout(CHECK_TIMEOUT, async {
             let repo = opener.open(name).await?;
             let n = repo.snapshots()?.len();
-            Ok::<_, crate::Error>((repo, n))
+            Ok::<_, crate::error::Error>((repo, n))
         })
         .await;
         match r {
