@@ -154,8 +154,9 @@ fn schedules_fire_and_a_missed_one_is_caught_up_once() {
     assert_eq!(code, 0, "{log}");
     let runs = d.runs();
     // Fire times at every even second: 3 or 4 in 7 s (the first is the first even second
-    // after start-up: a schedule never seen before has nothing to catch up).
-    assert!((3..=4).contains(&runs.len()), "{runs:?}\n{log}");
+    // after start-up: a schedule never seen before has nothing to catch up); on a loaded
+    // machine a run may outlast a fire time, which is then skipped.
+    assert!((2..=4).contains(&runs.len()), "{runs:?}\n{log}");
     assert!(runs.iter().all(|r| r.2 == "success"), "{runs:?}");
     for r in &runs {
         assert_eq!(r.0.as_second() % 2, 0, "a run off its schedule: {runs:?}");
