@@ -653,6 +653,9 @@ mod tests {
     struct Flaky {
         inner: MemoryBackend,
         locks_down: AtomicBool,
+        /// The n-th read of an index object from now (1 = the next) fails as if a prune had
+        /// just deleted it; 0: none.
+        vanish_index_read: std::sync::atomic::AtomicI64,
     }
 
     #[async_trait]
@@ -672,6 +675,17 @@ mod tests {
             self.inner.put(key, data).await
         }
         async fn get(&self, key: &str) -> BResult<Bytes> {
+            if key.starts_with(keys::INDEX)
+                && self.vanish_index_read.load(Ordering::SeqCst) > 0
+                && self.vanish_index_read.fetch_sub(1, Ordering::SeqCst) == 1
+            {
+                return Err(BackendError::new(
+                    BackendErrorKind::NotFound,
+                    "get",
+                    key,
+                    "injected: deleted after the listing",
+                ));
+            }
             self.inner.get(key).await
         }
         async fn get_range(&self, key: &str, offset: u64, len: u64) -> BResult<Bytes> {
@@ -693,6 +707,7 @@ mod tests {
         let backend = Arc::new(Flaky {
             inner: MemoryBackend::new(),
             locks_down: AtomicBool::new(false),
+            vanish_index_read: std::sync::atomic::AtomicI64::new(0),
         });
         let mut open = OpenOptions::new(cache.path());
         open.clock = Arc::new(TokioClock(tokio::time::Instant::now()));
@@ -710,6 +725,42 @@ mod tests {
         .await
         .unwrap();
         (cache, backend, Arc::new(repo))
+    }
+
+    /// Another host's prune replaces an index object: this host sees the new one, which
+    /// supersedes one it knew, and reloads every index object, but the old one is deleted
+    /// between that listing and its read. The refresh lists again instead of failing (seen
+    /// in the racing test on CI: "get index/...: No such file or directory").
+    #[tokio::test(start_paused = true)]
+    async fn an_index_object_deleted_during_a_refresh_is_listed_again() {
+        let (_cache, backend, repo) = repo().await;
+        let old: Vec<Id> = repo.list_ids(keys::INDEX).await.unwrap();
+        assert_eq!(old.len(), 1);
+        // The other host (its own cache) writes the replacement.
+        let cache = tempfile::tempdir().unwrap();
+        let b: Arc<dyn Backend> = backend.clone();
+        let other = Repository::open(
+            b,
+            || Ok(zeroize::Zeroizing::new(b"pw".to_vec())),
+            &OpenOptions::new(cache.path()),
+        )
+        .await
+        .unwrap();
+        other
+            .save_index(&IndexObject {
+                supersedes: old.clone(),
+                packs: vec![],
+            })
+            .await
+            .unwrap();
+        // This host reads the new object (1st), then reloads all: the 2nd read fails.
+        backend.vanish_index_read.store(2, Ordering::SeqCst);
+        let r = repo.refresh().await;
+        assert!(r.is_ok(), "{:?}", r.err());
+        assert!(
+            backend.vanish_index_read.load(Ordering::SeqCst) <= 0,
+            "the fault never fired"
+        );
     }
 
     async fn lease_count(b: &Flaky) -> usize {

@@ -576,10 +576,31 @@ impl Repository {
     }
 
     /// Bring the catalog in step with the repository's index objects and snapshots.
+    ///
+    /// It reads without a lease, so another host's prune may delete an object between the
+    /// listing and the read (it replaces index objects and condemnation records, and deletes
+    /// forgotten snapshots): an object that vanished that way means "list again", a few times.
     pub async fn refresh(&self) -> Result<()> {
-        self.refresh_index().await?;
-        self.refresh_condemned().await?;
-        self.refresh_snapshots().await
+        let mut attempt = 0u32;
+        loop {
+            let r = async {
+                self.refresh_index().await?;
+                self.refresh_condemned().await?;
+                self.refresh_snapshots().await
+            }
+            .await;
+            match r {
+                Err(e) if e.kind() == ErrorKind::NotFound && attempt < 5 => {
+                    attempt += 1;
+                    tracing::debug!(
+                        "{e}: the repository changed while it was read (a prune?); reading it \
+                         again"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
+                }
+                r => return r,
+            }
+        }
     }
 
     /// Every index object in the repository, each decoded or with the reason it could not be.
