@@ -36,7 +36,7 @@ struct Plan {
     shutdown_timeout: Duration,
 }
 
-fn plan(settings: Settings) -> Result<Plan> {
+fn make_plan(settings: Settings) -> Result<Plan> {
     let file = super::config::load(&settings)?;
     let schedules = file.config.schedules()?;
     let d = &file.config.daemon;
@@ -69,7 +69,7 @@ fn describe(p: &Plan) {
 }
 
 pub async fn run(first: Settings, global: GlobalArgs, _a: DaemonArgs) -> Result<i32> {
-    let mut plan = plan(first)?;
+    let mut plan = make_plan(first)?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -138,7 +138,7 @@ pub async fn run(first: Settings, global: GlobalArgs, _a: DaemonArgs) -> Result<
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = hup.recv() => {
-                match Settings::resolve(&global, true).and_then(plan_checked) {
+                match Settings::resolve(&global, true).and_then(make_plan) {
                     Ok(p) => {
                         tracing::info!("configuration reloaded: {} schedules", p.schedules.len());
                         let now = jiff::Timestamp::now();
@@ -200,10 +200,6 @@ pub async fn run(first: Settings, global: GlobalArgs, _a: DaemonArgs) -> Result<
     Ok(super::EXIT_OK)
 }
 
-fn plan_checked(s: Settings) -> Result<Plan> {
-    plan(s)
-}
-
 /// Start `task` unless it is still running from its last fire time.
 fn launch(plan: &Plan, task: Task, running: &mut HashMap<Task, tokio::task::JoinHandle<()>>) {
     if running.get(&task).is_some_and(|h| !h.is_finished()) {
@@ -236,30 +232,24 @@ fn launch(plan: &Plan, task: Task, running: &mut HashMap<Task, tokio::task::Join
                 Err(e) => tracing::error!("health: {e:#}"),
             },
             Task::Cleanup => {
-                let jobs: Vec<(String, String)> = match super::config::load(&g) {
-                    Ok(f) => f
-                        .config
-                        .jobs
-                        .keys()
-                        .map(|j| {
-                            let check = f
-                                .config
-                                .daemon
-                                .cleanup_check
-                                .as_ref()
-                                .map(|c| c.get_ref().clone())
-                                .unwrap_or_else(|| cairn::config::DEFAULT_CLEANUP_CHECK.into());
-                            (j.clone(), check)
-                        })
-                        .collect(),
+                let (jobs, check) = match super::config::load(&g) {
+                    Ok(f) => (
+                        f.config.jobs.keys().cloned().collect::<Vec<_>>(),
+                        f.config
+                            .daemon
+                            .cleanup_check
+                            .as_ref()
+                            .map(|c| c.get_ref().clone())
+                            .unwrap_or_else(|| cairn::config::DEFAULT_CLEANUP_CHECK.into()),
+                    ),
                     Err(e) => {
                         tracing::error!("cleanup: {e:#}");
                         return;
                     }
                 };
-                for (name, check) in jobs {
-                    let subset = cairn::config::CheckSubset::parse(&check)
-                        .unwrap_or(cairn::config::CheckSubset::Structure);
+                let subset = cairn::config::CheckSubset::parse(&check)
+                    .unwrap_or(cairn::config::CheckSubset::Structure);
+                for name in jobs {
                     run_job(&g, &name, Some(subset)).await;
                 }
             }
@@ -287,7 +277,7 @@ async fn run_job(g: &Settings, name: &str, cleanup: Option<cairn::config::CheckS
                 "{what}: run {} {} in {:.1}s",
                 r.run_id,
                 job::outcome_word(r.outcome),
-                (r.ended.as_nanos() - r.started.as_nanos()) as f64 / 1e9
+                r.seconds()
             );
             if r.outcome == job::Outcome::Success {
                 tracing::info!("{line}");

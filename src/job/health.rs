@@ -339,20 +339,7 @@ fn show_min_free(m: MinFree) -> String {
     }
 }
 
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+use super::human_bytes as bytes;
 
 /// A duration to the minute: `3d 2h`, `26h`, `5m`.
 fn human(d: Duration) -> String {

@@ -34,6 +34,21 @@ pub(super) fn private_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io(dir, e))
 }
 
+/// Open (creating if missing, mode 0600) a file of the state directory; appending, or for
+/// reading and writing in place.
+pub(super) fn private_file(path: &Path, append: bool) -> Result<std::fs::File> {
+    let mut o = std::fs::OpenOptions::new();
+    if append {
+        o.append(true);
+    } else {
+        o.write(true).truncate(false);
+    }
+    o.create(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(path, e))
+}
+
 pub struct History {
     dir: PathBuf,
     db: Connection,
@@ -65,13 +80,7 @@ impl History {
         let path = dir.join("history.db");
         if !path.exists() {
             // Created private before SQLite opens it.
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .open(&path)
-                .map_err(|e| Error::io(&path, e))?;
+            private_file(&path, false)?;
         }
         let db = Connection::open(&path).map_err(sql_err(&path))?;
         db.execute_batch(
@@ -107,13 +116,8 @@ impl History {
     pub fn record(&mut self, r: &RunReport) -> Result<()> {
         let path = self.dir.join("history.db");
         let json = serde_json::to_string(r).map_err(|e| Error::Other(e.to_string()))?;
-        let outcome = |o: super::Outcome| {
-            serde_json::to_value(o)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default()
-        };
-        let seconds = (r.ended.as_nanos() - r.started.as_nanos()) as f64 / 1e9;
+        let outcome = super::outcome_word;
+        let seconds = r.seconds();
         let tx = self.db.transaction().map_err(sql_err(&path))?;
         tx.execute(
             "INSERT OR REPLACE INTO runs VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -147,12 +151,7 @@ impl History {
         }
         tx.commit().map_err(sql_err(&path))?;
         let log = self.log_path();
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(&log)
-            .map_err(|e| Error::io(&log, e))?;
+        let mut f = private_file(&log, true)?;
         writeln!(f, "{json}").map_err(|e| Error::io(&log, e))?;
         Ok(())
     }
@@ -246,6 +245,14 @@ impl History {
         }
         Ok(out)
     }
+}
+
+/// An RFC 3339 time of the history as Unix seconds.
+pub fn unix_seconds(rfc3339: &str) -> Option<f64> {
+    rfc3339
+        .parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_nanosecond() as f64 / 1e9)
 }
 
 /// The latest step named `name` of any run: its run's start (RFC 3339), its outcome and
@@ -346,13 +353,7 @@ impl JobLock {
     pub fn acquire(dir: &Path, job: &str, wait: std::time::Duration) -> Result<JobLock> {
         private_dir(dir)?;
         let path = dir.join(format!("job-{job}.lock"));
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+        let file = private_file(&path, false)?;
         let started = std::time::Instant::now();
         loop {
             match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {

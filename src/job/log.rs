@@ -8,7 +8,6 @@
 //! alive) or one that was killed.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -110,12 +109,7 @@ impl RunLog {
         let dir = logs_dir(state_dir);
         super::history::private_dir(&dir)?;
         let path = log_path(state_dir, run_id);
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+        let file = super::history::private_file(&path, true)?;
         if let Ok(ids) = list(state_dir) {
             for old in ids.iter().take(ids.len().saturating_sub(KEEP_LOGS)) {
                 let _ = std::fs::remove_file(log_path(state_dir, old));

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::health::HealthReport;
-use super::history::{History, RunRow};
+use super::history::{History, RunRow, unix_seconds as seconds};
 use crate::error::{Error, Result};
 
 /// One metric family being written: its HELP and TYPE lines once, then samples.
@@ -52,13 +52,6 @@ fn number(v: f64) -> String {
     } else {
         format!("{v}")
     }
-}
-
-fn seconds(rfc3339: &str) -> Option<f64> {
-    rfc3339
-        .parse::<jiff::Timestamp>()
-        .ok()
-        .map(|t| t.as_nanosecond() as f64 / 1e9)
 }
 
 /// The metrics of everything in `history` (and of `health`, when given).

@@ -138,6 +138,11 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// How long the run took.
+    pub fn seconds(&self) -> f64 {
+        (self.ended.as_nanos() - self.started.as_nanos()) as f64 / 1e9
+    }
+
     /// The run's log.
     pub fn log(&self) -> &log::RunLog {
         &self.log
@@ -206,6 +211,22 @@ impl RunReport {
     }
 }
 
+/// A size for people: `812 B`, `1.5 MiB` (binary units, one decimal).
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
 /// How an outcome is spelled in reports, logs and hooks' environment.
 pub fn outcome_word(o: Outcome) -> &'static str {
     match o {
@@ -251,18 +272,8 @@ fn run_id(now: Timestamp) -> String {
     format!("{t}-{}", hex::encode(r))
 }
 
-/// Run job `job_name` of `config`. (Boxed: a future that is `Send` whatever the lifetimes,
-/// for the daemon's spawned tasks.)
-pub fn run<'a>(
-    config: &'a Config,
-    job_name: &'a str,
-    opener: &'a dyn Opener,
-    opts: &'a RunOptions,
-) -> BoxFuture<'a, Result<RunReport>> {
-    Box::pin(run_inner(config, job_name, opener, opts))
-}
-
-async fn run_inner(
+/// Run job `job_name` of `config`.
+pub async fn run(
     config: &Config,
     job_name: &str,
     opener: &dyn Opener,
@@ -398,9 +409,7 @@ async fn run_steps(
         })
         .collect();
     let run_id = report.run_id.clone();
-    // Boxed, so the run's future is Send for any lifetime (a spawned daemon task).
-    type Backup<'a> = BoxFuture<'a, (&'a str, f64, Result<StepDone>)>;
-    let backups: Vec<Backup<'_>> = sources
+    let backups: Vec<_> = sources
         .iter()
         .map(|(name, source)| {
             let repo = repo.clone();
@@ -410,12 +419,11 @@ async fn run_steps(
                 format!("source={name}"),
                 format!("run={run_id}"),
             ];
-            let b: Backup<'_> = Box::pin(async move {
+            async move {
                 let r = backup_source(&repo, name, source, tags, opts).await;
                 // Its own time: the steps run together and are recorded after the last ends.
                 (*name, t.elapsed().as_secs_f64(), r)
-            });
-            b
+            }
         })
         .collect();
     let mut stored = false;
@@ -494,65 +502,63 @@ async fn run_steps(
 /// Each repository's retention (per source), prune (`prune`: always for the job's own
 /// repository, for the others when the retention removed something), check, and figures.
 #[allow(clippy::too_many_arguments)]
-fn maintain<'a>(
-    config: &'a Config,
-    job_name: &'a str,
-    job: &'a JobConfig,
-    repos: &'a [(&'a str, Arc<Repository>)],
-    repo_name: &'a str,
+async fn maintain(
+    config: &Config,
+    job_name: &str,
+    job: &JobConfig,
+    repos: &[(&str, Arc<Repository>)],
+    repo_name: &str,
     prune: bool,
     check_subset: Option<CheckSubset>,
-    opts: &'a RunOptions,
-    report: &'a mut RunReport,
-) -> BoxFuture<'a, ()> {
-    Box::pin(async move {
-        for (name, r) in repos {
-            if opts.stopped() {
-                return;
-            }
-            let Some(rc) = config.repositories.get(*name) else {
-                continue;
-            };
-            let mut forgot = false;
-            if job.forget && !rc.is_empty() {
-                let t = report.begin(&format!("forget {name}"));
-                let res = forget(r, job_name, &job.sources, rc.policy(), opts).await;
-                forgot = matches!(res, Ok(n) if n > 0);
-                report.push(
-                    format!("forget {name}"),
-                    t,
-                    res.map(|_| StepDone::default()),
-                );
-            }
-            if prune && (forgot || *name == repo_name) && !opts.stopped() {
-                let t = report.begin(&format!("prune {name}"));
-                let res = prune::prune(
-                    r,
-                    &PruneOptions {
-                        grace: opts.prune_grace.unwrap_or(Duration::from_secs(3600)),
-                        lease_wait: opts.lease_wait,
-                        ..Default::default()
-                    },
-                )
-                .await;
-                report.push(format!("prune {name}"), t, res.map(|_| StepDone::default()));
-            }
-            if let Some(subset) = check_subset
-                && subset != CheckSubset::None
-                && !opts.stopped()
-            {
-                let t = report.begin(&format!("check {name}"));
-                let res = check(r, subset, opts.lease_wait).await;
-                report.push(format!("check {name}"), t, res);
-            }
-            match figures(name, r) {
-                Ok(f) => report.repositories.push(f),
-                Err(e) => report
-                    .log
-                    .line(&format!("could not measure repository {name}: {e}")),
-            }
+    opts: &RunOptions,
+    report: &mut RunReport,
+) {
+    for (name, r) in repos {
+        if opts.stopped() {
+            return;
         }
-    })
+        let Some(rc) = config.repositories.get(*name) else {
+            continue;
+        };
+        let mut forgot = false;
+        if job.forget && !rc.is_empty() {
+            let t = report.begin(&format!("forget {name}"));
+            let res = forget(r, job_name, &job.sources, rc.policy(), opts).await;
+            forgot = matches!(res, Ok(n) if n > 0);
+            report.push(
+                format!("forget {name}"),
+                t,
+                res.map(|_| StepDone::default()),
+            );
+        }
+        if prune && (forgot || *name == repo_name) && !opts.stopped() {
+            let t = report.begin(&format!("prune {name}"));
+            let res = prune::prune(
+                r,
+                &PruneOptions {
+                    grace: opts.prune_grace.unwrap_or(Duration::from_secs(3600)),
+                    lease_wait: opts.lease_wait,
+                    ..Default::default()
+                },
+            )
+            .await;
+            report.push(format!("prune {name}"), t, res.map(|_| StepDone::default()));
+        }
+        if let Some(subset) = check_subset
+            && subset != CheckSubset::None
+            && !opts.stopped()
+        {
+            let t = report.begin(&format!("check {name}"));
+            let res = check(r, subset, opts.lease_wait).await;
+            report.push(format!("check {name}"), t, res);
+        }
+        match figures(name, r) {
+            Ok(f) => report.repositories.push(f),
+            Err(e) => report
+                .log
+                .line(&format!("could not measure repository {name}: {e}")),
+        }
+    }
 }
 
 /// The cleanup of a job: every repository's retention, a prune and a check of `subset`.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::health::HealthReport;
-use super::history::{History, RunRow};
+use super::history::{History, RunRow, unix_seconds as seconds};
 use crate::error::Result;
 
 /// How far back the charts look.
@@ -30,18 +30,7 @@ fn esc(s: &str) -> String {
 }
 
 fn bytes(n: f64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{v:.0} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    super::human_bytes(n as u64)
 }
 
 /// A chart: one polyline per series over time, with its axis labels. `points` are (unix
@@ -108,13 +97,6 @@ fn line_chart(id: &str, title: &str, series: &BTreeMap<String, Vec<(f64, f64)>>)
     }
     svg.push_str("</svg>");
     svg
-}
-
-fn seconds(rfc3339: &str) -> Option<f64> {
-    rfc3339
-        .parse::<jiff::Timestamp>()
-        .ok()
-        .map(|t| t.as_second() as f64)
 }
 
 /// The page, as of `now`.
