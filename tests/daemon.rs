@@ -391,14 +391,6 @@ fn get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
     (code, body.to_string())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn the_listener_serves_metrics_health_and_the_status_page() {
     let d = Daemon::new();

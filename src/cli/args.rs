@@ -127,7 +127,9 @@ pub enum Command {
     /// Check the service: databases and repositories reachable, disk space, the latest
     /// snapshots fresh, the last check clean and recent, sizes under their limits. Exit 1 if
     /// any check fails.
-    Health,
+    Health(super::run::HealthArgs),
+    /// Notifications ([notify]): send a test message to every channel.
+    Notify(super::notify::NotifyArgs),
     /// Prometheus metrics of the run history (and with --health, of the health checks).
     Metrics(super::run::MetricsArgs),
     /// The backup service: run the jobs, health checks and cleanup on their schedules.

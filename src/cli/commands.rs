@@ -48,7 +48,8 @@ pub async fn run(g: &Settings, command: Command) -> Result<i32> {
         Command::Daemon(_) => unreachable!("the daemon is started before commands::run"),
         Command::Runs(a) => super::run::runs(g, a),
         Command::Logs(a) => super::run::logs(g, a).await,
-        Command::Health => super::run::health(g).await,
+        Command::Health(a) => super::run::health(g, a).await,
+        Command::Notify(a) => super::notify::run(g, a).await,
         Command::Metrics(a) => super::run::metrics(g, a).await,
     }
 }

@@ -16,6 +16,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use cairn::config::Task;
 use cairn::config::schedule::Schedule;
 use cairn::job::history::History;
+use cairn::job::notify::Notifier;
 use cairn::job::{self, RunOptions};
 
 use super::args::GlobalArgs;
@@ -23,6 +24,9 @@ use super::settings::Settings;
 
 #[derive(Debug, Args)]
 pub struct DaemonArgs {}
+
+/// The service error of a reload that failed.
+const RELOAD: &str = "configuration reload";
 
 /// Defaults of `[daemon]`.
 const DEFAULT_CATCH_UP: Duration = Duration::from_secs(6 * 3600);
@@ -34,6 +38,9 @@ struct Plan {
     schedules: Vec<(Task, Schedule)>,
     catch_up: Duration,
     shutdown_timeout: Duration,
+    /// The notifications as the plan's configuration has them (kept through a reload that
+    /// failed, so the failure can be told).
+    notifier: Option<Arc<Notifier>>,
 }
 
 fn make_plan(settings: Settings) -> Result<Plan> {
@@ -50,6 +57,7 @@ fn make_plan(settings: Settings) -> Result<Plan> {
         catch_up: d.catch_up.map_or(DEFAULT_CATCH_UP, |c| c.0),
         shutdown_timeout: d.shutdown_timeout.map_or(DEFAULT_SHUTDOWN_TIMEOUT, |c| c.0),
         schedules,
+        notifier: Notifier::new(&file.config.notify).map(Arc::new),
         settings: Arc::new(settings),
     })
 }
@@ -154,10 +162,23 @@ pub async fn run(first: Settings, global: GlobalArgs, _a: DaemonArgs) -> Result<
                             Err(poisoned) => *poisoned.into_inner() = plan.settings.clone(),
                         }
                         describe(&plan);
+                        if let Some(n) = &plan.notifier {
+                            n.notify(&plan.settings.state_dir, n.error_fine(RELOAD)).await;
+                        }
                     }
-                    Err(e) => tracing::error!(
-                        "the configuration was not reloaded (the old one stays in force): {e:#}"
-                    ),
+                    Err(e) => {
+                        tracing::error!(
+                            "the configuration was not reloaded (the old one stays in force): {e:#}"
+                        );
+                        if let Some(n) = &plan.notifier {
+                            let f = n.error_findings(
+                                RELOAD,
+                                &format!("{e:#} (the old configuration stays in force)"),
+                                "cairn config check",
+                            );
+                            n.notify(&plan.settings.state_dir, f).await;
+                        }
+                    }
                 }
                 continue;
             }
@@ -208,9 +229,11 @@ fn launch(plan: &Plan, task: Task, running: &mut HashMap<Task, tokio::task::Join
     }
     let g = plan.settings.clone();
     let t = task.clone();
+    let notifier = plan.notifier.clone();
     let handle = tokio::spawn(async move {
+        let notifier = notifier.as_deref();
         match &t {
-            Task::Job(name) => run_job(&g, name, None).await,
+            Task::Job(name) => run_job(&g, name, None, notifier).await,
             Task::Health => match super::run::health_report(&g).await {
                 Ok(r) => {
                     let failed: Vec<&str> = r
@@ -228,8 +251,15 @@ fn launch(plan: &Plan, task: Task, running: &mut HashMap<Task, tokio::task::Join
                     if let Ok(text) = serde_json::to_string(&r) {
                         let _ = cairn::job::metrics::write_file(&path, &text);
                     }
+                    super::notify::health(&g, &r).await;
                 }
-                Err(e) => tracing::error!("health: {e:#}"),
+                Err(e) => {
+                    tracing::error!("health: {e:#}");
+                    if let Some(n) = notifier {
+                        let f = n.error_findings("health", &format!("{e:#}"), "cairn health");
+                        n.notify(&g.state_dir, f).await;
+                    }
+                }
             },
             Task::Cleanup => {
                 let (jobs, check) = match super::config::load(&g) {
@@ -244,13 +274,21 @@ fn launch(plan: &Plan, task: Task, running: &mut HashMap<Task, tokio::task::Join
                     ),
                     Err(e) => {
                         tracing::error!("cleanup: {e:#}");
+                        if let Some(n) = notifier {
+                            let f = n.error_findings(
+                                "cleanup",
+                                &format!("{e:#}"),
+                                "cairn config check",
+                            );
+                            n.notify(&g.state_dir, f).await;
+                        }
                         return;
                     }
                 };
                 let subset = cairn::config::CheckSubset::parse(&check)
                     .unwrap_or(cairn::config::CheckSubset::Structure);
                 for name in jobs {
-                    run_job(&g, &name, Some(subset)).await;
+                    run_job(&g, &name, Some(subset), notifier).await;
                 }
             }
         }
@@ -258,7 +296,12 @@ fn launch(plan: &Plan, task: Task, running: &mut HashMap<Task, tokio::task::Join
     running.insert(task, handle);
 }
 
-async fn run_job(g: &Settings, name: &str, cleanup: Option<cairn::config::CheckSubset>) {
+async fn run_job(
+    g: &Settings,
+    name: &str,
+    cleanup: Option<cairn::config::CheckSubset>,
+    notifier: Option<&Notifier>,
+) {
     let opts = RunOptions {
         lease_wait: g.lease_wait,
         state_dir: Some(g.state_dir.clone()),
@@ -285,6 +328,18 @@ async fn run_job(g: &Settings, name: &str, cleanup: Option<cairn::config::CheckS
                 tracing::error!("{line} (cairn logs {})", r.run_id);
             }
         }
-        Err(e) => tracing::error!("{what}: {e:#}"),
+        Err(e) => {
+            tracing::error!("{what}: {e:#}");
+            // A run that did not start tells it itself, but not when the configuration no
+            // longer loads: the daemon's (the same subject, so it is said once).
+            if let Some(n) = notifier {
+                let subject = match cleanup {
+                    Some(_) => format!("job {name}:cleanup"),
+                    None => format!("job {name}"),
+                };
+                let f = n.error_findings(&subject, &format!("{e:#}"), "cairn runs; cairn logs");
+                n.notify(&g.state_dir, f).await;
+            }
+        }
     }
 }

@@ -26,6 +26,7 @@ mod daemon;
 mod forget;
 mod maint;
 mod mysql;
+mod notify;
 mod output;
 mod run;
 mod s3args;

@@ -338,8 +338,36 @@ pub(super) async fn run_job(
         Some(_) => format!("{name}:cleanup"),
         None => name.to_string(),
     };
-    let _lock = JobLock::acquire(&g.state_dir, &lock_name, wait)?;
-    let report = job::run(&file.config, name, &ConfigOpener(g), opts).await?;
+    let notifier = cairn::job::notify::Notifier::new(&file.config.notify);
+    let what = format!("job {lock_name}");
+    let started = match JobLock::acquire(&g.state_dir, &lock_name, wait) {
+        Ok(lock) => match job::run(&file.config, name, &ConfigOpener(g), opts).await {
+            Ok(r) => Ok((lock, r)),
+            Err(e) => Err(anyhow::Error::from(e)),
+        },
+        Err(e) => Err(anyhow::Error::from(e)),
+    };
+    let (_lock, report) = match started {
+        Ok(x) => x,
+        Err(e) => {
+            if let Some(n) = &notifier
+                && !opts.dry_run
+            {
+                let f = n.error_findings(&what, &format!("{e:#}"), "cairn runs; cairn logs");
+                n.notify(&g.state_dir, f).await;
+            }
+            return Err(e);
+        }
+    };
+    if let Some(n) = &notifier
+        && !opts.dry_run
+    {
+        let mut f = n.run_findings(&report);
+        f.fine.extend(n.error_fine(&what).fine);
+        for line in n.notify(&g.state_dir, f).await {
+            report.log().line(&line);
+        }
+    }
     if !opts.dry_run {
         // The run happened: a history that cannot be written is a warning, not a failure.
         match History::open(&g.state_dir).and_then(|mut h| h.record(&report).map(|_| h)) {
@@ -456,9 +484,20 @@ pub(super) async fn health_report(g: &Settings) -> Result<cairn::job::health::He
     .await)
 }
 
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// Notify ([notify]) of failed checks and of recovered ones, as the daemon's health
+    /// schedule does (for health checks run by cron).
+    #[arg(long)]
+    pub notify: bool,
+}
+
 /// `cairn health`.
-pub async fn health(g: &Settings) -> Result<i32> {
+pub async fn health(g: &Settings, a: HealthArgs) -> Result<i32> {
     let report = health_report(g).await?;
+    if a.notify {
+        super::notify::health(g, &report).await;
+    }
     if g.json {
         print_json(&serde_json::to_value(&report)?)?;
     } else {

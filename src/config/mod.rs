@@ -38,6 +38,8 @@ pub struct Config {
     pub health: HealthConfig,
     #[serde(default, skip_serializing_if = "DaemonConfig::is_default")]
     pub daemon: DaemonConfig,
+    #[serde(default, skip_serializing_if = "NotifyConfig::is_default")]
+    pub notify: NotifyConfig,
 }
 
 /// `[health]`: the thresholds of `cairn health`.
@@ -461,6 +463,146 @@ impl DaemonConfig {
     }
 }
 
+/// `[notify]`: who hears about runs, health checks and the service, and of what.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NotifyConfig {
+    /// The events every channel gets unless it names its own (default: failure, health,
+    /// storage, error, recovered; not success).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<NotifyEvent>>,
+    /// A problem that stays is said again at most this often (default 24h).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repeat_after: Option<Dur>,
+    /// The host name messages give (default: this machine's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mail: Option<MailConfig>,
+    /// `[[notify.webhook]]`: any number of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhook: Vec<WebhookConfig>,
+}
+
+impl NotifyConfig {
+    fn is_default(&self) -> bool {
+        *self == NotifyConfig::default()
+    }
+}
+
+/// What a notification is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NotifyEvent {
+    /// A run succeeded.
+    Success,
+    /// A run failed or was partial.
+    Failure,
+    /// A health check failed (other than disk and size).
+    Health,
+    /// A file system under min-free or a repository over max-size.
+    Storage,
+    /// The service itself: a run that could not start, a configuration that did not load.
+    Error,
+    /// What was reported as a problem is fine again.
+    Recovered,
+}
+
+impl NotifyEvent {
+    pub const DEFAULT: [NotifyEvent; 5] = [
+        NotifyEvent::Failure,
+        NotifyEvent::Health,
+        NotifyEvent::Storage,
+        NotifyEvent::Error,
+        NotifyEvent::Recovered,
+    ];
+
+    pub fn word(self) -> &'static str {
+        match self {
+            NotifyEvent::Success => "success",
+            NotifyEvent::Failure => "failure",
+            NotifyEvent::Health => "health",
+            NotifyEvent::Storage => "storage",
+            NotifyEvent::Error => "error",
+            NotifyEvent::Recovered => "recovered",
+        }
+    }
+}
+
+/// How the mail channel talks to its server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MailSecurity {
+    /// Plain connection upgraded with STARTTLS, which must succeed (port 587).
+    #[default]
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// No encryption (port 25; a relay on localhost).
+    None,
+}
+
+/// `[notify.mail]`: mail over SMTP.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MailConfig {
+    /// The SMTP server's host name.
+    pub server: String,
+    /// Default: 587 with STARTTLS, 465 with TLS, 25 without.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub security: MailSecurity,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    /// The sender: `cairn@example.com` or `cairn <cairn@example.com>`.
+    pub from: String,
+    pub to: Vec<String>,
+    /// A PEM file of certificates to trust besides the system's (a private CA).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// How long sending may take (default 30s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Dur>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<NotifyEvent>>,
+}
+
+/// The body a webhook gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WebhookFormat {
+    /// cairn's own JSON object (every field of the event).
+    #[default]
+    Json,
+    /// `{"text": ...}` for a Slack incoming webhook (and Mattermost, Rocket.Chat).
+    Slack,
+    /// `{"content": ...}` for a Discord webhook.
+    Discord,
+    /// The message as the body, its title and priority in headers, for an ntfy topic URL.
+    Ntfy,
+}
+
+/// `[[notify.webhook]]`: an HTTP POST per event.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct WebhookConfig {
+    /// The URL (a secret: a Slack or Discord webhook URL is its own credential).
+    pub url: Secret,
+    #[serde(default)]
+    pub format: WebhookFormat,
+    /// Sent as `Authorization: Bearer TOKEN` (an ntfy access token, say).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    /// How long a POST may take (default 10s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Dur>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<NotifyEvent>>,
+}
+
 /// What a schedule of the daemon runs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Task {
@@ -775,6 +917,22 @@ impl ConfigFile {
                 ),
             ));
         }
+        if let Some(m) = &c.notify.mail {
+            let at = self.table_offset("notify", "mail");
+            if m.to.is_empty() {
+                return Err(self.error_at(at, "notify.mail: `to` names no recipient"));
+            }
+            for a in m.to.iter().chain(std::iter::once(&m.from)) {
+                if !a.contains('@') {
+                    return Err(
+                        self.error_at(at, format!("notify.mail: {a:?} is not a mail address"))
+                    );
+                }
+            }
+            if m.password.is_some() && m.username.is_none() {
+                return Err(self.error_at(at, "notify.mail: a password needs a username"));
+            }
+        }
         // A time zone of no schedule (every job "none") is still checked.
         self.config
             .schedules()
@@ -821,6 +979,19 @@ impl ConfigFile {
         }
         if c.daemon.token.as_ref().is_some_and(Secret::is_literal) {
             out.push("daemon.token".into());
+        }
+        if let Some(m) = &c.notify.mail
+            && m.password.as_ref().is_some_and(Secret::is_literal)
+        {
+            out.push("notify.mail.password".into());
+        }
+        for (i, w) in c.notify.webhook.iter().enumerate() {
+            if w.url.is_literal() {
+                out.push(format!("notify.webhook[{i}].url"));
+            }
+            if w.token.as_ref().is_some_and(Secret::is_literal) {
+                out.push(format!("notify.webhook[{i}].token"));
+            }
         }
         out
     }

@@ -341,8 +341,11 @@ fn show_min_free(m: MinFree) -> String {
 
 use super::human_bytes as bytes;
 
-/// A duration to the minute: `3d 2h`, `26h`, `5m`.
-fn human(d: Duration) -> String {
+/// A duration to the minute (to the second under one): `3d 2h`, `26h`, `5m`, `40s`.
+pub(super) fn human(d: Duration) -> String {
+    if d.as_secs() < 60 {
+        return format!("{}s", d.as_secs());
+    }
     let mins = d.as_secs() / 60;
     let (days, hours, m) = (mins / 1440, mins / 60 % 24, mins % 60);
     match (days, hours, m) {
@@ -360,7 +363,8 @@ mod tests {
 
     #[test]
     fn durations_read_as_people_write_them() {
-        assert_eq!(human(Duration::from_secs(59)), "0m");
+        assert_eq!(human(Duration::from_secs(59)), "59s");
+        assert_eq!(human(Duration::from_secs(60)), "1m");
         assert_eq!(human(Duration::from_secs(5 * 60)), "5m");
         assert_eq!(human(Duration::from_secs(26 * 3600)), "1d 2h");
         assert_eq!(human(Duration::from_secs(3 * 3600 + 120)), "3h 2m");

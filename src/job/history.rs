@@ -98,7 +98,10 @@ impl History {
                  schedule TEXT PRIMARY KEY, at TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS checks (
                  repository TEXT NOT NULL, started TEXT NOT NULL, outcome TEXT NOT NULL,
-                 error TEXT);",
+                 error TEXT);
+             CREATE TABLE IF NOT EXISTS notices (
+                 subject TEXT PRIMARY KEY, kind TEXT NOT NULL, since TEXT NOT NULL,
+                 sent TEXT NOT NULL, held INTEGER NOT NULL);",
         )
         .map_err(sql_err(&path))?;
         Ok(History {
@@ -371,5 +374,98 @@ impl JobLock {
                 Err(e) => return Err(Error::io(&path, e.into())),
             }
         }
+    }
+}
+
+/// A problem the notifications have told of and not yet seen recover.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notice {
+    /// What it is about: `job nightly`, `health freshness db@local`, ...
+    pub subject: String,
+    /// The event's kind (`failure`, `health`, ...).
+    pub kind: String,
+    /// When it was first seen.
+    pub since: jiff::Timestamp,
+    /// When it was last sent.
+    pub sent: jiff::Timestamp,
+    /// How often it was seen again since then and held back.
+    pub held: u64,
+}
+
+impl History {
+    pub fn notice(&self, subject: &str) -> Result<Option<Notice>> {
+        let path = self.dir.join("history.db");
+        let mut st = self
+            .db
+            .prepare("SELECT subject, kind, since, sent, held FROM notices WHERE subject = ?1")
+            .map_err(sql_err(&path))?;
+        let mut rows = st
+            .query_map(params![subject], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, i64>(4)?,
+                ))
+            })
+            .map_err(sql_err(&path))?;
+        let Some((subject, kind, since, sent, held)) =
+            rows.next().transpose().map_err(sql_err(&path))?
+        else {
+            return Ok(None);
+        };
+        let time = |t: &str| {
+            t.parse::<jiff::Timestamp>().map_err(|e| Error::Catalog {
+                path: path.clone(),
+                message: format!("notice {subject}: time {t:?}: {e}"),
+            })
+        };
+        Ok(Some(Notice {
+            since: time(&since)?,
+            sent: time(&sent)?,
+            subject,
+            kind,
+            held: held.max(0) as u64,
+        }))
+    }
+
+    pub fn set_notice(&mut self, n: &Notice) -> Result<()> {
+        let path = self.dir.join("history.db");
+        self.db
+            .execute(
+                "INSERT OR REPLACE INTO notices VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    n.subject,
+                    n.kind,
+                    n.since.to_string(),
+                    n.sent.to_string(),
+                    n.held as i64
+                ],
+            )
+            .map_err(sql_err(&path))?;
+        Ok(())
+    }
+
+    pub fn clear_notice(&mut self, subject: &str) -> Result<()> {
+        let path = self.dir.join("history.db");
+        self.db
+            .execute("DELETE FROM notices WHERE subject = ?1", params![subject])
+            .map_err(sql_err(&path))?;
+        Ok(())
+    }
+
+    /// Every problem told of and not yet recovered, oldest first.
+    pub fn notices(&self) -> Result<Vec<String>> {
+        let path = self.dir.join("history.db");
+        let mut st = self
+            .db
+            .prepare("SELECT subject FROM notices ORDER BY since")
+            .map_err(sql_err(&path))?;
+        let rows = st
+            .query_map([], |row| row.get::<_, String>(0))
+            .map_err(sql_err(&path))?;
+        rows.collect::<std::result::Result<_, _>>()
+            .map_err(sql_err(&path))
     }
 }

@@ -16,6 +16,7 @@ pub mod history;
 pub mod hooks;
 pub mod log;
 pub mod metrics;
+pub mod notify;
 pub mod status;
 
 use std::sync::Arc;

@@ -1192,3 +1192,12 @@ pub fn flip_bytes(path: &Path, at: u64, n: usize) {
     }
     f.write_all_at(&buf, at).unwrap();
 }
+
+/// A port on 127.0.0.1 that nothing listens on (now).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
