@@ -251,12 +251,18 @@ fn launch(plan: &Plan, task: Task, running: &mut HashMap<Task, tokio::task::Join
                     if let Ok(text) = serde_json::to_string(&r) {
                         let _ = cairn::job::metrics::write_file(&path, &text);
                     }
-                    super::notify::health(&g, &r).await;
+                    if let Some(n) = notifier {
+                        n.notify(&g.state_dir, n.health_findings(&r)).await;
+                    }
                 }
                 Err(e) => {
                     tracing::error!("health: {e:#}");
                     if let Some(n) = notifier {
-                        let f = n.error_findings("health", &format!("{e:#}"), "cairn health");
+                        let f = n.error_findings(
+                            cairn::job::notify::HEALTH,
+                            &format!("{e:#}"),
+                            "cairn health",
+                        );
                         n.notify(&g.state_dir, f).await;
                     }
                 }
@@ -333,11 +339,8 @@ async fn run_job(
             // A run that did not start tells it itself, but not when the configuration no
             // longer loads: the daemon's (the same subject, so it is said once).
             if let Some(n) = notifier {
-                let subject = match cleanup {
-                    Some(_) => format!("job {name}:cleanup"),
-                    None => format!("job {name}"),
-                };
-                let f = n.error_findings(&subject, &format!("{e:#}"), "cairn runs; cairn logs");
+                let subject = format!("job {}", super::run::job_key(name, cleanup.is_some()));
+                let f = n.error_findings(&subject, &format!("{e:#}"), super::run::RUNS_MORE);
                 n.notify(&g.state_dir, f).await;
             }
         }

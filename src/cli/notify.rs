@@ -32,19 +32,21 @@ pub async fn run(g: &Settings, a: NotifyArgs) -> Result<i32> {
                     file.path.display()
                 );
             };
-            let failed = n.test().await;
-            for c in n.channels() {
-                let bad = failed
-                    .iter()
-                    .any(|f| f.split(':').next().is_some_and(|k| c.starts_with(k)));
+            let results = n.test().await;
+            let mut failed = 0;
+            for (channel, error) in &results {
                 if !g.quiet {
-                    println!("{:<4} {c}", if bad { "FAIL" } else { "sent" });
+                    println!(
+                        "{:<4} {channel}",
+                        if error.is_some() { "FAIL" } else { "sent" }
+                    );
+                }
+                if let Some(e) = error {
+                    ewriteln!("cairn: {e}");
+                    failed += 1;
                 }
             }
-            for f in &failed {
-                ewriteln!("cairn: {f}");
-            }
-            Ok(if failed.is_empty() {
+            Ok(if failed == 0 {
                 super::EXIT_OK
             } else {
                 super::EXIT_FAILURE
@@ -62,8 +64,6 @@ fn notifier(g: &Settings) -> Option<Notifier> {
 /// Tell of the failed checks of `report`, and of those that recovered.
 pub(super) async fn health(g: &Settings, report: &HealthReport) {
     if let Some(n) = notifier(g) {
-        let mut f = n.health_findings(report);
-        f.fine.extend(n.error_fine("health").fine);
-        n.notify(&g.state_dir, f).await;
+        n.notify(&g.state_dir, n.health_findings(report)).await;
     }
 }

@@ -324,6 +324,19 @@ impl Opener for ConfigOpener<'_> {
     }
 }
 
+/// What shows more of a job's runs.
+pub(super) const RUNS_MORE: &str = "cairn runs; cairn logs";
+
+/// The name a job's runs are locked, recorded and notified under: `NAME`, or `NAME:cleanup`
+/// for its cleanup.
+pub(super) fn job_key(name: &str, cleanup: bool) -> String {
+    if cleanup {
+        format!("{name}:cleanup")
+    } else {
+        name.to_string()
+    }
+}
+
 /// Run job `name` under its lock (waiting up to `wait` for another run of it), record it in
 /// the history (not a dry run), and write the metrics file if asked.
 pub(super) async fn run_job(
@@ -334,26 +347,24 @@ pub(super) async fn run_job(
     metrics_file: Option<&std::path::Path>,
 ) -> Result<job::RunReport> {
     let file = super::config::load(g)?;
-    let lock_name = match opts.cleanup {
-        Some(_) => format!("{name}:cleanup"),
-        None => name.to_string(),
-    };
+    let key = job_key(name, opts.cleanup.is_some());
     let notifier = cairn::job::notify::Notifier::new(&file.config.notify);
-    let what = format!("job {lock_name}");
-    let started = match JobLock::acquire(&g.state_dir, &lock_name, wait) {
-        Ok(lock) => match job::run(&file.config, name, &ConfigOpener(g), opts).await {
-            Ok(r) => Ok((lock, r)),
-            Err(e) => Err(anyhow::Error::from(e)),
-        },
-        Err(e) => Err(anyhow::Error::from(e)),
-    };
+    let started: cairn::Result<_> = async {
+        let lock = JobLock::acquire(&g.state_dir, &key, wait)?;
+        Ok((
+            lock,
+            job::run(&file.config, name, &ConfigOpener(g), opts).await?,
+        ))
+    }
+    .await;
     let (_lock, report) = match started {
         Ok(x) => x,
         Err(e) => {
+            let e = anyhow::Error::from(e);
             if let Some(n) = &notifier
                 && !opts.dry_run
             {
-                let f = n.error_findings(&what, &format!("{e:#}"), "cairn runs; cairn logs");
+                let f = n.error_findings(&format!("job {key}"), &format!("{e:#}"), RUNS_MORE);
                 n.notify(&g.state_dir, f).await;
             }
             return Err(e);
@@ -362,9 +373,7 @@ pub(super) async fn run_job(
     if let Some(n) = &notifier
         && !opts.dry_run
     {
-        let mut f = n.run_findings(&report);
-        f.fine.extend(n.error_fine(&what).fine);
-        for line in n.notify(&g.state_dir, f).await {
+        for line in n.notify(&g.state_dir, n.run_findings(&report)).await {
             report.log().line(&line);
         }
     }

@@ -62,6 +62,9 @@ pub struct Notifier {
     host: String,
 }
 
+/// What a service error of the health checks is about.
+pub const HEALTH: &str = "health";
+
 /// The throttling subject of a job's runs.
 fn job_subject(job: &str) -> String {
     format!("job {job}")
@@ -85,17 +88,22 @@ impl Notifier {
             .unwrap_or(&NotifyEvent::DEFAULT)
     }
 
+    /// The mail channel, then the webhooks in their order.
+    fn channels(&self) -> impl Iterator<Item = Channel<'_>> {
+        let mail = self.config.mail.iter().map(Channel::Mail);
+        let hooks =
+            (self.config.webhook.iter().enumerate()).map(|(i, w)| Channel::Webhook(i + 1, w));
+        mail.chain(hooks)
+    }
+
+    /// Whether channel `c` takes `kind`.
+    fn takes(&self, c: &Channel<'_>, kind: NotifyEvent) -> bool {
+        self.events(c.own_events()).contains(&kind)
+    }
+
     /// Whether any channel wants `kind`.
     pub fn wants(&self, kind: NotifyEvent) -> bool {
-        self.config
-            .mail
-            .iter()
-            .any(|m| self.events(&m.events).contains(&kind))
-            || self
-                .config
-                .webhook
-                .iter()
-                .any(|w| self.events(&w.events).contains(&kind))
+        self.channels().any(|c| self.takes(&c, kind))
     }
 
     fn repeat_after(&self) -> Duration {
@@ -125,14 +133,21 @@ impl Notifier {
     }
 
     /// What a finished run says: a success, or a failure (failed or partial). An interrupted
-    /// run (the daemon was stopped) says nothing.
+    /// run (the daemon was stopped) says nothing. A run that happened is the recovery of its
+    /// job's service error (the run that could not start).
     pub fn run_findings(&self, r: &RunReport) -> Findings {
         let subject = job_subject(&r.job);
+        let started = self.error_fine(&subject).fine;
         let (kind, verb) = match r.outcome {
             Outcome::Success => (NotifyEvent::Success, "succeeded"),
             Outcome::Partial => (NotifyEvent::Failure, "was partial"),
             Outcome::Failure => (NotifyEvent::Failure, "failed"),
-            Outcome::Interrupted => return Findings::default(),
+            Outcome::Interrupted => {
+                return Findings {
+                    messages: Vec::new(),
+                    fine: started,
+                };
+            }
         };
         let mut text = format!(
             "Job: {}\nRun: {} ({}, {:.1}s, started {})\n\nSteps:\n",
@@ -205,18 +220,19 @@ impl Notifier {
         if kind == NotifyEvent::Success {
             Findings {
                 messages: vec![self.message(kind, title, text, fields, Vec::new())],
-                fine: vec![subject],
+                fine: [vec![subject], started].concat(),
             }
         } else {
             Findings {
                 messages: vec![self.message(kind, title, text, fields, vec![subject])],
-                fine: Vec::new(),
+                fine: started,
             }
         }
     }
 
     /// What a health report says: one message for the failed storage checks (`disk ...`,
-    /// `size ...`) and one for the others.
+    /// `size ...`) and one for the others. A report is the recovery of the service error of
+    /// health checks that could not run.
     pub fn health_findings(&self, r: &HealthReport) -> Findings {
         let mut out = Findings::default();
         for kind in [NotifyEvent::Health, NotifyEvent::Storage] {
@@ -264,6 +280,7 @@ impl Notifier {
             .iter()
             .filter(|c| c.ok)
             .map(|c| format!("health {}", c.name))
+            .chain(self.error_fine(HEALTH).fine)
             .collect();
         out
     }
@@ -306,13 +323,11 @@ impl Notifier {
         let repeat = self.repeat_after();
         let mut out = Vec::new();
         for mut m in f.messages {
-            if m.problems.is_empty() {
-                if self.wants(m.kind) {
-                    out.push(m);
-                }
+            if !self.wants(m.kind) {
                 continue;
             }
-            if !self.wants(m.kind) {
+            if m.problems.is_empty() {
+                out.push(m);
                 continue;
             }
             let mut due = false;
@@ -412,24 +427,15 @@ impl Notifier {
     pub async fn send(&self, messages: &[Message]) -> Vec<String> {
         let mut failed = Vec::new();
         for m in messages {
-            if let Some(mail) = &self.config.mail
-                && self.events(&mail.events).contains(&m.kind)
-                && let Err(e) = send_mail(mail, m).await
-            {
-                failed.push(format!(
-                    "{} notification by mail not sent: {e}",
-                    m.kind.word()
-                ));
-            }
-            for (i, w) in self.config.webhook.iter().enumerate() {
-                if self.events(&w.events).contains(&m.kind)
-                    && let Err(e) = send_webhook(w, m).await
+            for c in self.channels() {
+                if self.takes(&c, m.kind)
+                    && let Err(e) = c.send(m).await
                 {
-                    failed.push(format!(
-                        "{} notification to webhook {} not sent: {e}",
-                        m.kind.word(),
-                        i + 1
-                    ));
+                    let to = match c {
+                        Channel::Mail(_) => "by mail".to_string(),
+                        Channel::Webhook(i, _) => format!("to webhook {i}"),
+                    };
+                    failed.push(format!("{} notification {to} not sent: {e}", m.kind.word()));
                 }
             }
         }
@@ -456,10 +462,10 @@ impl Notifier {
         }
     }
 
-    /// A test message to every channel, whatever its events (`cairn notify test`): the
-    /// channels' errors.
-    pub async fn test(&self) -> Vec<String> {
-        let mut failed = Vec::new();
+    /// A test message to every channel, whatever its events (`cairn notify test`): each
+    /// channel, for people (`mail to a@b via smtp.example.com:587 (Starttls)`, `webhook 1
+    /// (Slack, hooks.slack.com)`), and its error as `mail: ...` or `webhook 1: ...`.
+    pub async fn test(&self) -> Vec<(String, Option<String>)> {
         let m = self.message(
             NotifyEvent::Success,
             "test message".into(),
@@ -467,40 +473,59 @@ impl Notifier {
             serde_json::Map::new(),
             Vec::new(),
         );
-        if let Some(mail) = &self.config.mail
-            && let Err(e) = send_mail(mail, &m).await
-        {
-            failed.push(format!("mail: {e}"));
+        let mut out = Vec::new();
+        for c in self.channels() {
+            let error = c
+                .send(&m)
+                .await
+                .err()
+                .map(|e| format!("{}: {e}", c.label()));
+            out.push((c.describe(), error));
         }
-        for (i, w) in self.config.webhook.iter().enumerate() {
-            if let Err(e) = send_webhook(w, &m).await {
-                failed.push(format!("webhook {}: {e}", i + 1));
-            }
+        out
+    }
+}
+
+/// One channel of `[notify]`.
+enum Channel<'a> {
+    Mail(&'a MailConfig),
+    /// The webhook's number (from 1, in the file's order) and itself.
+    Webhook(usize, &'a WebhookConfig),
+}
+
+impl Channel<'_> {
+    fn own_events(&self) -> &Option<Vec<NotifyEvent>> {
+        match self {
+            Channel::Mail(m) => &m.events,
+            Channel::Webhook(_, w) => &w.events,
         }
-        failed
     }
 
-    /// The channels, for people: `mail to a@b via smtp.example.com:587 (starttls)`, ...
-    pub fn channels(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        if let Some(m) = &self.config.mail {
-            out.push(format!(
+    async fn send(&self, m: &Message) -> Result<()> {
+        match self {
+            Channel::Mail(mail) => send_mail(mail, m).await,
+            Channel::Webhook(_, w) => send_webhook(w, m).await,
+        }
+    }
+
+    fn label(&self) -> String {
+        match self {
+            Channel::Mail(_) => "mail".into(),
+            Channel::Webhook(i, _) => format!("webhook {i}"),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Channel::Mail(m) => format!(
                 "mail to {} via {}:{} ({:?})",
                 m.to.join(", "),
                 m.server,
                 mail_port(m),
                 m.security
-            ));
+            ),
+            Channel::Webhook(i, w) => format!("webhook {i} ({:?}, {})", w.format, webhook_host(w)),
         }
-        for (i, w) in self.config.webhook.iter().enumerate() {
-            out.push(format!(
-                "webhook {} ({:?}, {})",
-                i + 1,
-                w.format,
-                webhook_host(w)
-            ));
-        }
-        out
     }
 }
 
@@ -528,6 +553,7 @@ async fn send_mail(m: &MailConfig, msg: &Message) -> Result<()> {
     use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
     let server = format!("{}:{}", m.server, mail_port(m));
+    let deadline = m.timeout.map_or(DEFAULT_MAIL_TIMEOUT, |d| d.0);
     let err = |what: &str, e: &dyn std::fmt::Display| {
         Error::Other(format!("mail via {server}: {what}: {e}"))
     };
@@ -565,7 +591,7 @@ async fn send_mail(m: &MailConfig, msg: &Message) -> Result<()> {
     };
     let mut t = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&m.server)
         .port(mail_port(m))
-        .timeout(Some(m.timeout.map_or(DEFAULT_MAIL_TIMEOUT, |d| d.0)));
+        .timeout(Some(deadline));
     t = match m.security {
         MailSecurity::Starttls => t.tls(tls(false)?),
         MailSecurity::Tls => t.tls(tls(true)?),
@@ -579,7 +605,6 @@ async fn send_mail(m: &MailConfig, msg: &Message) -> Result<()> {
         t = t.credentials(Credentials::new(user.clone(), password));
     }
     let transport = t.build();
-    let deadline = m.timeout.map_or(DEFAULT_MAIL_TIMEOUT, |d| d.0);
     match tokio::time::timeout(deadline, transport.send(mail)).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(err("sending", &e)),
