@@ -909,17 +909,6 @@ fn a_laravel_shop_night_on_both_tiers() {
     }
 }
 
-/// The samples of a Prometheus text file: `name{labels}` to value.
-fn samples(text: &str) -> std::collections::BTreeMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (k, v) = l.rsplit_once(' ').unwrap();
-            (k.to_string(), v.parse().unwrap())
-        })
-        .collect()
-}
-
 /// `cairn run --metrics-file` and `cairn metrics`: valid for promtool, and the values are those
 /// of `cairn runs --json`.
 #[test]
@@ -945,30 +934,7 @@ fn metrics_agree_with_the_history() {
     );
     job.run(&mf).ok();
     let text = std::fs::read_to_string(&metrics).unwrap();
-    match which("promtool") {
-        Some(p) => {
-            let mut c = std::process::Command::new(p)
-                .args(["check", "metrics"])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-            let out = c.wait_with_output().unwrap();
-            assert!(
-                out.status.success(),
-                "promtool: {}{}\n{text}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        None if std::env::var_os("CAIRN_REQUIRE_SERVERS").is_some() => {
-            panic!("promtool is not installed and CAIRN_REQUIRE_SERVERS=1")
-        }
-        None => eprintln!("SKIPPED (part): promtool not installed; the format is not checked"),
-    }
+    promtool_check(&text);
     let s = samples(&text);
     let runs = job.cmd().args(["--json", "runs"]).run().ok().json();
     let last = &runs[0];
@@ -1023,12 +989,4 @@ fn metrics_agree_with_the_history() {
         p["cairn_health_check_ok{check=\"freshness files@local\"}"], 1.0,
         "{printed}"
     );
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    })
 }

@@ -1,7 +1,8 @@
 //! `cairn daemon` (issue 15): schedules with seconds fire when they should, a missed fire
 //! time is caught up once at start-up, a job never overlaps itself, SIGHUP reloads (a broken
 //! file keeps the old one), and SIGTERM during a backup leaves no lease, a clean `check` and
-//! the run recorded as interrupted.
+//! the run recorded as interrupted. The listener: /metrics valid for promtool with the values of
+//! the history, /health, and the status page as headless Chromium shows it.
 
 mod common;
 
@@ -437,13 +438,33 @@ fn the_listener_serves_metrics_health_and_the_status_page() {
         "{metrics}"
     );
     assert!(metrics.contains("cairn_healthy 1"), "{metrics}");
+    // Valid exposition format, and the values those of `cairn runs --json`.
+    promtool_check(&metrics);
+    let s = samples(&metrics);
+    let runs = d.cmd().args(["--json", "runs"]).run().ok().json();
+    let last = &runs[0];
+    let value = |k: &str| *s.get(k).unwrap_or_else(|| panic!("no {k} in\n{metrics}"));
+    assert!(
+        (value("cairn_job_last_run_duration_seconds{job=\"nightly\"}")
+            - last["seconds"].as_f64().unwrap())
+        .abs()
+            < 1e-6,
+        "{last}"
+    );
+    assert_eq!(
+        value("cairn_source_last_backup_added_bytes{job=\"nightly\",source=\"files\"}"),
+        last["added"][0][1].as_f64().unwrap()
+    );
+    assert_eq!(
+        value("cairn_repository_snapshots{repository=\"local\"}"),
+        2.0
+    );
     let (code, body) = get(port, "/health", Some(token));
     assert_eq!(code, 200, "{body}");
     let h: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(h["healthy"], true, "{h}");
     let (code, page) = get(port, "/", Some(token));
     assert_eq!(code, 200);
-    let runs = d.cmd().args(["--json", "runs"]).run().ok().json();
     let latest = runs[0]["run_id"].as_str().unwrap();
     assert!(page.contains(&format!("data-run=\"{latest}\"")), "{page}");
     assert!(page.contains("<svg id=\"chart-size\"") && page.contains("<svg id=\"chart-added\""));
@@ -457,4 +478,166 @@ fn the_listener_serves_metrics_health_and_the_status_page() {
     let (code, log) = stop(child);
     assert_eq!(code, 0, "{log}");
     assert!(!log.contains(token), "{log}");
+}
+
+/// Headless Chromium: its DOM of `url` after loading (scripts run, no other host reachable), and
+/// a screenshot in `png`. None (a skip) when Chromium is not installed and servers are not required.
+fn chromium(url: &str, profile: &Path, png: &Path) -> Option<String> {
+    let Some(bin) = which("chromium").or_else(|| which("chromium-browser")) else {
+        s3server::skipped(
+            "the_status_page_renders_in_headless_chromium",
+            "chromium is not installed",
+        );
+        if std::env::var_os("CAIRN_REQUIRE_SERVERS").is_some() {
+            panic!("chromium is not installed and CAIRN_REQUIRE_SERVERS=1");
+        }
+        return None;
+    };
+    let run = |what: &str| {
+        let out = std::process::Command::new("timeout")
+            .arg("120")
+            .arg(&bin)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-extensions",
+                "--disable-background-networking",
+                // Any request beyond the daemon's address fails: the page needs none.
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+                "--window-size=1200,1600",
+                "--virtual-time-budget=3000",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(what)
+            .arg(url)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "chromium {what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let dom = run("--dump-dom");
+    run(&format!("--screenshot={}", png.display()));
+    Some(dom)
+}
+
+/// The status page as a browser shows it: the runs table with the latest run's outcome, the
+/// health checks, the snapshots and both charts, from the page alone (no other host).
+#[test]
+fn the_status_page_renders_in_headless_chromium() {
+    let d = Daemon::new();
+    let port = free_port();
+    let mark = d.env.path("fail-next-run");
+    d.config(
+        &format!(
+            "schedule = \"none\"\ncheck = \"structure\"\nhooks.before = [\"test ! -e {}\"]",
+            mark.display()
+        ),
+        &format!("listen = \"127.0.0.1:{port}\""),
+        "",
+    );
+    let text = std::fs::read_to_string(&d.file).unwrap().replace(
+        "health-schedule = \"none\"",
+        "health-schedule = \"* * * * * *\"",
+    );
+    write(&d.file, text.as_bytes());
+    // Two good nights, then a failed run: the latest.
+    let yesterday = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24))
+        .to_zoned_datetime(jiff::tz::TimeZone::system())
+        .strftime("%Y-%m-%d %H:%M:%S")
+        .to_string();
+    d.cmd().args(["run", "--time", &yesterday]).run().ok();
+    write(&d.src.join("b.bin"), &random_bytes(11, 400_000));
+    d.cmd().arg("run").run().ok();
+    write(&mark, b"");
+    d.cmd().arg("run").run().code(1);
+    let runs = d.cmd().args(["--json", "runs"]).run().ok().json();
+    let ids: Vec<&str> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(runs[0]["outcome"], "failure", "{runs}");
+    let child = d.start();
+    let health = d.env.path("state/health.json");
+    wait_until("the first health check", Duration::from_secs(30), || {
+        health.exists()
+    });
+    let png = d.env.path("status.png");
+    let dom = chromium(
+        &format!("http://127.0.0.1:{port}/"),
+        &d.env.path("chromium-profile"),
+        &png,
+    );
+    let (code, log) = stop(child);
+    assert_eq!(code, 0, "{log}");
+    let Some(dom) = dom else { return };
+
+    use scraper::{Html, Selector};
+    let doc = Html::parse_document(&dom);
+    let all = |css: &str| -> Vec<scraper::ElementRef<'_>> {
+        doc.select(&Selector::parse(css).unwrap()).collect()
+    };
+    let text = |e: &scraper::ElementRef| e.text().collect::<String>().trim().to_string();
+    // The runs table, newest first, each row with its outcome.
+    let rows = all("table#runs tr.run");
+    let shown: Vec<&str> = rows
+        .iter()
+        .map(|r| r.value().attr("data-run").unwrap())
+        .collect();
+    assert_eq!(shown, ids, "{dom}");
+    let outcome = |row: &scraper::ElementRef| {
+        text(
+            &row.select(&Selector::parse("td.outcome").unwrap())
+                .next()
+                .unwrap(),
+        )
+    };
+    assert_eq!(outcome(&rows[0]), "failure");
+    assert_eq!(outcome(&rows[1]), "success");
+    assert_eq!(outcome(&rows[2]), "success");
+    // The health checks, each with its result.
+    let checks = all("table#health tr[data-check]");
+    let names: Vec<&str> = checks
+        .iter()
+        .map(|r| r.value().attr("data-check").unwrap())
+        .collect();
+    assert!(names.contains(&"freshness files@local"), "{names:?}");
+    assert!(names.contains(&"repository local"), "{names:?}");
+    for c in &checks {
+        let cells: Vec<String> = c
+            .select(&Selector::parse("td").unwrap())
+            .map(|t| text(&t))
+            .collect();
+        assert_eq!(cells[1], "ok", "{cells:?}");
+    }
+    assert_eq!(text(&all("#healthy")[0]), "healthy");
+    // The snapshots of the source: two in the last 90 days.
+    let snaps = all("table#snapshots tr[data-source=\"files\"] td");
+    assert_eq!(text(&snaps[1]), "2", "{dom}");
+    // Both charts, each with a line through the two nights.
+    for id in ["chart-size", "chart-added"] {
+        let lines = all(&format!("svg#{id} polyline.series"));
+        assert_eq!(lines.len(), 1, "{id}: {dom}");
+        let points = lines[0].value().attr("points").unwrap();
+        assert_eq!(points.split_whitespace().count(), 2, "{id}: {points}");
+        assert_eq!(all(&format!("svg#{id} circle")).len(), 2, "{id}");
+    }
+    // Nothing from elsewhere: no scripts, no linked assets.
+    assert!(all("script, link, img, iframe").is_empty(), "{dom}");
+    // And it renders: a screenshot that is a PNG of the window's size.
+    let shot = std::fs::read(&png).unwrap();
+    assert_eq!(&shot[..8], b"\x89PNG\r\n\x1a\n");
+    let (w, h) = (
+        u32::from_be_bytes(shot[16..20].try_into().unwrap()),
+        u32::from_be_bytes(shot[20..24].try_into().unwrap()),
+    );
+    assert_eq!((w, h), (1200, 1600));
 }

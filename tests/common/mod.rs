@@ -1201,3 +1201,50 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// The program `name` on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// `promtool check metrics` on `text` must pass; without promtool the check is skipped (a failure
+/// under CAIRN_REQUIRE_SERVERS=1).
+pub fn promtool_check(text: &str) {
+    let Some(promtool) = which("promtool") else {
+        if std::env::var_os("CAIRN_REQUIRE_SERVERS").is_some() {
+            panic!("promtool is not installed and CAIRN_REQUIRE_SERVERS=1");
+        }
+        eprintln!("SKIPPED (part): promtool not installed; the format is not checked");
+        return;
+    };
+    let mut c = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The samples of a Prometheus text file: `name{labels}` to value.
+pub fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (k, v) = l.rsplit_once(' ').unwrap();
+            (k.to_string(), v.parse().unwrap())
+        })
+        .collect()
+}
