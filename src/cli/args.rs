@@ -270,6 +270,17 @@ pub struct RestoreArgs {
     /// Re-read every restored file and compare it with the snapshot.
     #[arg(long)]
     pub verify: bool,
+    /// What to do with an entry the target already has: always replace it; if-changed (a file
+    /// of the same size and contents, a link to the same target, is left and given the
+    /// snapshot's metadata; else replaced); if-newer (replaced when the snapshot's is newer);
+    /// never. A restore run again after an interruption writes only what is missing or wrong.
+    #[arg(long, value_name = "WHEN", default_value = "if-changed",
+          value_parser = clap::value_parser!(cairn::ops::restore::Overwrite))]
+    pub overwrite: cairn::ops::restore::Overwrite,
+    /// Remove from the target what the snapshot does not have below the restored path
+    /// (entries that --include/--exclude leave out of the restore are kept).
+    #[arg(long)]
+    pub delete: bool,
     /// A source of the configuration file: "latest" is its latest snapshot, in its job's
     /// repository unless -r says another.
     #[arg(long, value_name = "NAME")]

@@ -551,6 +551,8 @@ async fn restore_cmd(g: &Settings, a: RestoreArgs) -> Result<i32> {
         verify: a.verify,
         progress: Some(progress.clone()),
         lease_wait: g.lease_wait,
+        overwrite: a.overwrite,
+        delete: a.delete,
     };
     let bar = ProgressBar::start(progress, g.quiet || g.json, "restore");
     let started = Instant::now();
@@ -565,6 +567,9 @@ async fn restore_cmd(g: &Settings, a: RestoreArgs) -> Result<i32> {
             "files": o.files, "dirs": o.dirs, "others": o.others,
             "bytes": o.bytes,
             "verified_files": o.verified_files,
+            "unchanged": o.unchanged,
+            "skipped": o.skipped,
+            "deleted": o.deleted,
             "errors": o.errors,
             "seconds": took.as_secs_f64(),
         }))?;
@@ -573,14 +578,29 @@ async fn restore_cmd(g: &Settings, a: RestoreArgs) -> Result<i32> {
             ewriteln!("cairn: {e}");
         }
         if !g.quiet {
+            let mut left = Vec::new();
+            if o.unchanged > 0 {
+                left.push(format!("{} unchanged", o.unchanged));
+            }
+            if o.skipped > 0 {
+                left.push(format!("{} kept (--overwrite {})", o.skipped, a.overwrite));
+            }
+            if o.deleted > 0 {
+                left.push(format!("{} deleted", o.deleted));
+            }
             println!(
-                "restored snapshot {} to {}: {} files, {} dirs, {} in {}",
+                "restored snapshot {} to {}: {} files, {} dirs, {} in {}{}",
                 id.short(),
                 a.target.display(),
                 o.files,
                 o.dirs,
                 output::bytes(o.bytes),
-                output::duration(took)
+                output::duration(took),
+                if left.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", left.join(", "))
+                }
             );
             if a.verify {
                 println!("verified {} files", o.verified_files);

@@ -18,7 +18,7 @@
 
 mod target;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -50,6 +50,48 @@ const MERGE_GAP: u64 = 256 * 1024;
 /// No single ranged read is longer than this.
 const MAX_READ: u64 = 8 * 1024 * 1024;
 
+/// What to do with an entry that already exists in the target where the snapshot has one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Overwrite {
+    /// Replace it.
+    Always,
+    /// Leave it when it is the snapshot's (a file of the same size and contents, a link to the
+    /// same target, a special file of the same type), applying the snapshot's metadata; else
+    /// replace it.
+    #[default]
+    IfChanged,
+    /// Replace it when the snapshot's entry has a later modification time; else leave it.
+    IfNewer,
+    /// Leave it.
+    Never,
+}
+
+impl std::str::FromStr for Overwrite {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Overwrite, String> {
+        Ok(match s {
+            "always" => Overwrite::Always,
+            "if-changed" => Overwrite::IfChanged,
+            "if-newer" => Overwrite::IfNewer,
+            "never" => Overwrite::Never,
+            _ => {
+                return Err(format!("{s:?}: give always, if-changed, if-newer or never"));
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for Overwrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Overwrite::Always => "always",
+            Overwrite::IfChanged => "if-changed",
+            Overwrite::IfNewer => "if-newer",
+            Overwrite::Never => "never",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
     /// Restore only paths matching one of these (or below a match); all when empty.
@@ -60,6 +102,11 @@ pub struct RestoreOptions {
     pub progress: Option<Arc<Progress>>,
     /// How long to wait for a prune's lease (restore reads under a shared one).
     pub lease_wait: std::time::Duration,
+    /// Entries already in the target.
+    pub overwrite: Overwrite,
+    /// Remove what the target has below the restored path and the snapshot does not (what
+    /// the include and exclude patterns leave out of the restore is kept).
+    pub delete: bool,
 }
 
 #[derive(Debug, Default)]
@@ -69,6 +116,14 @@ pub struct RestoreOutcome {
     pub others: u64,
     pub bytes: u64,
     pub verified_files: u64,
+    /// Entries already in the target as in the snapshot: left as they were, given the
+    /// snapshot's metadata (`--overwrite if-changed`).
+    pub unchanged: u64,
+    /// Entries already in the target that the overwrite mode kept (`never`, `if-newer`), with
+    /// what lies below a kept non-directory where the snapshot has a directory.
+    pub skipped: u64,
+    /// Entries removed from the target (`delete`), counting what was inside directories.
+    pub deleted: u64,
     /// Entries that could not be restored or failed verification.
     pub errors: Vec<String>,
 }
@@ -278,6 +333,26 @@ pub(crate) async fn restore_leased(
         TargetDir::open(target, (budget / 4).clamp(4, 4096)).map_err(|e| Error::io(target, e))?,
     );
     let max_kept = (budget / 2).clamp(4, 1024);
+    // For `delete`: the names the snapshot has in each restored directory (before entries are
+    // dropped as errors below, which must not be deleted for it).
+    let mut expected: HashMap<PathBuf, HashSet<std::ffi::OsString>> = HashMap::new();
+    if opts.delete
+        && !target_fresh
+        && !matches!(&start, Resolved::Node(n) if n.kind != NodeKind::Dir)
+    {
+        expected.insert(target.to_path_buf(), HashSet::new());
+        for it in &items {
+            if it.node.kind == NodeKind::Dir {
+                expected.entry(it.dest.clone()).or_default();
+            }
+            if let (Some(parent), Some(name)) = (it.dest.parent(), it.dest.file_name()) {
+                expected
+                    .entry(parent.to_path_buf())
+                    .or_default()
+                    .insert(name.to_os_string());
+            }
+        }
+    }
     // Entries whose place below the target cannot be named in one system call (longer than
     // PATH_MAX) are errors of their own.
     items.retain(|it| match target::split(target, &it.dest) {
@@ -300,8 +375,29 @@ pub(crate) async fn restore_leased(
         fresh_dirs.insert(target.to_path_buf());
     }
     let mut created = vec![false; items.len()];
+    // Entries left as they are in the target (unchanged or kept by the overwrite mode), and
+    // the places of directories not made because something else was kept there.
+    let mut skip = vec![false; items.len()];
+    let mut kept_dirs: HashSet<PathBuf> = HashSet::new();
     for (i, it) in items.iter().enumerate() {
+        if !kept_dirs.is_empty() && it.dest.ancestors().skip(1).any(|a| kept_dirs.contains(a)) {
+            skip[i] = true;
+            out.skipped += 1;
+            continue;
+        }
         if it.node.kind != NodeKind::Dir {
+            continue;
+        }
+        let fresh_parent = it.dest.parent().is_some_and(|p| fresh_dirs.contains(p));
+        if opts.overwrite == Overwrite::Never
+            && !fresh_parent
+            && let Ok((d, n)) = locate(&tdir, target, &it.dest)
+            && let Ok(Some(st)) = target::stat_at(d.as_fd(), n)
+            && rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Directory
+        {
+            skip[i] = true;
+            out.skipped += 1;
+            kept_dirs.insert(it.dest.clone());
             continue;
         }
         // A link or anything else in the way is replaced; a real directory is kept.
@@ -317,6 +413,84 @@ pub(crate) async fn restore_leased(
         }
     }
 
+    let items = Arc::new(items);
+    // In a directory made by this restore there is nothing to clear first (what is in the way
+    // of an entry is cleared only when making it fails), and new files belong to us already (no
+    // set-group-id directory to inherit from), so an owner change to ourselves can be skipped.
+    let fresh_parent: Vec<bool> = items
+        .iter()
+        .map(|it| it.dest.parent().is_some_and(|p| fresh_dirs.contains(p)))
+        .collect();
+
+    // 2b. What the target already has where an entry goes: left as it is, or replaced, as the
+    // overwrite mode says. Files are compared by reading them (in parallel).
+    let candidates: Vec<usize> = (0..items.len())
+        .filter(|&i| !skip[i] && !fresh_parent[i] && items[i].node.kind != NodeKind::Dir)
+        .collect();
+    if !candidates.is_empty() {
+        let (items2, tdir2, keys) = (items.clone(), tdir.clone(), repo.keys().clone());
+        let (target2, mode) = (target.to_path_buf(), opts.overwrite);
+        let found: Vec<(usize, Found)> = tokio::task::spawn_blocking(move || {
+            candidates
+                .par_iter()
+                .map(|&i| (i, existing(&tdir2, &target2, &items2[i], mode, &keys)))
+                .collect()
+        })
+        .await
+        .map_err(|e| Error::Other(e.to_string()))?;
+        for (i, f) in found {
+            match f {
+                Found::Replace => continue,
+                Found::Same(errs) => {
+                    out.unchanged += 1;
+                    out.errors.extend(errs);
+                }
+                Found::Kept => out.skipped += 1,
+            }
+            skip[i] = true;
+        }
+    }
+    // 2c. `delete`: what the restored directories hold that the snapshot does not.
+    for (dir, names) in &expected {
+        // A directory made now holds nothing else; one that could not be made, or was not
+        // (something kept in its place), is not touched.
+        if fresh_dirs.contains(dir)
+            || (dir != target
+                && !items
+                    .binary_search_by(|it| it.dest.as_path().cmp(dir))
+                    .is_ok_and(|i| created[i]))
+        {
+            continue;
+        }
+        let rel = dir.strip_prefix(target).unwrap_or(Path::new(""));
+        let listed = tdir
+            .dir(rel)
+            .and_then(|d| target::list_dir(d.as_fd(), OsStr::new("")).map(|l| (d, l)));
+        let (d, listed) = match listed {
+            Ok(x) => x,
+            Err(e) => {
+                out.errors.push(format!("{}: {e}", dir.display()));
+                continue;
+            }
+        };
+        for name in listed {
+            if names.contains(&name) {
+                continue;
+            }
+            let sp = format!("{base}/{}", rel.join(&name).to_string_lossy());
+            if (!exclude.empty && exclude.matches(&sp)) || !(include.empty || include.matches(&sp))
+            {
+                continue;
+            }
+            match target::remove_tree(d.as_fd(), &name) {
+                Ok(n) => out.deleted += n,
+                Err(e) => out
+                    .errors
+                    .push(format!("{}: delete: {e}", dir.join(&name).display())),
+            }
+        }
+    }
+
     // 3. Plan the contents by pack; sort out hard links. What a previous restore (or anything
     // else) left where an entry goes is removed when the entry is made.
     let mut hardlinks: Vec<(usize, usize)> = Vec::new();
@@ -327,10 +501,22 @@ pub(crate) async fn restore_leased(
     // Extents the catalog does not know, or knows with another length than the snapshot's:
     // (file, offset, blob, length, what is wrong). Planned again after a rebuild of the index.
     let mut suspects: Vec<(usize, u64, Id, u32, String)> = Vec::new();
+    // Bytes of contents to write, and of files left as they are (for the progress).
+    let (mut planned_bytes, mut done_bytes) = (0u64, 0u64);
     // All lookups in one read transaction.
     repo.catalog().read_transaction(|catalog| -> Result<()> {
         for (i, it) in items.iter().enumerate() {
             let node = &it.node;
+            if skip[i] {
+                // A file left in place is what its other links are linked to.
+                if node.kind == NodeKind::File && node.links > 1 {
+                    primary.entry((node.dev, node.inode)).or_insert(i);
+                }
+                if node.kind == NodeKind::File {
+                    done_bytes += data_len(node);
+                }
+                continue;
+            }
             match node.kind {
                 NodeKind::Dir | NodeKind::Socket => continue,
                 NodeKind::File if node.links > 1 => {
@@ -347,6 +533,7 @@ pub(crate) async fn restore_leased(
                 leaves.push(i);
                 continue;
             }
+            planned_bytes += data_len(node);
             let mut offset = 0u64;
             let mut planned = 0u32;
             for e in &node.content {
@@ -380,20 +567,18 @@ pub(crate) async fn restore_leased(
             Ok(())
         })??;
     }
-    // In a directory made by this restore there is nothing to clear first (what is in the way
-    // of an entry is cleared only when making it fails), and new files belong to us already (no
-    // set-group-id directory to inherit from), so an owner change to ourselves can be skipped.
-    let fresh_parent: Vec<bool> = items
-        .iter()
-        .map(|it| it.dest.parent().is_some_and(|p| fresh_dirs.contains(p)))
-        .collect();
+    if let Some(p) = &opts.progress {
+        p.total_bytes
+            .store(planned_bytes + done_bytes, Ordering::Relaxed);
+        p.totals_final.store(true, Ordering::Relaxed);
+        p.bytes.fetch_add(done_bytes, Ordering::Relaxed);
+    }
     let (euid, egid) = unsafe_ids();
     let owned: Vec<bool> = items
         .iter()
         .zip(&fresh_parent)
         .map(|(it, &fresh)| it.node.uid == euid && it.node.gid == egid && fresh)
         .collect();
-    let items = Arc::new(items);
     let ctx = Arc::new(WriteCtx {
         slots: (0..items.len()).map(|_| Mutex::default()).collect(),
         items: items.clone(),
@@ -545,6 +730,96 @@ pub(crate) async fn restore_leased(
     }
     tracing::debug!("restore: done at {:?}", t0.elapsed());
     Ok(out)
+}
+
+/// What [`existing`] found where an entry goes.
+enum Found {
+    /// Nothing, or something to replace.
+    Replace,
+    /// The snapshot's entry already: left, its metadata applied (with what failed of that).
+    Same(Vec<String>),
+    /// Something the overwrite mode keeps.
+    Kept,
+}
+
+/// The bytes of a file's data extents (what a restore writes of it).
+fn data_len(node: &Node) -> u64 {
+    node.content
+        .iter()
+        .map(|e| match e {
+            Extent::Data { len, .. } => *len as u64,
+            Extent::Hole(_) => 0,
+        })
+        .sum()
+}
+
+/// Compare what is at entry `it`'s place in the target with the snapshot's entry, as `mode`
+/// says; never following a link. Anything that cannot be looked at is replaced (and the error,
+/// if it persists, reported when the entry is made).
+fn existing(
+    tdir: &TargetDir,
+    target: &Path,
+    it: &Item,
+    mode: Overwrite,
+    keys: &crate::crypto::Keys,
+) -> Found {
+    use rustix::fs::FileType;
+    let Ok((dir, name)) = locate(tdir, target, &it.dest) else {
+        return Found::Replace;
+    };
+    let d = dir.as_fd();
+    let st = match target::stat_at(d, name) {
+        Ok(Some(st)) => st,
+        Ok(None) | Err(_) => return Found::Replace,
+    };
+    let node = &it.node;
+    match mode {
+        Overwrite::Always => return Found::Replace,
+        Overwrite::Never => return Found::Kept,
+        Overwrite::IfNewer => {
+            let theirs = (st.st_mtime as i64, st.st_mtime_nsec as u32);
+            let ours = (node.mtime.secs, node.mtime.nanos);
+            return if ours > theirs {
+                Found::Replace
+            } else {
+                Found::Kept
+            };
+        }
+        Overwrite::IfChanged => {}
+    }
+    let kind = FileType::from_raw_mode(st.st_mode);
+    let same = match node.kind {
+        NodeKind::File => {
+            if kind != FileType::RegularFile || st.st_size as u64 != node.size {
+                return Found::Replace;
+            }
+            let Ok(f) = target::open_existing(d, name) else {
+                return Found::Replace;
+            };
+            // Still the file looked at, and the snapshot's contents.
+            if target::file_id(f.as_fd()).ok() != Some((st.st_dev, st.st_ino))
+                || verify_file(keys, &f, &it.dest, node).is_err()
+            {
+                return Found::Replace;
+            }
+            return Found::Same(apply_metadata_fd(&f, &it.dest, node, false));
+        }
+        NodeKind::Symlink => {
+            kind == FileType::Symlink
+                && target::read_link_at(d, name)
+                    .is_ok_and(|t| t.as_bytes() == node.target.as_slice())
+        }
+        NodeKind::CharDev | NodeKind::BlockDev => {
+            kind == file_type(node.kind) && st.st_rdev == node.rdev
+        }
+        NodeKind::Fifo => kind == FileType::Fifo,
+        NodeKind::Dir | NodeKind::Socket => false,
+    };
+    if same {
+        Found::Same(apply_metadata_at(d, name, &it.dest, node))
+    } else {
+        Found::Replace
+    }
 }
 
 fn unsafe_ids() -> (u32, u32) {

@@ -202,6 +202,79 @@ fn replacing<T>(
     }
 }
 
+/// What is at `name` in `dir` (a link itself, not what it points to); `None` if nothing.
+pub fn stat_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Option<rustix::fs::Stat>> {
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(st)),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The target of symlink `name` in `dir`.
+pub fn read_link_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<std::ffi::OsString> {
+    use std::os::unix::ffi::OsStringExt;
+    Ok(std::ffi::OsString::from_vec(
+        rustix::fs::readlinkat(dir, name, Vec::new())?.into_bytes(),
+    ))
+}
+
+/// Open the regular file `name` in `dir` for reading, never through a link.
+pub fn open_existing(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<File> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    Ok(File::from(fd))
+}
+
+/// The names in directory `name` of `dir` (without `.` and `..`), never through a link.
+pub fn list_dir(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Vec<std::ffi::OsString>> {
+    let fd = if name.is_empty() {
+        rustix::fs::openat(
+            dir,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?
+    } else {
+        open_dir(dir, name)?.into()
+    };
+    let mut names = Vec::new();
+    for e in rustix::fs::Dir::read_from(&fd)? {
+        let e = e?;
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push(<OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(n).to_os_string());
+        }
+    }
+    Ok(names)
+}
+
+/// Remove `name` in `dir` and, if it is a directory, everything in it; links are removed
+/// themselves, never followed. Returns the number of entries removed.
+pub fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<u64> {
+    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) => return Ok(1),
+        Err(Errno::NOENT) => return Ok(0),
+        Err(Errno::ISDIR) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let sub = open_dir(dir, name)?;
+    let mut n = 0;
+    for child in list_dir(sub.as_fd(), OsStr::new(""))? {
+        n += remove_tree(sub.as_fd(), &child)?;
+    }
+    drop(sub);
+    match rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
+        Ok(()) => Ok(n + 1),
+        Err(Errno::NOENT) => Ok(n),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Make directory `name` in `dir`, or keep the real directory already there (anything else is
 /// replaced). Returns whether it was made now.
 pub fn make_dir(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<bool> {
