@@ -57,6 +57,27 @@ impl Daemon {
         write(&self.file, text.as_bytes());
     }
 
+    /// A health check every second (the configuration written by [`Daemon::config`] has none).
+    fn health_every_second(&self) {
+        let text = std::fs::read_to_string(&self.file).unwrap().replace(
+            "health-schedule = \"none\"",
+            "health-schedule = \"* * * * * *\"",
+        );
+        write(&self.file, text.as_bytes());
+    }
+
+    /// Two successful runs: one dated 24 hours ago, then one now after adding `len` random
+    /// bytes (from `seed`) as b.bin.
+    fn two_nights(&self, seed: u64, len: usize) {
+        let yesterday = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24))
+            .to_zoned_datetime(jiff::tz::TimeZone::system())
+            .strftime("%Y-%m-%d %H:%M:%S")
+            .to_string();
+        self.cmd().args(["run", "--time", &yesterday]).run().ok();
+        write(&self.src.join("b.bin"), &random_bytes(seed, len));
+        self.cmd().arg("run").run().ok();
+    }
+
     fn cmd(&self) -> Cairn {
         Cairn::bare(&self.env)
             .env_remove("CAIRN_PASSWORD")
@@ -402,19 +423,9 @@ fn the_listener_serves_metrics_health_and_the_status_page() {
         &format!("listen = \"127.0.0.1:{port}\"\ntoken = \"${{STATUS_TOKEN}}\""),
         "",
     );
-    let text = std::fs::read_to_string(&d.file).unwrap().replace(
-        "health-schedule = \"none\"",
-        "health-schedule = \"* * * * * *\"",
-    );
-    write(&d.file, text.as_bytes());
+    d.health_every_second();
     // Two nights for the charts.
-    let yesterday = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24))
-        .to_zoned_datetime(jiff::tz::TimeZone::system())
-        .strftime("%Y-%m-%d %H:%M:%S")
-        .to_string();
-    d.cmd().args(["run", "--time", &yesterday]).run().ok();
-    write(&d.src.join("b.bin"), &random_bytes(9, 300_000));
-    d.cmd().arg("run").run().ok();
+    d.two_nights(9, 300_000);
     let child = d
         .cmd()
         .env("STATUS_TOKEN", token)
@@ -542,19 +553,9 @@ fn the_status_page_renders_in_headless_chromium() {
         &format!("listen = \"127.0.0.1:{port}\""),
         "",
     );
-    let text = std::fs::read_to_string(&d.file).unwrap().replace(
-        "health-schedule = \"none\"",
-        "health-schedule = \"* * * * * *\"",
-    );
-    write(&d.file, text.as_bytes());
+    d.health_every_second();
     // Two good nights, then a failed run: the latest.
-    let yesterday = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24))
-        .to_zoned_datetime(jiff::tz::TimeZone::system())
-        .strftime("%Y-%m-%d %H:%M:%S")
-        .to_string();
-    d.cmd().args(["run", "--time", &yesterday]).run().ok();
-    write(&d.src.join("b.bin"), &random_bytes(11, 400_000));
-    d.cmd().arg("run").run().ok();
+    d.two_nights(11, 400_000);
     write(&mark, b"");
     d.cmd().arg("run").run().code(1);
     let runs = d.cmd().args(["--json", "runs"]).run().ok().json();
