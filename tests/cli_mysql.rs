@@ -1209,3 +1209,58 @@ fn to_stdout_honours_into() {
         assert_eq!(&srv.checksum(&db, t), s, "{t}");
     }
 }
+
+#[test]
+fn find_and_diff_name_the_tables_of_database_snapshots() {
+    let srv = mysql_server_or_skip!();
+    let env = Env::with_repo();
+    let db = srv.database("finddiff");
+    srv.sql(
+        Some(&db),
+        "CREATE TABLE orders (id INT PRIMARY KEY, s VARCHAR(60));
+         INSERT INTO orders SELECT seq, MD5(seq) FROM seq_1_to_2000;
+         CREATE TABLE customers (id INT PRIMARY KEY, s VARCHAR(60));
+         INSERT INTO customers SELECT seq, MD5(seq) FROM seq_1_to_300;",
+    );
+    let first = mysql_backup(&env, srv, &db, &[]).ok().json();
+    srv.sql(Some(&db), "DELETE FROM orders WHERE id > 1990");
+    let second = mysql_backup(&env, srv, &db, &[]).ok().json();
+    let (a, b) = (
+        first["snapshot_id"].as_str().unwrap(),
+        second["snapshot_id"].as_str().unwrap(),
+    );
+    // Which tables changed: orders, with its row counts; customers did not.
+    let d = env.cmd().args(["--json", "diff", a, b]).run().ok().json();
+    let changes = d["changes"].as_array().unwrap();
+    let tables: Vec<&Value> = changes.iter().filter(|c| !c["table"].is_null()).collect();
+    assert_eq!(tables.len(), 1, "{d}");
+    assert_eq!(tables[0]["table"], format!("{db}.orders"));
+    assert_eq!(tables[0]["change"], "modified");
+    assert_eq!(
+        (
+            tables[0]["old_rows"].as_u64(),
+            tables[0]["new_rows"].as_u64()
+        ),
+        (Some(2000), Some(1990))
+    );
+    let text = env.cmd().args(["diff", a, b]).run().ok().stdout_str();
+    assert!(
+        text.contains(&format!("table {db}.orders, rows 2000 -> 1990")),
+        "{text}"
+    );
+    // A table is found by its name in every snapshot that holds it.
+    let f = env
+        .cmd()
+        .args(["--json", "find", "orders"])
+        .run()
+        .ok()
+        .json();
+    let m = f["matches"].as_array().unwrap();
+    assert_eq!(m.len(), 2, "{f}");
+    assert!(
+        m.iter().all(|x| x["table"] == format!("{db}.orders")),
+        "{f}"
+    );
+    let ids: Vec<&str> = m.iter().map(|x| x["snapshot"].as_str().unwrap()).collect();
+    assert_eq!(ids, vec![a, b]);
+}

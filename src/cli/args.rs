@@ -104,6 +104,10 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Sizes: logical, stored, deduplication and compression ratios.
     Stats(StatsArgs),
+    /// Find files (or database tables) by name or path in every snapshot.
+    Find(super::find::FindArgs),
+    /// What changed between two snapshots: added, removed, modified entries, bytes added.
+    Diff(super::find::DiffArgs),
     /// Verify the repository: structure, and with --read-data every blob.
     Check(super::maint::CheckArgs),
     /// Delete data no snapshot needs (two-phase: condemn, then delete after --grace).

@@ -36,6 +36,8 @@ pub async fn run(g: &Settings, command: Command) -> Result<i32> {
         Command::Dump(a) => dump(g, a).await,
         Command::Restore(a) => restore_cmd(g, a).await,
         Command::Stats(a) => stats(g, a).await,
+        Command::Find(a) => super::find::find(g, a).await,
+        Command::Diff(a) => super::find::diff_cmd(g, a).await,
         Command::Check(a) => super::maint::check(g, a).await,
         Command::Prune(a) => super::maint::prune(g, a).await,
         Command::Repair(a) => super::maint::repair(g, a).await,

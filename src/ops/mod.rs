@@ -3,6 +3,8 @@
 pub mod backup;
 pub mod check;
 pub mod copy;
+pub mod diff;
+pub mod find;
 pub mod forget;
 pub mod forget_run;
 #[cfg(any(test, feature = "testing"))]

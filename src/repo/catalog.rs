@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS condemned(pack BLOB PRIMARY KEY, since INTEGER NOT NU
 CREATE TABLE IF NOT EXISTS verified(pack BLOB PRIMARY KEY, time INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS copied(src_repo BLOB NOT NULL, src BLOB NOT NULL, dst BLOB NOT NULL,
     PRIMARY KEY(src_repo, src)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS file_index(snapshot BLOB PRIMARY KEY, entries INTEGER NOT NULL, sealed BLOB NOT NULL);
 CREATE TEMP TABLE IF NOT EXISTS mark(id BLOB PRIMARY KEY) WITHOUT ROWID;
 ";
 
@@ -416,8 +417,60 @@ impl Catalog {
 
     pub fn remove_snapshot(&self, id: &Id) -> Result<()> {
         self.conn
-            .execute("DELETE FROM snapshots WHERE id = ?1", [&id.0[..]])
+            .execute("DELETE FROM file_index WHERE snapshot = ?1", [&id.0[..]])
+            .and_then(|_| {
+                self.conn
+                    .execute("DELETE FROM snapshots WHERE id = ?1", [&id.0[..]])
+            })
             .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// A snapshot's file index (sealed, as `ops::find` made it), if it has one.
+    pub fn file_index(&self, snapshot: &Id) -> Result<Option<Vec<u8>>> {
+        self.conn
+            .prepare_cached("SELECT sealed FROM file_index WHERE snapshot = ?1")
+            .and_then(|mut st| st.query_row([&snapshot.0[..]], |r| r.get(0)).optional())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Store a snapshot's file index (only while the snapshot is in the catalog).
+    pub fn put_file_index(&self, snapshot: &Id, entries: u64, sealed: &[u8]) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO file_index(snapshot, entries, sealed) \
+                 SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM snapshots WHERE id = ?1)",
+                params![&snapshot.0[..], entries as i64, sealed],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Drop a snapshot's file index (one that could not be read is made again).
+    pub fn remove_file_index(&self, snapshot: &Id) -> Result<()> {
+        self.conn
+            .execute(
+                "DELETE FROM file_index WHERE snapshot = ?1",
+                [&snapshot.0[..]],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// How many snapshots have a file index, their entries and the indexes' sealed bytes.
+    pub fn file_index_totals(&self) -> Result<(u64, u64, u64)> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(entries), 0), COALESCE(SUM(LENGTH(sealed)), 0) FROM file_index",
+                [],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)? as u64,
+                        r.get::<_, i64>(1)? as u64,
+                        r.get::<_, i64>(2)? as u64,
+                    ))
+                },
+            )
             .map_err(|e| self.err(e))
     }
 

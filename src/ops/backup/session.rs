@@ -51,7 +51,9 @@ impl Session {
         let snapshot_id = if dry_run {
             None
         } else {
-            Some(repo.save_snapshot(&snap).await?)
+            let id = repo.save_snapshot(&snap).await?;
+            crate::ops::find::index_new_snapshot(repo, &id, &snap).await;
+            Some(id)
         };
         Ok(BackupOutcome {
             snapshot_id,
