@@ -45,10 +45,16 @@ use crate::repo::lease::LeaseMode;
 use crate::repo::{Repository, keys};
 use target::TargetDir;
 
-/// Blobs of one pack closer together than this are fetched in one ranged read.
-const MERGE_GAP: u64 = 256 * 1024;
-/// No single ranged read is longer than this.
-const MAX_READ: u64 = 8 * 1024 * 1024;
+/// Blobs of one pack closer together than this are fetched in one ranged read: reading up to
+/// this much that is not needed is cheaper than one more request (an S3 GET's fixed cost is
+/// that of about a megabyte of transfer at local-network speed).
+const MERGE_GAP: u64 = 1024 * 1024;
+/// No single ranged read is longer than this: a pack of the default size (16 MiB) with its
+/// header is one read, as restic reads its packs.
+const MAX_READ: u64 = 32 * 1024 * 1024;
+/// The bytes of ranged reads fetched and not yet written, over all reads at once; bounds the
+/// memory a restore holds now that one read can be a whole pack.
+const READ_BUDGET: u64 = 192 * 1024 * 1024;
 
 /// What to do with an entry that already exists in the target where the snapshot has one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -634,11 +640,23 @@ pub(crate) async fn restore_leased(
                     .map(move |g| (pack, g))
             })
             .collect();
+        let budget = Arc::new(tokio::sync::Semaphore::new(
+            budget_units(READ_BUDGET) as usize
+        ));
         let mut results = futures::stream::iter(reads.into_iter().map(|(pack, group)| {
             let repo = repo.clone();
             let ctx = ctx.clone();
             let progress = progress.clone();
-            async move { restore_read(&repo, pack, group, &ctx, progress.as_deref()).await }
+            let budget = budget.clone();
+            async move {
+                // Held until the read's blobs are written (a closed semaphore cannot happen:
+                // it is never closed).
+                let _held = budget
+                    .acquire_many_owned(budget_units(read_len(&group)))
+                    .await
+                    .map_err(|e| Error::Other(e.to_string()))?;
+                restore_read(&repo, pack, group, &ctx, progress.as_deref()).await
+            }
         }))
         .buffer_unordered(parallel);
         let mut failed: Vec<(PlannedBlob, String)> = Vec::new();
@@ -1094,6 +1112,22 @@ fn plan_blob(
     })
 }
 
+/// The bytes one ranged read of a planned group fetches.
+fn read_len(group: &[PlannedBlob]) -> u64 {
+    match (group.first(), group.last()) {
+        (Some(first), Some(last)) => {
+            last.loc.offset as u64 + last.loc.length as u64 - first.loc.offset as u64
+        }
+        _ => 0,
+    }
+}
+
+/// Bytes in units of the read budget's semaphore (64 KiB, so a whole budget fits its permits),
+/// at least one, at most the whole budget (one read larger than the budget still runs, alone).
+fn budget_units(bytes: u64) -> u32 {
+    (bytes.div_ceil(64 * 1024)).clamp(1, READ_BUDGET / (64 * 1024)) as u32
+}
+
 /// Group a pack's blobs into ranged reads.
 fn plan_reads(mut blobs: Vec<PlannedBlob>) -> Vec<Vec<PlannedBlob>> {
     blobs.sort_by_key(|b| b.loc.offset);
@@ -1282,4 +1316,66 @@ fn verify_file(
         off += e.len();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::pack::BlobKind;
+
+    fn blob(n: u8, offset: u32, length: u32) -> PlannedBlob {
+        PlannedBlob {
+            id: Id([n; 32]),
+            loc: BlobLocation {
+                pack: Id([0; 32]),
+                kind: BlobKind::Data,
+                offset,
+                length,
+                raw_len: length,
+                base: None,
+            },
+            targets: Vec::new(),
+        }
+    }
+
+    fn spans(groups: &[Vec<PlannedBlob>]) -> Vec<(u32, u64)> {
+        groups
+            .iter()
+            .map(|g| (g[0].loc.offset, read_len(g)))
+            .collect()
+    }
+
+    #[test]
+    fn a_whole_default_pack_is_one_read_and_far_blobs_are_not_merged() {
+        // A 16 MiB pack of 1 MiB blobs, given out of order: one read of all of it.
+        let mib = 1024 * 1024;
+        let whole: Vec<_> = (0..16u8)
+            .rev()
+            .map(|i| blob(i, i as u32 * mib, mib))
+            .collect();
+        assert_eq!(spans(&plan_reads(whole)), vec![(0, 16 * mib as u64)]);
+        // A gap of exactly MERGE_GAP is read through; one byte more starts a new read.
+        let near = vec![blob(1, 0, 100), blob(2, 100 + MERGE_GAP as u32, 100)];
+        assert_eq!(spans(&plan_reads(near)), vec![(0, 200 + MERGE_GAP)]);
+        let far = vec![blob(1, 0, 100), blob(2, 101 + MERGE_GAP as u32, 100)];
+        assert_eq!(
+            spans(&plan_reads(far)),
+            vec![(0, 100), (101 + MERGE_GAP as u32, 100)]
+        );
+        // No read is longer than MAX_READ.
+        let long: Vec<_> = (0..40u8).map(|i| blob(i, i as u32 * mib, mib)).collect();
+        let groups = plan_reads(long);
+        assert!(groups.iter().all(|g| read_len(g) <= MAX_READ));
+        assert_eq!(groups.iter().map(|g| g.len()).sum::<usize>(), 40);
+        assert_eq!(groups.len(), 2);
+    }
+
+    #[test]
+    fn the_read_budget_counts_in_units_and_admits_any_single_read() {
+        assert_eq!(budget_units(0), 1);
+        assert_eq!(budget_units(1), 1);
+        assert_eq!(budget_units(64 * 1024 + 1), 2);
+        assert_eq!(budget_units(u64::MAX / 2), budget_units(READ_BUDGET));
+        assert!(budget_units(MAX_READ) < budget_units(READ_BUDGET));
+    }
 }
