@@ -49,14 +49,18 @@ words = ["net", "ethernet", "usb", "gpu", "drm", "core", "host", "phy", "media",
          "i2c", "spi", "pci", "scsi", "block", "char", "input", "iio", "hwmon", "clk", "mfd",
          "power", "thermal", "tty", "serial", "staging", "video", "sound", "soc", "codecs",
          "intel", "amd", "arm", "mips", "x86", "riscv", "boot", "dts", "mach", "kvm", "bpf"]
-dirs = [""]
-while len(dirs) < max(2, n // 16):
+# Every top-level directory, then subdirectories under a parent picked at random.
+dirs = list(top)
+seen = set(dirs)
+while len(dirs) < max(len(top), n // 16):
     parent = rng.choice(dirs)
     if parent.count("/") >= 5:
         continue
-    name = rng.choice(top) if parent == "" else rng.choice(words) + str(rng.randrange(40))
-    dirs.append(f"{parent}/{name}" if parent else name)
-dirs = sorted(set(dirs))
+    d = f"{parent}/{rng.choice(words)}{rng.randrange(40)}"
+    if d not in seen:
+        seen.add(d)
+        dirs.append(d)
+dirs.sort()
 for i in range(n):
     d = rng.choice(dirs)
     r = rng.random()
@@ -142,5 +146,5 @@ search() {
 search "find invoice-2291.c" invoice-2291.c
 search "find no-such-file.txt" no-such-file.txt
 search "find '*.h'" '*.h'
-search "find 'drivers/**/usb*'" 'drivers/**/usb*'
+search "find 'drivers/**/usb*/*.c'" 'drivers/**/usb*/*.c'
 search "find invoice-2291.c --host bench --path SRC" invoice-2291.c --host bench --path "$SRC"

@@ -202,10 +202,12 @@ fn split_snap(spec: &str) -> (&str, Option<&str>) {
     }
 }
 
-pub(super) fn print_json(v: &serde_json::Value) -> Result<()> {
-    let mut out = std::io::stdout().lock();
+pub(super) fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    // Buffered: standard output is line-buffered, and pretty JSON of a long list is many lines.
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     serde_json::to_writer_pretty(&mut out, v)?;
     writeln!(out)?;
+    out.flush()?;
     Ok(())
 }
 

@@ -53,14 +53,23 @@ pub struct DiffArgs {
     pub metadata: bool,
 }
 
-fn local_time(t: cairn::format::Timestamp) -> String {
+fn local_time(t: cairn::format::Timestamp, tz: &jiff::tz::TimeZone) -> String {
     t.to_jiff()
         .map(|t| {
-            t.to_zoned_datetime(jiff::tz::TimeZone::system())
+            t.to_zoned_datetime(tz.clone())
                 .strftime("%Y-%m-%d %H:%M:%S")
                 .to_string()
         })
         .unwrap_or_default()
+}
+
+/// A match as `find --json` gives it: the match and its snapshot's time and host.
+#[derive(serde::Serialize)]
+struct JsonMatch<'a> {
+    #[serde(flatten)]
+    found: &'a find::Match,
+    snapshot_time: cairn::format::Timestamp,
+    host: &'a str,
 }
 
 pub async fn find(g: &Settings, a: FindArgs) -> Result<i32> {
@@ -98,26 +107,39 @@ pub async fn find(g: &Settings, a: FindArgs) -> Result<i32> {
     if g.json {
         let by_id: std::collections::HashMap<Id, &Snapshot> =
             snaps.iter().map(|(id, s)| (*id, s)).collect();
-        let matches: Vec<serde_json::Value> = o
+        let matches: Vec<JsonMatch> = o
             .matches
             .iter()
             .map(|m| {
                 let s = by_id[&m.snapshot];
-                let mut v = serde_json::to_value(m).unwrap_or_default();
-                v["snapshot_time"] = serde_json::json!(s.time);
-                v["host"] = serde_json::json!(s.host);
-                v
+                JsonMatch {
+                    found: m,
+                    snapshot_time: s.time,
+                    host: &s.host,
+                }
             })
             .collect();
-        print_json(&serde_json::json!({
-            "matches": matches,
-            "snapshots_searched": o.searched,
-            "snapshots_indexed": o.indexed,
-            "errors": o.errors.iter().map(|(id, e)| serde_json::json!({"snapshot": id, "error": format!("{e:#}")})).collect::<Vec<_>>(),
-        }))?;
+        #[derive(serde::Serialize)]
+        struct Report<'a> {
+            matches: Vec<JsonMatch<'a>>,
+            snapshots_searched: usize,
+            snapshots_indexed: usize,
+            errors: Vec<serde_json::Value>,
+        }
+        print_json(&Report {
+            matches,
+            snapshots_searched: o.searched,
+            snapshots_indexed: o.indexed,
+            errors: o
+                .errors
+                .iter()
+                .map(|(id, e)| serde_json::json!({"snapshot": id, "error": format!("{e:#}")}))
+                .collect(),
+        })?;
         return Ok(code);
     }
-    let mut out = std::io::stdout().lock();
+    let tz = jiff::tz::TimeZone::system();
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     let mut current: Option<Id> = None;
     for m in &o.matches {
         if current != Some(m.snapshot) {
@@ -132,7 +154,7 @@ pub async fn find(g: &Settings, a: FindArgs) -> Result<i32> {
                     "snapshot {} of {} at {} ({}):",
                     m.snapshot.short(),
                     s.paths.join(" "),
-                    local_time(s.time),
+                    local_time(s.time, &tz),
                     s.host
                 )?;
             }
@@ -152,10 +174,12 @@ pub async fn find(g: &Settings, a: FindArgs) -> Result<i32> {
             "  {:<7} {:>12}  {}  {}{table}",
             mode,
             m.size,
-            local_time(m.mtime),
+            local_time(m.mtime, &tz),
             m.path
         )?;
     }
+    out.flush()?;
+    drop(out);
     if !g.quiet {
         let hits: std::collections::HashSet<Id> = o.matches.iter().map(|m| m.snapshot).collect();
         ewriteln!(
@@ -199,14 +223,15 @@ pub async fn diff_cmd(g: &Settings, a: DiffArgs) -> Result<i32> {
         print_json(&v)?;
         return Ok(EXIT_OK);
     }
-    let mut out = std::io::stdout().lock();
+    let tz = jiff::tz::TimeZone::system();
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     if !g.quiet {
         ewriteln!(
             "comparing snapshot {} ({}) to {} ({})",
             old_id.short(),
-            local_time(old.time),
+            local_time(old.time, &tz),
             new_id.short(),
-            local_time(new.time)
+            local_time(new.time, &tz)
         );
     }
     for c in &o.changes {
@@ -265,5 +290,6 @@ pub async fn diff_cmd(g: &Settings, a: DiffArgs) -> Result<i32> {
         output::bytes(o.removed_bytes),
         o.removed_blobs
     )?;
+    out.flush()?;
     Ok(EXIT_OK)
 }
