@@ -54,7 +54,7 @@ const MERGE_GAP: u64 = 1024 * 1024;
 const MAX_READ: u64 = 32 * 1024 * 1024;
 /// The bytes of ranged reads fetched and not yet written, over all reads at once; bounds the
 /// memory a restore holds now that one read can be a whole pack.
-const READ_BUDGET: u64 = 192 * 1024 * 1024;
+const READ_BUDGET: u64 = 128 * 1024 * 1024;
 
 /// What to do with an entry that already exists in the target where the snapshot has one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
