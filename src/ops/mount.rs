@@ -128,6 +128,9 @@ impl BlobLru {
     }
 }
 
+/// A directory's parent and its entries: inode, type, name.
+type Listing = (u64, Vec<(u64, FileType, Vec<u8>)>);
+
 /// One inode.
 enum Inode {
     /// A directory of the file system's own (the root, `snapshots/`, `hosts/<host>/`, ...):
@@ -467,7 +470,7 @@ impl SnapshotFs {
     }
 
     /// The entries of directory `ino` (without `.` and `..`), and its parent.
-    fn list(&mut self, ino: u64) -> std::result::Result<(u64, Vec<(u64, FileType, Vec<u8>)>), i32> {
+    fn list(&mut self, ino: u64) -> std::result::Result<Listing, i32> {
         match self.inode(ino) {
             None => return Err(ENOENT),
             Some(Inode::Virtual { parent, entries }) => {
