@@ -102,6 +102,9 @@ pub enum Command {
     Dump(DumpArgs),
     /// Restore a snapshot (or a part of it) into a directory.
     Restore(RestoreArgs),
+    /// The snapshots as a read-only file system (FUSE) on DIR, until Ctrl-C or SIGTERM:
+    /// snapshots/<time>/, ids/<id>/, hosts/<host>/<time>/, tags/<tag>/<time>/, and `latest`.
+    Mount(super::mount::MountArgs),
     /// Sizes: logical, stored, deduplication and compression ratios.
     Stats(StatsArgs),
     /// Find files (or database tables) by name or path in every snapshot.

@@ -48,6 +48,8 @@ pub async fn run(g: &Settings, command: Command) -> Result<i32> {
         Command::Run(a) => super::run::run(g, a).await,
         // Started by `cli::main`, which gives it the global flags to reload with.
         Command::Daemon(_) => unreachable!("the daemon is started before commands::run"),
+        // Started by `cli::main` too: it handles its own signals.
+        Command::Mount(_) => unreachable!("mount is started before commands::run"),
         Command::Runs(a) => super::run::runs(g, a),
         Command::Logs(a) => super::run::logs(g, a).await,
         Command::Health(a) => super::run::health(g, a).await,

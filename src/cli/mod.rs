@@ -26,6 +26,7 @@ mod daemon;
 mod find;
 mod forget;
 mod maint;
+mod mount;
 mod mysql;
 mod notify;
 mod output;
@@ -94,6 +95,10 @@ pub fn main() -> i32 {
         if let args::Command::Daemon(a) = cli.command {
             // The daemon handles its own signals.
             return daemon::run(settings, cli.global, a).await;
+        }
+        if let args::Command::Mount(a) = cli.command {
+            // Mount unmounts on SIGINT and SIGTERM itself, and then exits 0.
+            return mount::mount(&settings, a).await;
         }
         let command = commands::run(&settings, cli.command);
         tokio::pin!(command);

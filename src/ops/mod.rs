@@ -9,6 +9,7 @@ pub mod forget;
 pub mod forget_run;
 #[cfg(any(test, feature = "testing"))]
 pub mod model_fuzz;
+pub mod mount;
 pub mod mysql;
 pub mod progress;
 pub mod prune;
