@@ -127,6 +127,9 @@ pub enum Command {
     Config(super::config::ConfigArgs),
     /// Run a job of the configuration file: hooks, backups, copies, retention, checks.
     Run(super::run::RunArgs),
+    /// A restore test of a job's latest snapshots into scratch space (files verified, the
+    /// databases loaded into a throwaway server and compared), timed against --rto.
+    Drill(super::drill::DrillArgs),
     /// The history of `cairn run`: time, job, duration, outcome, bytes added per source.
     Runs(super::run::RunsArgs),
     /// The log of a run of `cairn run` (default: the latest), or --follow one in progress.

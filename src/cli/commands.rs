@@ -46,6 +46,7 @@ pub async fn run(g: &Settings, command: Command) -> Result<i32> {
         Command::Copy(a) => super::copy::copy(g, a).await,
         Command::Config(a) => super::config::run(g, a).await,
         Command::Run(a) => super::run::run(g, a).await,
+        Command::Drill(a) => super::drill::drill(g, a).await,
         // Started by `cli::main`, which gives it the global flags to reload with.
         Command::Daemon(_) => unreachable!("the daemon is started before commands::run"),
         // Started by `cli::main` too: it handles its own signals.

@@ -23,6 +23,7 @@ mod commands;
 mod config;
 mod copy;
 mod daemon;
+mod drill;
 mod find;
 mod forget;
 mod maint;

@@ -791,3 +791,103 @@ pub fn exit_code(o: Outcome) -> i32 {
         Outcome::Interrupted => 130,
     }
 }
+
+/// Drill job `job_name` of `config`: restore the latest snapshot of each of its sources (in
+/// its repository) into scratch space and check it (see [`crate::ops::drill`]). The report is
+/// a run of `JOB:drill`, one step `drill SOURCE` per source (and `rto` when the recovery took
+/// longer than the target), for the history, metrics and notifications.
+pub async fn drill(
+    config: &Config,
+    job_name: &str,
+    opener: &dyn Opener,
+    opts: &crate::ops::drill::DrillOptions,
+    state_dir: Option<&std::path::Path>,
+) -> Result<(RunReport, crate::ops::drill::DrillReport)> {
+    use crate::ops::drill::DrillTarget;
+    let job = config.jobs.get(job_name).ok_or_else(|| {
+        Error::invalid(format!(
+            "no job {job_name:?} in the configuration (it has: {})",
+            config.jobs.keys().cloned().collect::<Vec<_>>().join(", ")
+        ))
+    })?;
+    let started = Timestamp::from_jiff(jiff::Timestamp::now());
+    let id = run_id(started);
+    let log = match state_dir {
+        Some(dir) => log::RunLog::create(dir, &id)?,
+        None => log::RunLog::none(),
+    };
+    log.line(&format!(
+        "run {id} of job {job_name}:drill started (pid {})",
+        std::process::id()
+    ));
+    let repo = opener.open(job.repository.get_ref().as_str()).await?;
+    let snaps = repo.snapshots()?;
+    let mut targets = Vec::new();
+    for s in &job.sources {
+        let name = s.get_ref().as_str();
+        let tags = [format!("job={job_name}"), format!("source={name}")];
+        let latest = snaps
+            .iter()
+            .filter(|(_, snap)| snap.matches(None, &tags))
+            .max_by_key(|(_, snap)| snap.time.as_nanos());
+        match latest {
+            Some((id, snap)) => targets.push(DrillTarget {
+                source: name.to_string(),
+                id: *id,
+                snapshot: snap.clone(),
+            }),
+            None => {
+                return Err(Error::not_found(format!(
+                    "a snapshot of source {name} of job {job_name} (cairn run {job_name} makes one)"
+                )));
+            }
+        }
+    }
+    let d = crate::ops::drill::drill(&repo, &targets, opts).await?;
+    let mut report = RunReport {
+        run_id: id,
+        job: format!("{job_name}:drill"),
+        outcome: Outcome::Success,
+        started,
+        ended: started,
+        steps: Vec::new(),
+        snapshots: Vec::new(),
+        repositories: Vec::new(),
+        log: Arc::new(log),
+    };
+    for s in &d.sources {
+        let r = if s.problems.is_empty() {
+            Ok(StepDone {
+                logical_bytes: s.bytes,
+                bytes_read: s.bytes,
+                details: vec![format!("snapshot {} restored and verified", s.snapshot)],
+                ..Default::default()
+            })
+        } else {
+            Err(Error::Corrupt {
+                object: format!("snapshot {} of source {}", s.snapshot, s.source),
+                reason: s.problems.join("; "),
+            })
+        };
+        report.push_took(format!("drill {}", s.source), s.seconds, r);
+    }
+    if !d.within_rto {
+        let why = format!(
+            "recovery took {:.1}s, more than the target of {:.1}s",
+            d.recovery_seconds, d.rto_seconds
+        );
+        report.push_took("rto", d.recovery_seconds, Err(Error::Other(why)));
+    }
+    report.outcome = if d.ok {
+        Outcome::Success
+    } else {
+        Outcome::Failure
+    };
+    report.ended = Timestamp::from_jiff(jiff::Timestamp::now());
+    report.log.line(&format!(
+        "run {} ended: {}",
+        report.run_id,
+        outcome_word(report.outcome)
+    ));
+    Ok((report, d))
+}

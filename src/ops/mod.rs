@@ -4,6 +4,7 @@ pub mod backup;
 pub mod check;
 pub mod copy;
 pub mod diff;
+pub mod drill;
 pub mod find;
 pub mod forget;
 pub mod forget_run;

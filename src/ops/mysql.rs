@@ -295,6 +295,8 @@ struct TableStream {
     content: Vec<Extent>,
     size: u64,
     rows: u64,
+    /// BLAKE3 over its INSERT statements (format-spec/mysql.md, "Table checksums").
+    checksum: [u8; 32],
 }
 
 /// The dump, split.
@@ -370,6 +372,7 @@ fn split_dump<R: Read>(w: &StreamWriter, stdout: R) -> Result<SplitDump> {
                     content,
                     size,
                     rows: sp.rows(),
+                    checksum: sp.checksum(),
                 });
             }
         }
@@ -445,6 +448,7 @@ fn assemble(
     for t in split.tables {
         let key = format!("{}/{}", encode_name(&t.db), encode_name(&t.name));
         meta.push((format!("mysql.rows:{key}"), t.rows.to_string()));
+        meta.push((format!("mysql.checksum:{key}"), hex::encode(t.checksum)));
         meta.push((format!("mysql.bytes:{key}"), t.size.to_string()));
         rows_total += t.rows;
         let (content, size) = wrap(t.content, t.size);

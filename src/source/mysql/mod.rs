@@ -7,6 +7,7 @@
 //! environment variable of the child alone (or the user's option file), and the repository
 //! password is removed from the child's environment. Knows nothing of the repository.
 
+pub mod scratch;
 pub mod split;
 
 use std::ffi::OsString;
@@ -1077,6 +1078,37 @@ pub fn decode_name(file: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Dump one database as a backup does (`opts`, with `databases` that one) and return, per
+/// table, the rows counted and the checksum of its INSERT statements (format-spec/mysql.md,
+/// "Table checksums"); nothing is kept of the data.
+pub fn table_checksums(
+    tools: &Tools,
+    conn: &Connection,
+    opts: &DumpOptions,
+) -> Result<std::collections::BTreeMap<String, (u64, [u8; 32])>> {
+    let (process, stdout) = DumpProcess::spawn(tools, conn, opts)?;
+    let read = || -> std::io::Result<_> {
+        let mut sp = split::Splitter::new(stdout);
+        let mut out = std::collections::BTreeMap::new();
+        while let Some(section) = sp.next_section()? {
+            std::io::copy(&mut sp, &mut std::io::sink())?;
+            if let split::Section::Table(name) = section {
+                out.insert(name, (sp.rows(), sp.checksum()));
+            }
+        }
+        Ok(out)
+    };
+    match read() {
+        Ok(out) => {
+            process.finish()?;
+            Ok(out)
+        }
+        Err(e) => Err(process
+            .abort()
+            .unwrap_or_else(|| failed("reading the dump", e.to_string()))),
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,9 @@
 //! byte, without holding a whole line in memory (a row with a large BLOB is one long line).
 //! While a table's data streams, its rows are counted (tuples of `INSERT` statements, with
 //! quoting and escapes followed), so the snapshot can record exact row counts from the same
-//! transaction as the data.
+//! transaction as the data, and hashed: the table checksum (format-spec/mysql.md, "Table
+//! checksums") is BLAKE3 over its `INSERT` statements, each from `INSERT` to its closing `;`
+//! followed by one newline, so a reload and a re-dump with the same options give it back.
 
 use std::io::{self, Read};
 
@@ -101,11 +103,13 @@ impl<R: Read> Input<R> {
     }
 }
 
-/// Counts the tuples of `INSERT INTO `t` VALUES (...),(...);` statements fed to it.
+/// Counts the tuples of `INSERT INTO `t` VALUES (...),(...);` statements fed to it, and
+/// hashes the statements (each up to its closing `;`, then a newline).
 #[derive(Debug, Default)]
 struct RowCounter {
     state: RowState,
     rows: u64,
+    hash: blake3::Hasher,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -132,9 +136,13 @@ impl RowCounter {
     }
 
     fn feed(&mut self, data: &[u8]) {
-        for &b in data {
+        if self.state == RowState::Off {
+            return;
+        }
+        for (i, &b) in data.iter().enumerate() {
             self.state = match self.state {
-                RowState::Off => return,
+                // Not reached: the loop ends when the statement does.
+                RowState::Off => RowState::Off,
                 RowState::Prefix if b == b'`' => RowState::Name,
                 RowState::Prefix => RowState::Prefix,
                 RowState::Name if b == b'`' => RowState::NameTick,
@@ -147,7 +155,14 @@ impl RowCounter {
                     escaped,
                 } => Self::value_byte(&mut self.rows, depth, quote, escaped, b),
             };
+            if self.state == RowState::Off {
+                // The statement's closing `;`: the rest of the line is not hashed.
+                self.hash.update(&data[..=i]);
+                self.hash.update(b"\n");
+                return;
+            }
         }
+        self.hash.update(data);
     }
 
     fn value_byte(rows: &mut u64, depth: u32, quote: u8, escaped: bool, b: u8) -> RowState {
@@ -303,6 +318,12 @@ impl<R: Read> Splitter<R> {
     /// Rows counted in the current table's data.
     pub fn rows(&self) -> u64 {
         self.rows.rows
+    }
+
+    /// The checksum of the current table's data so far: BLAKE3 over its `INSERT` statements
+    /// (format-spec/mysql.md, "Table checksums").
+    pub fn checksum(&self) -> [u8; 32] {
+        *self.rows.hash.finalize().as_bytes()
     }
 
     /// Move to the next section (skipping what is left of the current one).
@@ -511,7 +532,9 @@ CREATE PROCEDURE p() SELECT 1;\n\
 \n\
 -- Dump completed\n";
 
-    fn split(data: &[u8], read_size: usize) -> (Vec<(Section, Vec<u8>, u64)>, DumpInfo) {
+    type Split = (Vec<(Section, Vec<u8>, u64, [u8; 32])>, DumpInfo);
+
+    fn split(data: &[u8], read_size: usize) -> Split {
         /// Hands out at most `n` bytes per read, to exercise buffer edges.
         struct Trickle<'a>(&'a [u8], usize);
         impl Read for Trickle<'_> {
@@ -534,7 +557,7 @@ CREATE PROCEDURE p() SELECT 1;\n\
                 }
                 buf.extend_from_slice(&chunk[..n]);
             }
-            out.push((sec, buf, s.rows()));
+            out.push((sec, buf, s.rows(), s.checksum()));
         }
         (out, s.info().clone())
     }
@@ -562,6 +585,11 @@ CREATE PROCEDURE p() SELECT 1;\n\
             assert!(table.contains("-- Table structure for table `fake`"));
             assert!(table.ends_with("DELIMITER ;\n\n"));
             assert_eq!(secs[2].2, 5, "rows");
+            // The statements, each to its `;` and a newline (the DELIMITER block after
+            // them is not data).
+            let inserts = "INSERT INTO `new\nl``ine` VALUES\n(1,'a;(b'),\n(2,'it\\'s ) ('),\n(3,NULL);\n\
+                           INSERT INTO `new\nl``ine` VALUES (4,\"x\"),(5,0x00);\n";
+            assert_eq!(secs[2].3, *blake3::hash(inserts.as_bytes()).as_bytes());
             assert!(secs[4].1.starts_with(TRAILER_START));
             assert_eq!(info.binlog_file.as_deref(), Some("binlog.000001"));
             assert_eq!(info.binlog_position, Some(3073));
@@ -608,5 +636,51 @@ CREATE PROCEDURE p() SELECT 1;\n\
             secs[0].1.len() + secs[1].1.len() + secs[2].1.len(),
             dump.len()
         );
+    }
+}
+
+#[cfg(test)]
+mod checksum_vector {
+    use super::*;
+
+    /// The test vector of format-spec/mysql.md, "Table checksums".
+    const VECTOR_DUMP: &str = "--\n\
+-- Current Database: `shop`\n\
+--\n\
+\n\
+--\n\
+-- Table structure for table `orders`\n\
+--\n\
+\n\
+CREATE TABLE `orders` (`id` int NOT NULL, `item` varchar(20), PRIMARY KEY (`id`));\n\
+\n\
+--\n\
+-- Dumping data for table `orders`\n\
+--\n\
+\n\
+LOCK TABLES `orders` WRITE;\n\
+INSERT INTO `orders` VALUES (1,'tea'),(2,'it\\'s; (cake)');\n\
+INSERT INTO `orders` VALUES (3,NULL);\n\
+UNLOCK TABLES;\n";
+
+    const VECTOR_HEX: &str = "c760f6b48c5aaea2431c4dce6891f790f54f91b1cb7d5f445d97528763971a08";
+
+    #[test]
+    fn the_spec_vector() {
+        let mut s = Splitter::new(VECTOR_DUMP.as_bytes());
+        let mut found = None;
+        while let Some(sec) = s.next_section().unwrap() {
+            io::copy(&mut s, &mut io::sink()).unwrap();
+            if sec == Section::Table("orders".into()) {
+                found = Some((s.rows(), hex::encode(s.checksum())));
+            }
+        }
+        let (rows, sum) = found.expect("the table's section");
+        assert_eq!(rows, 3);
+        // Computed independently: the two statements, each with its newline.
+        let statements = "INSERT INTO `orders` VALUES (1,'tea'),(2,'it\\'s; (cake)');\n\
+                          INSERT INTO `orders` VALUES (3,NULL);\n";
+        assert_eq!(sum, blake3::hash(statements.as_bytes()).to_hex().as_str());
+        assert_eq!(sum, VECTOR_HEX);
     }
 }
