@@ -36,6 +36,8 @@ impl Job {
         let src = env.path("app");
         write(&src.join("storage/app/avatar.png"), b"png");
         write(&src.join("storage/app/big.bin"), &random_bytes(7, 3 << 20));
+        // An empty file is verified like any other (no false "restored but not verified").
+        write(&src.join("storage/app/empty.log"), b"");
         write(&src.join("config/app.php"), b"<?php return [];\n");
         let local = env.path("local");
         let pw = env.path("password");
@@ -158,7 +160,7 @@ fn a_drill_passes_is_timed_and_recorded_and_fails_on_a_slow_or_altered_restore()
         .iter()
         .find(|s| s["kind"] == "files")
         .unwrap();
-    assert_eq!(files["verified_files"], 3, "{r}");
+    assert_eq!(files["verified_files"], 4, "{r}");
     eprintln!(
         "drill: files {}s, database {}s",
         r["files_seconds"], r["database_seconds"]

@@ -311,6 +311,12 @@ pub async fn drill(
     })
 }
 
+/// The checksum matches the one recorded at backup time, or none was recorded (a snapshot
+/// from before checksums were).
+fn checksum_ok(found: &Option<String>, expected: &Option<String>) -> bool {
+    expected.is_none() || found == expected
+}
+
 fn describe(t: &TableDrill) -> String {
     let name = format!("table {}.{}", sql_ident(&t.database), sql_ident(&t.table));
     let mut why = Vec::new();
@@ -321,7 +327,7 @@ fn describe(t: &TableDrill) -> String {
             t.rows_expected.map_or("none".into(), |r| r.to_string())
         ));
     }
-    if t.checksum != t.checksum_expected {
+    if !checksum_ok(&t.checksum, &t.checksum_expected) {
         why.push(format!(
             "checksum {} differs from the one recorded at backup time ({})",
             t.checksum.as_deref().unwrap_or("none"),
@@ -386,7 +392,8 @@ fn verify_database(
             }
             Err(_) => false,
         };
-        let ok = rows == rows_expected && checksum == checksum_expected && check_ok;
+        // A snapshot taken before checksums were recorded is compared by its rows alone.
+        let ok = rows == rows_expected && checksum_ok(&checksum, &checksum_expected) && check_ok;
         out.push(TableDrill {
             database: db.to_string(),
             table,
@@ -445,4 +452,19 @@ async fn drill_files(
     }
     s.seconds = started.elapsed().as_secs_f64();
     s
+}
+
+#[cfg(test)]
+mod checksum_tests {
+    use super::checksum_ok;
+
+    #[test]
+    fn a_snapshot_without_a_recorded_checksum_is_compared_by_rows_alone() {
+        let some = |s: &str| Some(s.to_string());
+        assert!(checksum_ok(&some("ab"), &some("ab")));
+        assert!(!checksum_ok(&some("ab"), &some("cd")));
+        assert!(!checksum_ok(&None, &some("cd")));
+        assert!(checksum_ok(&some("ab"), &None));
+        assert!(checksum_ok(&None, &None));
+    }
 }
