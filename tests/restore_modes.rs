@@ -220,3 +220,48 @@ fn a_restore_killed_and_run_again_writes_only_what_is_missing() {
     );
     assert_trees_equal(&manifest, &t);
 }
+
+/// The bar a terminal sees: the restore's total from its plan and an ETA; off a terminal, no
+/// bar at all. The terminal is a pty made by Python's `pty.spawn`.
+#[test]
+fn a_restore_on_a_terminal_shows_its_total_and_an_eta() {
+    let env = Env::with_repo();
+    let src = env.path("src");
+    write(&src.join("big.bin"), &random_bytes(3, 48 << 20));
+    env.backup(&[&src], &[]);
+    let spec = format!("latest:{}", src.display());
+    let t = env.path("t");
+    let out = env
+        .cmd()
+        .wrapped([
+            "python3",
+            "-c",
+            "import pty, sys; sys.exit(pty.spawn(sys.argv[1:]) >> 8)",
+        ])
+        .args(["restore", &spec, "--target"])
+        .arg(&t)
+        .run()
+        .ok();
+    // The pty's output (the bar goes to standard error, which is the pty too).
+    let seen = out.stdout_str();
+    let frames: Vec<&str> = seen.split('\r').filter(|f| f.contains("ETA")).collect();
+    assert!(
+        !frames.is_empty(),
+        "no progress bar on the terminal: {seen:?}"
+    );
+    assert!(
+        frames.iter().all(|f| f.contains("/48.00 MiB")),
+        "the bar's total is the plan's 48 MiB: {frames:?}"
+    );
+    assert!(seen.contains("restored snapshot"), "{seen:?}");
+    assert_eq!(std::fs::read(t.join("big.bin")).unwrap().len(), 48 << 20);
+    // Off a terminal: no bar.
+    let t2 = env.path("t2");
+    let out = env
+        .cmd()
+        .args(["restore", &spec, "--target"])
+        .arg(&t2)
+        .run()
+        .ok();
+    assert!(!out.stderr.contains("ETA"), "{out}");
+}
