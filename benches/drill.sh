@@ -6,7 +6,8 @@
 #   ROWS (default 1000000) rows in table big.t; CAIRN_BINARY (default target/release/cairn,
 #   built with `cargo build --release` if missing).
 # Environment: WORK=DIR scratch space (default /tmp/cairn-drill-bench), FILES=N files of the
-#   tree (default 2000, 1-64 KiB random each, plus one 64 MiB file), KEEP=1 keep it.
+#   tree (default 2000, 1-64 KiB random each, plus one 64 MiB file), TREE=DIR back up this
+#   tree instead (e.g. the compare.sh tree, ~/.rustup/toolchains/stable-*), KEEP=1 keep it.
 #
 # Starts a private MariaDB (its own socket and data directory, no networking), fills the
 # table inside the server from the sequence engine, writes cairn.toml with a job over the tree
@@ -49,13 +50,18 @@ $M big -e "CREATE TABLE t (id BIGINT PRIMARY KEY, n INT NOT NULL, s VARCHAR(100)
     CREATE TABLE small (id INT PRIMARY KEY, v TEXT);
     INSERT INTO small SELECT seq, CONCAT('row ', seq) FROM seq_1_to_1000;"
 
-echo "writing $FILES files" >&2
-mkdir -p "$WORK/tree"
-for ((i = 0; i < FILES; i++)); do
-    d="$WORK/tree/d$((i % 50))"; mkdir -p "$d"
-    head -c $(( (i * 7919 % 64 + 1) * 1024 )) /dev/urandom > "$d/f$i"
-done
-head -c $((64 << 20)) /dev/urandom > "$WORK/tree/big.bin"
+if [ -n "${TREE:-}" ]; then
+    echo "files source: $TREE" >&2
+else
+    TREE=$WORK/tree
+    echo "writing $FILES files" >&2
+    mkdir -p "$TREE"
+    for ((i = 0; i < FILES; i++)); do
+        d="$TREE/d$((i % 50))"; mkdir -p "$d"
+        head -c $(( (i * 7919 % 64 + 1) * 1024 )) /dev/urandom > "$d/f$i"
+    done
+    head -c $((64 << 20)) /dev/urandom > "$TREE/big.bin"
+fi
 printf 'bench-password\n' > "$WORK/password"; chmod 600 "$WORK/password"
 cat > "$WORK/cairn.toml" <<TOML
 [settings]
@@ -67,7 +73,7 @@ password-file = "$WORK/password"
 
 [sources.files]
 kind = "files"
-paths = ["$WORK/tree"]
+paths = ["$TREE"]
 
 [sources.db]
 kind = "mysql"
@@ -83,12 +89,14 @@ C="$CAIRN --config $WORK/cairn.toml --cache-dir $WORK/cache"
 $C -r local init >/dev/null
 t0=$SECONDS; $C run bench >/dev/null; echo "backup: $((SECONDS - t0)) s" >&2
 TMPDIR=$WORK/scratch $C --json drill bench > "$WORK/drill.json" || true
-python3 - "$WORK/drill.json" "$ROWS" "$FILES" <<'PY'
+python3 - "$WORK/drill.json" "$ROWS" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
+files = sum(s["files"] for s in r["sources"] if s["kind"] == "files")
+mib = sum(s["bytes"] for s in r["sources"] if s["kind"] == "files") / 2**20
 print(f"| rows | files | drill ok | files (s) | database (s) | recovery (s) | target (s) |")
 print(f"|---|---|---|---|---|---|---|")
-print(f"| {sys.argv[2]} | {int(sys.argv[3]) + 1} | {r['ok']} | {r['files_seconds']:.1f} | "
+print(f"| {sys.argv[2]} | {files} ({mib:.0f} MiB) | {r['ok']} | {r['files_seconds']:.1f} | "
       f"{r['database_seconds']:.1f} | {r['recovery_seconds']:.1f} | {r['rto_seconds']:.0f} |")
 for p in r.get("problems", []):
     print("problem:", p)
