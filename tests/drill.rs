@@ -284,3 +284,49 @@ fn ctrl_c_mid_drill_stops_the_server_and_removes_its_directory() {
         job.assert_clean();
     }
 }
+
+/// `--server`: the databases go into scratch databases of an existing server, compared the
+/// same way, and dropped afterwards; no throwaway server is started.
+#[test]
+fn a_drill_on_an_existing_server_uses_scratch_databases_and_drops_them() {
+    let Some(srv) = common::mysql::server() else {
+        return; // SKIPPED (said by common::mysql)
+    };
+    let job = Job::new(srv);
+    let scratch = |srv: &common::mysql::Server| -> Vec<String> {
+        srv.sql(None, "SHOW DATABASES LIKE 'cairn\\_drill\\_%'")
+            .lines()
+            .map(str::to_string)
+            .filter(|l| !l.trim().is_empty())
+            .collect()
+    };
+    let before = scratch(srv);
+    let socket = srv.socket.display().to_string();
+    let out = job
+        .drill(&["--server", &socket, "--server-user", "root"])
+        .run();
+    let r = out.json();
+    assert_eq!(out.code, 0, "{out}");
+    assert_eq!(r["ok"], true, "{r}");
+    let orders = table(&r, "orders");
+    assert_eq!(orders["rows"], 5000, "{r}");
+    assert_eq!(orders["checksum"], orders["checksum_expected"], "{r}");
+    assert_eq!(orders["check_ok"], true, "{r}");
+    // Loaded into a scratch database of that server, which is gone again.
+    let db = orders["database"].as_str().unwrap_or_default().to_string();
+    assert!(db.starts_with("drillshop"), "{r}");
+    assert_eq!(scratch(srv), before, "scratch databases left on the server");
+    // No mariadbd of its own was started: nothing ran from cairn's scratch space.
+    job.assert_clean();
+    // An altered table is named on an existing server too, and its database still dropped.
+    let out = job
+        .drill(&["--server", &socket, "--server-user", "root"])
+        .env(
+            "CAIRN_TEST_DRILL_AFTER_LOAD",
+            "DELETE FROM orders WHERE id < 10",
+        )
+        .run()
+        .code(1);
+    assert!(out.stderr.contains("`orders`"), "{out}");
+    assert_eq!(scratch(srv), before, "scratch databases left on the server");
+}
