@@ -405,3 +405,48 @@ fn a_missing_mount_point_is_a_clear_error() {
         .code(1)
         .stderr_has("not a directory");
 }
+
+/// A database snapshot appears as its tables' `.sql` files, byte for byte what `cairn dump`
+/// gives and what the restore writes.
+#[test]
+fn a_database_snapshot_shows_its_tables_as_sql_files() {
+    if !fuse_available("a_database_snapshot_shows_its_tables_as_sql_files") {
+        return;
+    }
+    let Some(srv) = common::mysql::server() else {
+        return; // SKIPPED (said by common::mysql)
+    };
+    let db = srv.database("mountshop");
+    srv.sql(
+        Some(&db),
+        "CREATE TABLE orders (id INT PRIMARY KEY, item VARCHAR(40)); \
+         INSERT INTO orders VALUES (1, 'lamp'), (2, 'it''s; a chair'); \
+         CREATE TABLE notes (id INT PRIMARY KEY, body TEXT); \
+         INSERT INTO notes VALUES (1, NULL);",
+    );
+    let env = Env::with_repo();
+    let r = env
+        .cmd()
+        .args(["mysql", "backup", "--json", "--databases", &db])
+        .args(srv.cairn_args())
+        .run()
+        .ok()
+        .json();
+    let id = r["snapshot_id"].as_str().unwrap().to_string();
+    let dir = env.path("mnt");
+    let m = Mount::start(&env, &dir, &[]);
+    let snap = dir.join("ids").join(&id[..8]);
+    let tables = snap.join("mysql").join(&db);
+    let names = names_in(&tables);
+    for t in ["orders.sql", "notes.sql"] {
+        assert!(names.iter().any(|n| n == t), "{t} not in {names:?}");
+        let mounted = std::fs::read(tables.join(t)).unwrap();
+        let rel = format!("mysql/{db}/{t}");
+        let dumped = env.cmd().args(["dump", &id, &rel]).run().ok().stdout;
+        assert_eq!(mounted, dumped, "{rel}: the mount and cairn dump differ");
+        assert!(!mounted.is_empty(), "{rel}");
+    }
+    let orders = String::from_utf8(std::fs::read(tables.join("orders.sql")).unwrap()).unwrap();
+    assert!(orders.contains("it\\'s; a chair"), "{orders}");
+    m.stop(libc::SIGTERM);
+}
