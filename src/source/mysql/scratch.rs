@@ -50,8 +50,15 @@ impl ScratchServer {
                  server package, or give --server)",
             )
         })?;
+        // Only to make the name unlikely to be taken; the directory is created exclusively.
         let mut r = [0u8; 4];
-        crate::crypto::fill_random(&mut r);
+        if getrandom::fill(&mut r).is_err() {
+            r = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0)
+                .to_le_bytes();
+        }
         let dir = std::env::temp_dir().join(format!(
             "cairn-drill-{}-{}",
             std::process::id(),
