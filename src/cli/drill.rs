@@ -1,7 +1,7 @@
 //! `cairn drill [JOB]`: restore the job's latest snapshots into scratch space, check them, and
 //! measure the recovery time against the target (see `cairn::ops::drill`).
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Args;
 
 use cairn::job::history::History;
@@ -57,17 +57,7 @@ fn server_connection(spec: &str, user: Option<String>) -> Result<Connection> {
 /// `cairn drill`.
 pub async fn drill(g: &Settings, a: DrillArgs) -> Result<i32> {
     let file = super::config::load(g)?;
-    let jobs = &file.config.jobs;
-    let name = match &a.job {
-        Some(j) => j.clone(),
-        None if jobs.len() == 1 => jobs.keys().next().cloned().unwrap_or_default(),
-        None if jobs.is_empty() => bail!("{} defines no job", file.path.display()),
-        None => bail!(
-            "{} defines several jobs ({}): name one",
-            file.path.display(),
-            jobs.keys().cloned().collect::<Vec<_>>().join(", ")
-        ),
-    };
+    let name = super::run::job_name(file, a.job.as_deref())?;
     let opts = DrillOptions {
         rto: parse_duration(&a.rto).context("--rto")?,
         server: a

@@ -395,11 +395,11 @@ pub(super) async fn run_job(
     Ok(report)
 }
 
-pub async fn run(g: &Settings, a: RunArgs) -> Result<i32> {
-    let file = super::config::load(g)?;
+/// The job a command names, or the configuration's only job.
+pub(super) fn job_name(file: &cairn::config::ConfigFile, given: Option<&str>) -> Result<String> {
     let jobs = &file.config.jobs;
-    let name = match &a.job {
-        Some(j) => j.clone(),
+    Ok(match given {
+        Some(j) => j.to_string(),
         None if jobs.len() == 1 => jobs.keys().next().cloned().unwrap_or_default(),
         None if jobs.is_empty() => bail!("{} defines no job", file.path.display()),
         None => bail!(
@@ -407,7 +407,12 @@ pub async fn run(g: &Settings, a: RunArgs) -> Result<i32> {
             file.path.display(),
             jobs.keys().cloned().collect::<Vec<_>>().join(", ")
         ),
-    };
+    })
+}
+
+pub async fn run(g: &Settings, a: RunArgs) -> Result<i32> {
+    let file = super::config::load(g)?;
+    let name = job_name(file, a.job.as_deref())?;
     let opts = RunOptions {
         only: if a.only_db {
             Only::Databases

@@ -273,6 +273,16 @@ fn run_id(now: Timestamp) -> String {
     format!("{t}-{}", hex::encode(r))
 }
 
+/// The job `name` of the configuration, or an error that lists the jobs it has.
+fn find_job<'a>(config: &'a Config, name: &str) -> Result<&'a JobConfig> {
+    config.jobs.get(name).ok_or_else(|| {
+        Error::invalid(format!(
+            "no job {name:?} in the configuration (it has: {})",
+            config.jobs.keys().cloned().collect::<Vec<_>>().join(", ")
+        ))
+    })
+}
+
 /// Run job `job_name` of `config`.
 pub async fn run(
     config: &Config,
@@ -280,12 +290,7 @@ pub async fn run(
     opener: &dyn Opener,
     opts: &RunOptions,
 ) -> Result<RunReport> {
-    let job = config.jobs.get(job_name).ok_or_else(|| {
-        Error::invalid(format!(
-            "no job {job_name:?} in the configuration (it has: {})",
-            config.jobs.keys().cloned().collect::<Vec<_>>().join(", ")
-        ))
-    })?;
+    let job = find_job(config, job_name)?;
     let started = Timestamp::from_jiff(jiff::Timestamp::now());
     let id = run_id(started);
     let log = match (&opts.state_dir, opts.dry_run) {
@@ -804,12 +809,7 @@ pub async fn drill(
     state_dir: Option<&std::path::Path>,
 ) -> Result<(RunReport, crate::ops::drill::DrillReport)> {
     use crate::ops::drill::DrillTarget;
-    let job = config.jobs.get(job_name).ok_or_else(|| {
-        Error::invalid(format!(
-            "no job {job_name:?} in the configuration (it has: {})",
-            config.jobs.keys().cloned().collect::<Vec<_>>().join(", ")
-        ))
-    })?;
+    let job = find_job(config, job_name)?;
     let started = Timestamp::from_jiff(jiff::Timestamp::now());
     let id = run_id(started);
     let log = match state_dir {
